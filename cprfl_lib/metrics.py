@@ -1,0 +1,137 @@
+"""Evaluation: per-class AP, mAP, head/medium/tail mAP, and the OP/OR/OF1/CP/CR/CF1 family.
+
+The protocol (method.md §6): AP is non-interpolated (scikit-learn's
+``average_precision_score``); mAP is the plain mean of per-class APs x 100; the group
+figures are unweighted means inside each group, with groups from *training* counts
+(head >= 100, medium 20-99, tail < 20). A class with no positive in the evaluated set has
+no AP: it is reported by name and left out of the means, never silently averaged in.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn.metrics import average_precision_score
+
+from .errors import CprflError
+
+GROUPS = ("head", "medium", "tail")
+HEAD_MIN, MEDIUM_MIN = 100, 20  # the official code's >= rule; only it gives 6/6/8 and 22/33/25
+
+
+def class_groups(train_counts) -> np.ndarray:
+    """Group of each class from its number of training images: 'head', 'medium' or 'tail'."""
+    counts = np.asarray(train_counts)
+    if counts.ndim != 1 or (counts < 0).any():
+        raise CprflError(f"train counts must be a 1-D array of non-negative integers, got {counts!r}")
+    return np.where(counts >= HEAD_MIN, "head", np.where(counts >= MEDIUM_MIN, "medium", "tail"))
+
+
+def _as_numpy(x, name: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _check(scores, targets) -> tuple[np.ndarray, np.ndarray]:
+    scores, targets = _as_numpy(scores, "scores"), _as_numpy(targets, "targets")
+    if scores.ndim != 2 or scores.shape != targets.shape:
+        raise CprflError(f"scores and targets must both be (N, C); got {scores.shape} and {targets.shape}")
+    if not np.isfinite(scores).all():
+        bad = np.argwhere(~np.isfinite(scores))[0]
+        raise CprflError(f"scores contain NaN or inf (first at sample {bad[0]}, class {bad[1]})")
+    if not np.isin(targets, (0, 1)).all():
+        raise CprflError("targets must be multi-hot 0/1 values")
+    return scores, targets
+
+
+def average_precision(scores, targets) -> np.ndarray:
+    """Per-class non-interpolated AP in [0, 1]; NaN for a class without positives."""
+    scores, targets = _check(scores, targets)
+    ap = np.full(scores.shape[1], np.nan)
+    for c in range(scores.shape[1]):
+        if targets[:, c].any():
+            ap[c] = average_precision_score(targets[:, c], scores[:, c])
+    return ap
+
+
+@dataclass
+class Report:
+    """mAP (in %) over all classes and per group, with the per-class APs behind them."""
+
+    mAP: float
+    head: float
+    medium: float
+    tail: float
+    ap: np.ndarray  # per class, in [0, 1], NaN where undefined
+    groups: np.ndarray
+    no_positive: list[str] = field(default_factory=list)  # classes left out of the means
+
+    def as_dict(self) -> dict[str, float]:
+        return {"mAP": self.mAP, "head": self.head, "medium": self.medium, "tail": self.tail}
+
+
+def _mean_pct(values: np.ndarray) -> float:
+    values = values[~np.isnan(values)]
+    return float(values.mean() * 100) if values.size else float("nan")
+
+
+def map_report(scores, targets, train_counts, class_names=None) -> Report:
+    """mAP and head/medium/tail mAP; classes with no positive are listed, not averaged."""
+    ap = average_precision(scores, targets)
+    groups = class_groups(train_counts)
+    if len(groups) != len(ap):
+        raise CprflError(f"{len(groups)} train counts for {len(ap)} classes")
+    names = list(class_names) if class_names is not None else [str(i) for i in range(len(ap))]
+    missing = [names[i] for i in np.flatnonzero(np.isnan(ap))]
+    if missing:
+        warnings.warn(f"no positive test image for {len(missing)} class(es), left out of mAP: {missing}")
+    return Report(
+        mAP=_mean_pct(ap),
+        head=_mean_pct(ap[groups == "head"]),
+        medium=_mean_pct(ap[groups == "medium"]),
+        tail=_mean_pct(ap[groups == "tail"]),
+        ap=ap,
+        groups=groups,
+        no_positive=missing,
+    )
+
+
+def _prf(tp: np.ndarray, n_pred: np.ndarray, n_pos: np.ndarray) -> dict[str, float]:
+    """Overall (O*) and per-class averaged (C*) precision, recall and F1, in %."""
+    op = tp.sum() / max(n_pred.sum(), 1)
+    orr = tp.sum() / max(n_pos.sum(), 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cp = np.nanmean(np.where(n_pred > 0, tp / n_pred, 0.0))
+        cr = np.nanmean(np.where(n_pos > 0, tp / n_pos, np.nan))
+    f1 = lambda p, r: 2 * p * r / (p + r) if p + r > 0 else 0.0  # noqa: E731
+    return {k: float(v * 100) for k, v in
+            dict(OP=op, OR=orr, OF1=f1(op, orr), CP=cp, CR=cr, CF1=f1(cp, cr)).items()}
+
+
+def threshold_metrics(scores, targets, threshold: float = 0.5, logits: bool = True) -> dict[str, float]:
+    """OP/OR/OF1/CP/CR/CF1 with predictions sigmoid(score) >= threshold (probabilities if logits=False)."""
+    scores, targets = _check(scores, targets)
+    probs = 1 / (1 + np.exp(-scores)) if logits else scores
+    pred = probs >= threshold
+    return _prf((pred & (targets == 1)).sum(0), pred.sum(0), targets.sum(0))
+
+
+def topk_metrics(scores, targets, k: int = 3) -> dict[str, float]:
+    """OP/OR/OF1/CP/CR/CF1 when each image predicts its k highest-scoring classes."""
+    scores, targets = _check(scores, targets)
+    if not 1 <= k <= scores.shape[1]:
+        raise CprflError(f"top-k needs 1 <= k <= {scores.shape[1]}, got k={k}")
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    pred = np.zeros_like(targets, dtype=bool)
+    np.put_along_axis(pred, top, True, axis=1)
+    return _prf((pred & (targets == 1)).sum(0), pred.sum(0), targets.sum(0))
+
+
+def weighted_group_mean(head: float, medium: float, tail: float, sizes) -> float:
+    """Class-count-weighted mean of the group figures; equals the total mAP (method.md §11.4)."""
+    n_h, n_m, n_t = sizes
+    return (n_h * head + n_m * medium + n_t * tail) / (n_h + n_m + n_t)

@@ -1,0 +1,110 @@
+"""Losses against their formulas and the oracle values of method.md §11.2."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cprfl_lib.errors import CprflError
+from cprfl_lib.losses import LOSSES, AsymmetricLoss, ResampleLoss, asl_reference, build_loss
+
+X = torch.tensor([[1.0, 2.0, 3.0], [-1.0, 0.5, -3.0]])
+Y = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+
+
+@pytest.mark.parametrize("gneg,gpos,clip,expected", [(4, 0, 0.05, 1.682909), (4, 1, 0.05, 1.112519), (0, 0, 0, 3.324703)])
+def test_asl_oracle_values(gneg, gpos, clip, expected):
+    loss = AsymmetricLoss(gamma_neg=gneg, gamma_pos=gpos, clip=clip, reduction="sum")(X, Y)
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
+    assert asl_reference(X.tolist(), Y.tolist(), gneg, gpos, clip) == pytest.approx(expected, abs=1e-5)
+
+
+def test_asl_reductions_relate():
+    s = AsymmetricLoss(reduction="sum")(X, Y)
+    assert AsymmetricLoss(reduction="mean")(X, Y).item() == pytest.approx(0.280485, abs=1e-5)
+    assert AsymmetricLoss(reduction="batchmean")(X, Y).item() == pytest.approx(0.841454, abs=1e-5)
+    assert AsymmetricLoss(reduction="mean")(X, Y) * 6 == pytest.approx(s.item(), abs=1e-5)
+
+
+def test_asl_without_focusing_is_bce_with_logits():
+    x, y = torch.randn(8, 5), (torch.rand(8, 5) > 0.5).float()
+    asl = AsymmetricLoss(gamma_neg=0, gamma_pos=0, clip=0, reduction="mean")(x, y)
+    assert asl.item() == pytest.approx(F.binary_cross_entropy_with_logits(x, y).item(), abs=1e-6)
+
+
+def test_asl_focusing_weight_has_no_gradient_and_no_grad_mode_side_effect():
+    x = X.clone().requires_grad_(True)
+    AsymmetricLoss(reduction="sum")(x, Y).backward()
+    # d/dx of -(w * log p_t) with w constant, for a positive with γ+ = 0: -(1 - p)
+    assert x.grad[0, 0].item() == pytest.approx(-(1 - torch.sigmoid(torch.tensor(1.0))).item(), abs=1e-6)
+    # negative (y=0, x=2): w = p_m^4 treated as constant, d/dx[-w log(1 - p_m)] = w * p(1 - p) / (1 - p_m)
+    p = torch.sigmoid(torch.tensor(2.0)).item()
+    p_m = p - 0.05
+    assert x.grad[0, 1].item() == pytest.approx(p_m ** 4 * p * (1 - p) / (1 - p_m), rel=1e-5)
+    assert torch.is_grad_enabled()
+
+
+def test_asl_computes_in_float32_under_half_inputs():
+    loss = AsymmetricLoss(reduction="sum")(X.half(), Y.half())
+    assert loss.dtype == torch.float32 and loss.item() == pytest.approx(1.682909, abs=1e-3)
+
+
+def test_cb_and_db_weights_by_hand():
+    counts, n = [2, 5, 10], 20
+    cb = ResampleLoss(counts, n, reweight="CB", focal=False, neg_scale=1.0)
+    expected = [(1 - 0.9) / (1 - 0.9 ** c) for c in counts]  # 0.52632, 0.24419, 0.15353
+    assert cb.weights(torch.zeros(1, 3))[0].tolist() == pytest.approx(expected, rel=1e-5)
+    assert expected == pytest.approx([0.526316, 0.244194, 0.153534], rel=1e-5)
+
+    db = ResampleLoss(counts, n, reweight="rebalance", focal=False, neg_scale=1.0, map_gamma=0.3)
+    y = torch.tensor([[1.0, 1.0, 0.0]])
+    r = 1 / 2 + 1 / 5  # Σ_k y_k / n_k = 0.7
+    want = [1 / (1 + math.exp(-10 * ((1 / c) / r - 0.3))) + 0.1 for c in counts]
+    assert db.weights(y)[0].tolist() == pytest.approx(want, rel=1e-5)
+    # init bias: -log(N / n_i - 1) * 0.05 / neg_scale
+    assert cb.init_bias.tolist() == pytest.approx([-math.log(20 / c - 1) * 0.05 for c in counts], rel=1e-5)
+
+
+def test_resample_loss_does_not_touch_the_logits_and_focal_is_per_element():
+    counts, n = [3, 6, 9], 20
+    x, y = torch.randn(4, 3), torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]])
+    x0 = x.clone()
+    per_el = build_loss("db_focal", counts, n, family="voc", reduction="sum")
+    scalar = build_loss("db_focal", counts, n, family="voc", reduction="sum", scalar_focal=True)
+    a, b = per_el(x, y), scalar(x, y)
+    assert torch.equal(x, x0)
+    assert not torch.isclose(a, b)
+    assert per_el.neg_scale == 5.0 and per_el.map_gamma == 0.3
+    assert build_loss("cb_focal", counts, n, family="coco").neg_scale == 2.0
+
+
+def test_every_registered_loss_runs_and_backpropagates():
+    counts, n = [3, 6, 9, 40], 50
+    for name in LOSSES:
+        x = torch.randn(5, 4, requires_grad=True)
+        y = (torch.rand(5, 4) > 0.6).float()
+        loss = build_loss(name, train_counts=counts, num_train=n, family="coco")(x, y)
+        loss.backward()
+        assert loss.dim() == 0 and torch.isfinite(loss) and x.grad.abs().sum() > 0, name
+
+
+def test_rw_weights_follow_inverse_sqrt_frequency():
+    loss = build_loss("rw", train_counts=[4, 16], num_train=20)
+    w = loss.class_weight
+    assert (w[0] / w[1]).item() == pytest.approx(2.0) and w.mean().item() == pytest.approx(1.0)
+
+
+def test_bad_inputs():
+    with pytest.raises(CprflError, match="'nope'"):
+        build_loss("nope")
+    with pytest.raises(CprflError, match=r"\(2, 3\).*\(2, 4\)"):
+        AsymmetricLoss()(X, torch.zeros(2, 4))
+    with pytest.raises(CprflError, match="NaN"):
+        AsymmetricLoss()(torch.tensor([[float("nan"), 0.0, 1.0]]), torch.zeros(1, 3))
+    with pytest.raises(CprflError, match="reduction"):
+        AsymmetricLoss(reduction="avg")
+    with pytest.raises(CprflError, match="training counts"):
+        build_loss("db_focal")
+    with pytest.raises(CprflError, match="bad parameter"):
+        build_loss("asl", gamma=3)

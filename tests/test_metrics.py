@@ -1,0 +1,80 @@
+"""Metrics against scikit-learn, hand examples and the consistency check of method.md §11.4."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score
+
+from cprfl_lib.errors import CprflError
+from cprfl_lib.metrics import (average_precision, class_groups, map_report, threshold_metrics, topk_metrics,
+                               weighted_group_mean)
+
+VOC_COUNTS = [6, 34, 8, 14, 154, 17, 249, 29, 479, 4, 240, 48, 11, 20, 775, 100, 5, 82, 7, 64]
+
+
+def test_ap_equals_sklearn_on_random_scores():
+    rng = np.random.default_rng(0)
+    scores, targets = rng.normal(size=(200, 7)), (rng.random((200, 7)) < 0.2).astype(int)
+    ap = average_precision(torch.tensor(scores), torch.tensor(targets))
+    for c in range(7):
+        assert ap[c] == pytest.approx(average_precision_score(targets[:, c], scores[:, c]))
+
+
+def test_ap_hand_example():
+    # ranking: pos, neg, pos, neg → (1/1 + 2/3) / 2
+    ap = average_precision(np.array([[0.9], [0.8], [0.7], [0.1]]), np.array([[1], [0], [1], [0]]))
+    assert ap[0] == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_groups_from_training_counts():
+    g = class_groups(VOC_COUNTS)
+    assert [(g == k).sum() for k in ("head", "medium", "tail")] == [6, 6, 8]
+    assert g[15] == "head" and g[13] == "medium" and g[5] == "tail"  # pottedplant 100, motorbike 20, bus 17
+
+
+def test_group_means_hand_example():
+    targets = np.eye(4, dtype=int).repeat(2, axis=0)  # each class has two positives
+    scores = targets.astype(float).copy()
+    scores[:, 3] = np.linspace(1, 0, 8)  # class 3 (tail) ranked badly: positives at ranks 7, 8
+    r = map_report(scores, targets, train_counts=[150, 120, 50, 3])
+    ap3 = (1 / 7 + 2 / 8) / 2
+    assert r.head == pytest.approx(100) and r.medium == pytest.approx(100)
+    assert r.tail == pytest.approx(ap3 * 100) and r.mAP == pytest.approx((300 + ap3 * 100) / 4)
+
+
+def test_total_is_the_class_weighted_mean_of_groups():
+    rng = np.random.default_rng(1)
+    targets = (rng.random((300, 20)) < 0.15).astype(int)
+    r = map_report(rng.normal(size=(300, 20)) + targets, targets, VOC_COUNTS)
+    assert r.mAP == pytest.approx(weighted_group_mean(r.head, r.medium, r.tail, (6, 6, 8)))
+    # the paper's main rows pass the same check (method.md §11.4)
+    assert weighted_group_mean(81.84, 90.51, 86.43, (6, 6, 8)) == pytest.approx(86.28, abs=0.01)
+    assert weighted_group_mean(66.35, 70.99, 61.33, (22, 33, 25)) == pytest.approx(66.69, abs=0.01)
+
+
+def test_class_without_positive_is_reported_not_averaged():
+    targets = np.array([[1, 0], [0, 0], [1, 0]])
+    with pytest.warns(UserWarning, match="cow"):
+        r = map_report(np.random.default_rng(0).normal(size=(3, 2)), targets, [200, 5], class_names=["person", "cow"])
+    assert r.no_positive == ["cow"] and np.isnan(r.ap[1]) and np.isnan(r.tail) and r.mAP == r.head
+
+
+def test_threshold_and_topk_metrics_by_hand():
+    targets = np.array([[1, 0, 1], [0, 1, 0]])
+    probs = np.array([[0.9, 0.6, 0.2], [0.1, 0.7, 0.8]])
+    m = threshold_metrics(probs, targets, threshold=0.5, logits=False)
+    # predicted: {0,1} and {1,2}; tp = 2 of 4 predictions, of 3 positives
+    assert m["OP"] == pytest.approx(50) and m["OR"] == pytest.approx(200 / 3)
+    assert m["CP"] == pytest.approx(100 * (1 + 0.5 + 0) / 3) and m["CR"] == pytest.approx(100 * (1 + 1 + 0) / 3)
+    t = topk_metrics(probs, targets, k=1)
+    assert t["OP"] == pytest.approx(50) and t["OR"] == pytest.approx(100 / 3)
+    assert threshold_metrics(np.log(probs / (1 - probs)), targets)["OF1"] == pytest.approx(m["OF1"])
+
+
+def test_bad_inputs():
+    with pytest.raises(CprflError, match=r"\(3, 2\).*\(3, 3\)"):
+        average_precision(np.zeros((3, 2)), np.zeros((3, 3)))
+    with pytest.raises(CprflError, match="NaN"):
+        average_precision(np.array([[np.nan]]), np.array([[1]]))
+    with pytest.raises(CprflError, match="k=5"):
+        topk_metrics(np.zeros((2, 3)), np.zeros((2, 3)), k=5)

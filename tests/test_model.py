@@ -1,0 +1,147 @@
+"""Contracts of the CPRFL model: shapes, batch of one, the two gradient paths, bad input."""
+
+import pytest
+import torch
+from torch import nn
+
+from cprfl_lib.errors import CprflError
+from cprfl_lib.model import CPRFLHead, LinearHead, MultiLabelClassifier, PromptInitialization, count_parameters
+
+TINY = dict(dim=32, heads=2, dim_head=8, mlp_dim=48, dropout=0.0)
+
+
+def tiny_head(c=20, m=16, feat=24, **kw):
+    torch.manual_seed(0)
+    return CPRFLHead(feat, c, class_embeddings=torch.randn(c, m), **{**TINY, **kw})
+
+
+@pytest.mark.parametrize("c", [20, 80])
+@pytest.mark.parametrize("b", [1, 3])
+def test_logits_shape_for_feature_maps_and_tokens(c, b):
+    head = tiny_head(c=c)
+    assert head(torch.randn(b, 24, 4, 4)).shape == (b, c)  # batch of 1 keeps its batch axis
+    assert head(torch.randn(b, 16, 24)).shape == (b, c)
+
+
+def test_classifier_with_backbone_and_attention():
+    backbone = nn.Conv2d(3, 24, kernel_size=8, stride=8)
+    model = MultiLabelClassifier(backbone, tiny_head(c=20))
+    logits, attn = model(torch.randn(2, 3, 32, 32), return_attention=True)
+    assert logits.shape == (2, 20) and attn.shape == (2, 20, 16)
+    # a share of each prompt's attention goes to the other prompts, the rest to the 16 visual tokens
+    assert (attn >= 0).all() and (attn.sum(-1) < 1).all()
+
+
+def test_logit_is_dot_product_of_refined_feature_and_prompt():
+    head = tiny_head(c=5).eval()
+    x = torch.randn(2, 24, 3, 3)
+    logits = head(x)
+    p = head.prompts()
+    z = torch.cat([head.visual_proj(x.flatten(2).transpose(1, 2)), p.expand(2, -1, -1)], 1)
+    for layer in head.vsi:
+        z = layer(z)
+    assert torch.allclose(logits, torch.einsum("bcd,cd->bc", z[:, 9:], p), atol=1e-5)
+
+
+def test_attention_path_matches_fused_path():
+    head = tiny_head(c=5).eval()
+    x = torch.randn(2, 24, 3, 3)
+    assert torch.allclose(head(x), head(x, return_attention=True)[0], atol=1e-5)
+
+
+def test_prompt_initialization_widths():
+    pi = PromptInitialization(embed_dim=1024, dim=2048, tau=0.5)
+    assert pi.fc1.weight.shape == (1024, 1024) and pi.fc2.weight.shape == (2048, 1024)
+    assert count_parameters(pi) == 3_148_800  # method.md §2
+
+
+def test_paper_configuration_parameter_counts():
+    head = CPRFLHead(2048, 80, class_embeddings=torch.zeros(80, 1024))
+    assert count_parameters(head.visual_proj) == 4_196_352
+    assert count_parameters(head.vsi) == 41_957_376
+    assert count_parameters(head) == 4_196_352 + 41_957_376 + 3_148_800
+
+
+def test_residual_switch_changes_output():
+    x = torch.randn(2, 24, 2, 2)
+    plain, res = tiny_head(), tiny_head(residual=True)
+    res.load_state_dict(plain.state_dict())
+    assert not torch.allclose(plain.eval()(x), res.eval()(x))
+
+
+# --- Dual-path back-propagation ---------------------------------------------------------
+
+def _prompt_grad(**switches):
+    """Gradient of the loss w.r.t. the prompts P, with the given switches."""
+    head = tiny_head(c=6, **switches).eval()
+    x = torch.randn(3, 24, 2, 2, generator=torch.Generator().manual_seed(1))
+    p = head.prompts().detach().requires_grad_(True)
+    head.prompts = lambda: p  # feed P in as a leaf so autograd gives dL/dP
+    head(x).pow(2).sum().backward()
+    return p.grad, head
+
+
+def test_both_paths_sum_to_the_full_gradient():
+    full, _ = _prompt_grad()
+    p1_only, _ = _prompt_grad(cut_p2=True)  # only the classifier path left
+    p2_only, _ = _prompt_grad(cut_p1=True)  # only the VSI path left
+    assert full.abs().sum() > 0 and p1_only.abs().sum() > 0 and p2_only.abs().sum() > 0
+    assert torch.allclose(full, p1_only + p2_only, atol=1e-5)
+    assert not torch.allclose(full, p1_only, atol=1e-5) and not torch.allclose(full, p2_only, atol=1e-5)
+
+
+def test_cutting_both_paths_leaves_no_prompt_gradient():
+    grad, _ = _prompt_grad(cut_p1=True, cut_p2=True)
+    assert grad is None or grad.abs().sum() == 0
+
+
+def test_cut_p2_keeps_vsi_training_but_no_feature_grad_stops_it():
+    _, head = _prompt_grad(cut_p2=True)
+    assert head.vsi[0].attn.to_qkv.weight.grad.abs().sum() > 0
+    assert head.visual_proj.weight.grad.abs().sum() > 0
+    grad, head = _prompt_grad(no_feature_grad=True)
+    assert head.vsi[0].attn.to_qkv.weight.grad is None and head.visual_proj.weight.grad is None
+    p1_only, _ = _prompt_grad(cut_p2=True)
+    # the prompts get the same gradient as in the clean P1-only cut; the difference is the VSI and φ stop learning
+    assert torch.allclose(grad, p1_only, atol=1e-6)
+
+
+def test_gradient_reaches_the_pi_network_along_both_paths():
+    head = tiny_head(c=4)
+    head(torch.randn(2, 24, 2, 2)).sum().backward()
+    assert head.prompt_init.fc1.weight.grad.abs().sum() > 0
+
+
+# --- Trainable text encoder and bad input -----------------------------------------------
+
+class _Text(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(7, 10))
+
+    def forward(self):
+        return self.w * 2
+
+
+def test_trainable_text_encoder_receives_gradients():
+    text = _Text()
+    head = CPRFLHead(24, 7, text_encoder=text, embed_dim=10, **TINY)
+    head(torch.randn(2, 24, 2, 2)).sum().backward()
+    assert text.w.grad.abs().sum() > 0
+
+
+def test_bad_inputs_raise_clear_errors():
+    with pytest.raises(CprflError, match="exactly one"):
+        CPRFLHead(24, 7, **TINY)
+    with pytest.raises(CprflError, match=r"\(7, m\)"):
+        CPRFLHead(24, 7, class_embeddings=torch.randn(5, 10), **TINY)
+    with pytest.raises(CprflError, match="feature map"):
+        tiny_head()(torch.randn(24))
+    with pytest.raises(CprflError, match="images"):
+        MultiLabelClassifier(nn.Identity(), LinearHead(3, 2))(torch.randn(2, 4, 8, 8))
+
+
+def test_linear_baseline_shapes():
+    head = LinearHead(24, 20)
+    assert head(torch.randn(1, 24, 3, 3)).shape == (1, 20)
+    assert head(torch.randn(4, 9, 24)).shape == (4, 20)
