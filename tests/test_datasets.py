@@ -1,0 +1,160 @@
+"""Image loading on a tiny VOC-layout tree, and the transform presets."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFile
+from torch.utils.data import DataLoader
+
+from cprfl_lib.datasets import MultiLabelImageDataset, check_images
+from cprfl_lib.errors import CprflError
+from cprfl_lib.splits import read_split
+from cprfl_lib.transforms import CutoutPIL, build_transform
+
+JPEG_DIR = "VOCdevkit/VOC2012/JPEGImages"
+
+
+@pytest.fixture
+def voc_tree(tmp_path: Path) -> tuple[Path, Path]:
+    """A data root with 6 generated JPEGs (one greyscale) and a split list over them."""
+    root = tmp_path / "data"
+    (root / JPEG_DIR).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(6):
+        size = (40 + 4 * i, 30 + 2 * i)
+        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        img = Image.fromarray(pixels)
+        if i == 5:
+            img = img.convert("L")
+        img.save(root / JPEG_DIR / f"2008_00000{i}.jpg", quality=90)
+        labels = " ".join(str(c) for c in range(3) if (i + c) % 2 == 0)
+        lines.append(f"{JPEG_DIR}/2008_00000{i}.jpg {labels}".rstrip())
+    lst = tmp_path / "train.txt"
+    lst.write_text("\n".join(lines) + "\n")
+    return root, lst
+
+
+def test_dataset_and_loader(voc_tree: tuple[Path, Path]) -> None:
+    root, lst = voc_tree
+    split = read_split(lst, 3)
+    ds = MultiLabelImageDataset(root, split, transform=build_transform("imagenet", 32, train=False))
+    assert len(ds) == 6
+    image, target = ds[0]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32
+    assert target.dtype == torch.float32 and target.tolist() == [1.0, 0.0, 1.0]
+    images, targets = next(iter(DataLoader(ds, batch_size=4, shuffle=False)))
+    assert images.shape == (4, 3, 32, 32) and targets.shape == (4, 3)
+    assert torch.equal(targets, torch.from_numpy(split.targets[:4]).float())
+    raw = MultiLabelImageDataset(root, split)[5][0]  # greyscale file comes back RGB
+    assert isinstance(raw, Image.Image) and raw.mode == "RGB"
+
+
+def test_missing_images_reported_up_front(voc_tree: tuple[Path, Path]) -> None:
+    root, lst = voc_tree
+    for i in (1, 3, 4):
+        (root / JPEG_DIR / f"2008_00000{i}.jpg").unlink()
+    split = read_split(lst, 3)
+    with pytest.raises(CprflError) as info:
+        MultiLabelImageDataset(root, split)
+    msg = str(info.value)
+    first = f"{JPEG_DIR}/2008_000001.jpg, {JPEG_DIR}/2008_000003.jpg"
+    assert f"3 of 6 images are missing under {root} (first: {first}" in msg
+    assert "--data-root" in msg
+    with pytest.raises(CprflError, match=r"1,200 of 1,200 images are missing .*\(first: x0, x1, \.\.\.\)"):
+        check_images(root, [f"x{i}" for i in range(1200)], show=2)
+
+
+def test_missing_data_root(tmp_path: Path, voc_tree: tuple[Path, Path]) -> None:
+    _, lst = voc_tree
+    with pytest.raises(CprflError, match=f"data root {tmp_path / 'nowhere'} does not exist"):
+        check_images(tmp_path / "nowhere", ["a.jpg"])
+    with pytest.raises(CprflError, match="no image folder given; pass --data-root"):
+        MultiLabelImageDataset(None, read_split(lst, 3))
+
+
+def test_corrupt_and_truncated_images(voc_tree: tuple[Path, Path]) -> None:
+    root, lst = voc_tree
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+    corrupt = root / JPEG_DIR / "2008_000001.jpg"
+    corrupt.write_bytes(random.Random(0).randbytes(2000))
+    truncated = root / JPEG_DIR / "2008_000002.jpg"
+    truncated.write_bytes(truncated.read_bytes()[:600])
+    ds = MultiLabelImageDataset(root, read_split(lst, 3))  # both exist, so the up-front check passes
+    for index, path in [(1, corrupt), (2, truncated)]:
+        with pytest.raises(CprflError, match=f"{path}: cannot read image"):
+            ds[index]
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+# ---------------------------------------------------------------- transforms
+
+
+@pytest.mark.parametrize("preset", ["official", "imagenet", "backbone"])
+@pytest.mark.parametrize("train", [True, False])
+def test_presets_give_square_float_tensors(preset: str, train: bool) -> None:
+    torch.manual_seed(0)
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    tf = build_transform(preset, 24, train=train, mean=(0.5,) * 3, std=(0.5,) * 3)
+    out = tf(img)
+    assert out.shape == (3, 24, 24) and out.dtype == torch.float32
+    if preset == "official":
+        assert 0.0 <= out.min() and out.max() <= 1.0
+    else:
+        assert out.min() < 0.0  # normalised
+
+
+def test_normalisation_values() -> None:
+    img = Image.new("RGB", (8, 8), (255, 0, 128))
+    raw = build_transform("official", 8, train=False)(img)
+    assert raw[:, 0, 0].tolist() == pytest.approx([1.0, 0.0, 128 / 255], abs=1e-6)
+    half = build_transform("backbone", 8, train=False, mean=(0.5,) * 3, std=(0.5,) * 3)(img)
+    assert half[:, 0, 0].tolist() == pytest.approx([1.0, -1.0, 2 * 128 / 255 - 1], abs=1e-6)
+    imnet = build_transform("imagenet", 8, train=False)(img)
+    assert imnet[0, 0, 0].item() == pytest.approx((1.0 - 0.485) / 0.229, abs=1e-5)
+
+
+def test_official_train_pipeline_order() -> None:
+    steps = [type(t).__name__ for t in build_transform("official", 16, train=True).transforms]
+    assert steps == ["Resize", "CutoutPIL", "RandAugment", "ToTensor"]
+
+
+def test_bad_presets() -> None:
+    with pytest.raises(CprflError, match="unknown transform preset 'clip'; known: official, imagenet, backbone"):
+        build_transform("clip", 224, train=True)
+    with pytest.raises(CprflError, match="needs the backbone's mean and std"):
+        build_transform("backbone", 224, train=True)
+    with pytest.raises(CprflError, match="positive integer"):
+        build_transform("imagenet", 0, train=True)
+
+
+def test_cutout_paints_half_size_rectangle(monkeypatch: pytest.MonkeyPatch) -> None:
+    img = Image.new("RGB", (40, 20), (0, 0, 0))
+    draws = iter([torch.tensor(10), torch.tensor(20), torch.tensor([200, 100, 50])])  # yc, xc, fill
+    monkeypatch.setattr(torch, "randint", lambda *a, **k: next(draws))
+    out = np.asarray(CutoutPIL(0.5)(img))
+    painted = (out == [200, 100, 50]).all(axis=2)
+    rows, cols = painted.any(axis=1).nonzero()[0], painted.any(axis=0).nonzero()[0]
+    assert painted.sum() == 10 * 20  # exactly 0.5·H × 0.5·W
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (5, 14, 10, 29)
+    assert np.asarray(img).max() == 0  # the input is left untouched
+
+
+def test_cutout_clips_at_border_and_is_seedable() -> None:
+    img = Image.new("RGB", (32, 32), (0, 0, 0))
+    cut = CutoutPIL(0.5)
+    torch.manual_seed(0)
+    areas = []
+    for _ in range(50):
+        out = np.asarray(cut(img))
+        areas.append(int((out != 0).any(axis=2).sum()))  # a fill may have a zero channel, not all three
+    assert max(areas) <= 16 * 16 and min(areas) < 16 * 16  # clipped near the edges
+    torch.manual_seed(3)
+    a = np.asarray(cut(img))
+    torch.manual_seed(3)
+    assert np.array_equal(a, np.asarray(cut(img)))

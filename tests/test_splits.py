@@ -1,0 +1,283 @@
+"""Split lists: fetching with pinned checksums, parsing, and the facts of the published benchmarks."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cprfl_lib import splits
+from cprfl_lib.errors import CprflError
+from cprfl_lib.splits import fetch_split_lists, load_benchmark, read_labels, read_split
+
+VOC_COUNTS = [6, 34, 8, 14, 154, 17, 249, 29, 479, 4, 240, 48, 11, 20, 775, 100, 5, 82, 7, 64]
+VOC_HEAD = {"bottle", "car", "chair", "diningtable", "person", "pottedplant"}
+VOC_MEDIUM = {"bicycle", "cat", "dog", "motorbike", "sofa", "tvmonitor"}
+
+
+# ---------------------------------------------------------------- the published lists
+
+
+@pytest.fixture
+def voc(shared_data: Path) -> splits.Benchmark:
+    return load_benchmark("voc-lt", list_dir=shared_data / "voc_lt", download=False)
+
+
+@pytest.fixture
+def coco(shared_data: Path) -> splits.Benchmark:
+    return load_benchmark("coco-lt", list_dir=shared_data / "coco_lt", download=False)
+
+
+def test_fetch_reads_a_user_folder_with_short_names(shared_data: Path) -> None:
+    files = fetch_split_lists("voc-lt", list_dir=shared_data / "voc_lt", download=False)
+    assert files == {role: shared_data / "voc_lt" / f"{role}.txt" for role in ("train", "test", "labels")}
+    for role, path in files.items():
+        assert splits.sha256_file(path) == splits.SPECS["voc-lt"].files[role].sha256
+
+
+def test_fetch_accepts_official_names(shared_data: Path, tmp_path: Path) -> None:
+    for role, official in [("train", "coco_lt_train.txt"), ("test", "coco_lt_test.txt"), ("labels", "coco_labels.txt")]:
+        shutil.copy(shared_data / "coco_lt" / f"{role}.txt", tmp_path / official)
+    files = fetch_split_lists("coco-lt", list_dir=tmp_path, download=False)
+    assert files["labels"] == tmp_path / "coco_labels.txt"
+
+
+def test_voc_lt_facts(voc: splits.Benchmark) -> None:
+    assert (len(voc.train), len(voc.test), voc.num_classes) == (1142, 4952, 20)
+    assert voc.train.targets.shape == (1142, 20) and voc.train.targets.dtype == np.uint8
+    assert voc.train_counts.dtype == np.int64
+    assert voc.train_counts.tolist() == VOC_COUNTS
+    assert voc.class_names[15] == "pottedplant" and voc.class_names[13] == "motorbike"
+    assert voc.class_names[1] == "bicycle"  # trailing space on that line in the file
+    assert voc.train.paths[0] == "VOCdevkit/VOC2012/JPEGImages/2008_000023.jpg"
+    assert voc.test.paths[0].startswith("VOCdevkit/VOC2007/JPEGImages/")
+    assert voc.train.targets[0].nonzero()[0].tolist() == [4, 14, 19]
+    assert round(voc.train.targets.sum() / 1142, 2) == 2.05
+    assert voc.image_root is None and not voc.is_synthetic
+
+
+def test_coco_lt_facts(coco: splits.Benchmark) -> None:
+    assert (len(coco.train), len(coco.test), coco.num_classes) == (1909, 5000, 80)
+    assert coco.class_names[9] == "traffic light"
+    assert coco.class_names[38] == "tennis racket"
+    assert int((coco.test.targets.sum(axis=1) == 0).sum()) == 48
+    assert (coco.train.targets.sum(axis=1) > 0).all()
+    counts = coco.train_counts
+    assert (counts.max(), counts.min()) == (1128, 6)
+    assert counts[24] == 100 and counts[8] == 20 and counts[38] == 20 and counts[14] == 19
+
+
+def test_groups_voc(voc: splits.Benchmark) -> None:
+    groups = voc.groups
+    assert [int((groups == g).sum()) for g in ("head", "medium", "tail")] == [6, 6, 8]
+    names = np.array(voc.class_names)
+    assert set(names[groups == "head"]) == VOC_HEAD
+    assert set(names[groups == "medium"]) == VOC_MEDIUM
+
+
+def test_groups_coco(coco: splits.Benchmark) -> None:
+    groups = coco.groups
+    assert [int((groups == g).sum()) for g in ("head", "medium", "tail")] == [22, 33, 25]
+    names = coco.class_names
+    assert groups[names.index("backpack")] == "head"
+    for medium in ("boat", "tennis racket"):
+        assert groups[names.index(medium)] == "medium"
+    assert groups[names.index("bird")] == "tail"
+
+
+def test_tampered_copy_fails_checksum(shared_data: Path, tmp_path: Path) -> None:
+    for role in ("train", "test", "labels"):
+        shutil.copy(shared_data / "voc_lt" / f"{role}.txt", tmp_path / f"{role}.txt")
+    train = tmp_path / "train.txt"
+    train.write_text(train.read_text().replace(" 14 4 19", " 14 4", 1))
+    with pytest.raises(CprflError, match=r"train\.txt: sha256 .* does not match") as info:
+        fetch_split_lists("voc-lt", list_dir=tmp_path, download=False)
+    assert "voc_lt_train.txt" in str(info.value)
+    # read_split itself never checks sums: a hand-edited list still parses.
+    assert len(read_split(train, 20)) == 1142
+
+
+def test_labels_count_must_match_spec(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pretend the COCO labels are VOC's: checksums pass, the class count does not.
+    spec = splits.SPECS["voc-lt"]
+    coco_sums = {r: splits.SPECS["coco-lt"].files[r].sha256 for r in ("train", "test", "labels")}
+    fake = splits.BenchmarkSpec("voc-lt", 20, {r: splits.ListFile(f.url, coco_sums[r], f.filename, f.alias)
+                                               for r, f in spec.files.items()})
+    monkeypatch.setitem(splits.SPECS, "voc-lt", fake)
+    with pytest.raises(CprflError, match=r"labels\.txt: 80 classes, but voc-lt has 20"):
+        load_benchmark("voc-lt", list_dir=shared_data / "coco_lt", download=False)
+
+
+# ---------------------------------------------------------------- fetching without network
+
+
+def _offline(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+
+    def fail(url: str, timeout: float | None = None):
+        calls.append(url)
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(splits.urllib.request, "urlopen", fail)
+    return calls
+
+
+def test_no_network_says_where_to_put_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _offline(monkeypatch)
+    with pytest.raises(CprflError) as info:
+        fetch_split_lists("voc-lt", list_dir=tmp_path, download=True)
+    msg = str(info.value)
+    url = "https://raw.githubusercontent.com/jiexuanyan/CPRFL/main/data/voc/voc_labels.txt"
+    assert calls == [url]
+    assert f"download {url} and put it at {tmp_path / 'voc_labels.txt'}" in msg
+    assert "--list-dir" in msg and "Name or service not known" in msg
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_no_network_default_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CPRFL_CACHE", str(tmp_path))
+    _offline(monkeypatch)
+    with pytest.raises(CprflError, match=re.escape(str(tmp_path / "lists" / "coco-lt" / "coco_labels.txt"))):
+        fetch_split_lists("coco-lt")
+
+
+def test_refused_connection(tmp_path: Path) -> None:
+    # No mock: a refused connection (nothing listens on the local discard port) is a CprflError.
+    entry = splits.ListFile("http://127.0.0.1:9/voc_labels.txt", "0" * 64, "voc_labels.txt", "labels.txt")
+    with pytest.raises(CprflError, match="could not download http://127.0.0.1:9/voc_labels.txt"):
+        splits._download(entry, tmp_path / "voc_labels.txt", timeout=2.0)
+    assert not (tmp_path / "voc_labels.txt").exists()
+
+
+def test_download_verifies_and_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_data: Path) -> None:
+    class Response:
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            pass
+
+        def read(self) -> bytes:
+            return self.data
+
+    sources = {f.url: shared_data / "voc_lt" / f"{r}.txt" for r, f in splits.SPECS["voc-lt"].files.items()}
+    monkeypatch.setattr(splits.urllib.request, "urlopen", lambda url, timeout=None: Response(sources[url].read_bytes()))
+    files = fetch_split_lists("voc-lt", list_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["voc_labels.txt", "voc_lt_test.txt", "voc_lt_train.txt"]
+    assert files["train"].read_bytes() == (shared_data / "voc_lt" / "train.txt").read_bytes()
+
+    # A server that returns something else is refused and leaves nothing behind.
+    other = tmp_path / "other"
+    other.mkdir()
+    monkeypatch.setattr(splits.urllib.request, "urlopen", lambda url, timeout=None: Response(b"nope\n"))
+    with pytest.raises(CprflError, match="gave sha256"):
+        fetch_split_lists("voc-lt", list_dir=other)
+    assert not any(other.iterdir())
+
+
+def test_download_false_missing_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _offline(monkeypatch)
+    with pytest.raises(CprflError, match=r"voc-lt labels list not found in .*voc_labels\.txt, labels\.txt"):
+        fetch_split_lists("voc-lt", list_dir=tmp_path, download=False)
+    assert calls == []
+
+
+def test_unknown_benchmark_lists_known_ones() -> None:
+    with pytest.raises(CprflError, match="voc-lt, coco-lt, synth-voc-lt, synth-coco-lt"):
+        load_benchmark("imagenet-lt")
+    with pytest.raises(CprflError, match="unknown benchmark 'nus'"):
+        fetch_split_lists("nus")
+
+
+# ---------------------------------------------------------------- parsing hand-made lists
+
+
+def test_messy_but_valid_files(tmp_path: Path) -> None:
+    labels = tmp_path / "labels.txt"
+    labels.write_bytes(b"cat 0\r\ntraffic light 1 \r\n  hair   drier 2\r\n\r\n")
+    assert read_labels(labels) == ["cat", "traffic light", "hair   drier"]
+    lst = tmp_path / "train.txt"
+    lst.write_bytes(b"a/1.jpg 0 2 \r\nb/2.jpg\r\nc/3.jpg 1 1  \r\nd/4.jpg 2")  # CRLF, trailing spaces, no final newline
+    split = read_split(lst, 3)
+    assert split.paths == ["a/1.jpg", "b/2.jpg", "c/3.jpg", "d/4.jpg"]
+    assert split.targets.tolist() == [[1, 0, 1], [0, 0, 0], [0, 1, 0], [0, 0, 1]]
+    assert split.targets.dtype == np.uint8 and split.source == lst
+    lst.write_text("a/1.jpg 0\nb/2.jpg 1\n\n\n  \n")  # blank trailing lines
+    assert len(read_split(lst, 3)) == 2
+
+
+@pytest.mark.parametrize(
+    "content, pattern",
+    [
+        ("a.jpg 0\nb.jpg x1\n", r"train\.txt:2: label 'x1' is not an integer"),
+        ("a.jpg 0\nb.jpg 1\nc.jpg 3\n", r"train\.txt:3: label 3 is out of range 0\.\.2"),
+        ("a.jpg -1\n", r"train\.txt:1: label -1 is out of range"),
+        ("a.jpg 0\n\n4 2\n", r"train\.txt:3: no image path \(the line starts with '4'\)"),
+        ("\n \n", r"train\.txt: the list is empty"),
+    ],
+)
+def test_malformed_split_lines(tmp_path: Path, content: str, pattern: str) -> None:
+    path = tmp_path / "train.txt"
+    path.write_text(content)
+    with pytest.raises(CprflError, match=pattern):
+        read_split(path, 3)
+
+
+@pytest.mark.parametrize(
+    "content, pattern",
+    [
+        ("cat 0\ndog 2\n", r"labels\.txt:2: class index '2' should be 1"),
+        ("cat 0\ndog\n", r"labels\.txt:2: expected 'class name INDEX', got 'dog'"),
+        ("cat 0\nbig dog one\n", r"labels\.txt:2: class index 'one' should be 1"),
+        ("cat 0\ncat 1\n", r"labels\.txt:2: class name 'cat' appears twice"),
+        ("\n", r"labels\.txt: no class names"),
+    ],
+)
+def test_malformed_labels(tmp_path: Path, content: str, pattern: str) -> None:
+    path = tmp_path / "labels.txt"
+    path.write_text(content)
+    with pytest.raises(CprflError, match=pattern):
+        read_labels(path)
+
+
+def test_missing_file_is_a_cprfl_error(tmp_path: Path) -> None:
+    with pytest.raises(CprflError, match="nope.txt: file not found"):
+        read_split(tmp_path / "nope.txt", 3)
+
+
+# ---------------------------------------------------------------- generated benchmarks
+
+
+def test_synthetic_uses_generated_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    folder = tmp_path / "synth"
+    folder.mkdir()
+    (folder / "labels.txt").write_text("a 0\nb 1\n")
+    (folder / "train.txt").write_text("img/0.jpg 0\nimg/1.jpg 0 1\nimg/2.jpg 0\n")
+    (folder / "test.txt").write_text("img/3.jpg 1\n")
+    seen: list[tuple] = []
+
+    def ensure_synthetic(name: str, root=None, **options) -> Path:
+        seen.append((name, root, options))
+        return folder
+
+    fake = types.ModuleType("cprfl_lib.synthetic")
+    fake.ensure_synthetic = ensure_synthetic
+    monkeypatch.setitem(sys.modules, "cprfl_lib.synthetic", fake)
+    bench = load_benchmark("synth-voc-lt", data_root=tmp_path, synthetic_options={"seed": 3})
+    assert seen == [("synth-voc-lt", tmp_path, {"seed": 3})]
+    assert bench.is_synthetic and bench.image_root == folder and bench.list_dir == folder
+    assert bench.train_counts.tolist() == [3, 1]
+    with pytest.raises(CprflError, match="drop --list-dir"):
+        load_benchmark("synth-coco-lt", list_dir=tmp_path)
+    with pytest.raises(CprflError, match="apply only to synth"):
+        load_benchmark("voc-lt", synthetic_options={"seed": 1})
