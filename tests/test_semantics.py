@@ -1,0 +1,308 @@
+"""Category semantics: shapes, known values, checkpoints by path, offline failures, the cache."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from cprfl_lib import semantics, semantics_clip
+from cprfl_lib.errors import CprflError
+from cprfl_lib.semantics import (
+    CLIPTextEncoder, FixedEmbedding, build_text_encoder, embedding_dim, encode_classes, encoder_status,
+)
+
+NAMES = ["cat", "dog", "traffic_light"]
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CPRFL_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """The hub in offline mode, whatever the environment of this run says."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", "/nonexistent-hf-cache")
+
+
+@pytest.fixture
+def tiny_ckpt(tmp_path):
+    """A seeded tiny CLIP saved as a state dict, and the reference text features of NAMES."""
+    import open_clip
+
+    semantics_clip.register_tiny_config()
+    torch.manual_seed(123)
+    model = open_clip.create_model("cprfl-tiny-RN").eval()
+    path = tmp_path / "tiny.pt"
+    torch.save(model.state_dict(), path)
+    tokens = open_clip.get_tokenizer("cprfl-tiny-RN")(["a photo of a cat.", "a photo of a dog.",
+                                                       "a photo of a traffic light."])
+    with torch.no_grad():
+        return path, model.encode_text(tokens)
+
+
+# --- CLIP --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("encoder, m", [("clip-rn50", 1024), ("clip-vit-b-16", 512)])
+def test_clip_random_weights_shape(encoder, m):
+    emb = encode_classes(encoder, NAMES, weights=None, cache=False)  # None = random (tests only)
+    assert emb.shape == (3, m) and emb.dtype == torch.float32 and torch.isfinite(emb).all()
+    assert embedding_dim(encoder) == m
+    assert not torch.allclose(emb[0], emb[1])  # different prompts, different features
+
+
+def test_clip_checkpoint_by_path_reproduces_features(tiny_ckpt):
+    path, expected = tiny_ckpt
+    got = encode_classes("clip-tiny", NAMES, weights=path, cache=False)
+    torch.testing.assert_close(got, expected)
+    assert embedding_dim("clip-tiny") == 64
+    # unnormalised by default, as the official code; normalize=True gives unit rows
+    assert not torch.allclose(got.norm(dim=1), torch.ones(3))
+    unit = encode_classes("clip-tiny", NAMES, weights=path, normalize=True, cache=False)
+    torch.testing.assert_close(unit, torch.nn.functional.normalize(expected, dim=1))
+
+
+def test_clip_safetensors_and_quick_gelu_from_file_name(tiny_ckpt, tmp_path):
+    from safetensors.torch import save_file
+
+    path, expected = tiny_ckpt
+    openai_named = tmp_path / "tiny-openai.safetensors"
+    save_file(torch.load(path, weights_only=True), openai_named)
+    # a file named *openai* gets QuickGELU by default, which changes the features ...
+    assert semantics_clip.default_quick_gelu("clip-tiny", openai_named)
+    quick = encode_classes("clip-tiny", NAMES, weights=openai_named, cache=False)
+    assert not torch.allclose(quick, expected, atol=1e-4)
+    # ... and the explicit parameter overrides the guess
+    plain = encode_classes("clip-tiny", NAMES, weights=openai_named, quick_gelu=False, cache=False)
+    torch.testing.assert_close(plain, expected)
+
+
+def test_clip_random_weights_follow_the_seed():
+    a = encode_classes("clip-tiny", NAMES, weights="random", seed=0, cache=False)
+    b = encode_classes("clip-tiny", NAMES, weights="random", seed=0, cache=False)
+    c = encode_classes("clip-tiny", NAMES, weights="random", seed=1, cache=False)
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_clip_bad_weights(tmp_path):
+    with pytest.raises(CprflError, match="not found"):
+        encode_classes("clip-tiny", NAMES, weights=tmp_path / "absent.pt", cache=False)
+    with pytest.raises(CprflError, match="unknown pretrained tag 'nope'"):
+        encode_classes("clip-rn50", NAMES, weights="nope", cache=False)
+    bad = tmp_path / "wrong.pt"
+    torch.save({"foo": torch.zeros(2)}, bad)
+    with pytest.raises(CprflError, match="wrong.pt"):
+        encode_classes("clip-tiny", NAMES, weights=bad, cache=False)
+
+
+def test_openai_tag_offline_fails_fast_naming_a_local_file(offline):
+    import open_clip  # noqa: F401  (import time is not the failure's time)
+
+    start = time.monotonic()
+    with pytest.raises(CprflError, match=r"weights=/path/to/RN50") as err:
+        encode_classes("clip-rn50", NAMES, weights="openai", cache=False)
+    assert "'openai'" in str(err.value) and "\n" not in str(err.value)
+    print(f"offline failure after {time.monotonic() - start:.2f} s")  # informative, not asserted
+    ok, why = encoder_status("clip-rn50", weights="openai")
+    assert not ok and "offline" in why and "local file" in why
+    assert encoder_status("clip-rn50", weights=None)[0]  # random weights need nothing
+
+
+def test_unreachable_hub_is_probed_before_open_clip(monkeypatch):
+    import open_clip
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", "/nonexistent-hf-cache")
+    monkeypatch.setattr(semantics_clip, "_hub_reachable", lambda timeout=3.0: False)
+
+    def must_not_run(*a, **k):
+        raise AssertionError("open_clip would retry for ~46 s")
+
+    monkeypatch.setattr(open_clip, "create_model", must_not_run)
+    with pytest.raises(CprflError, match="unreachable"):
+        encode_classes("clip-vit-b-16", NAMES, weights="openai", cache=False)
+    assert encoder_status("clip-vit-b-16", weights="openai")[0] is False
+
+
+def test_clip_text_encoder_trains(tiny_ckpt):
+    path, expected = tiny_ckpt
+    enc = build_text_encoder("clip-tiny", NAMES, weights=path, frozen=False)
+    assert isinstance(enc, CLIPTextEncoder) and enc.embed_dim == 64
+    assert not hasattr(enc.clip, "visual")
+    out = enc()
+    assert out.shape == (3, 64)
+    torch.testing.assert_close(out.detach(), expected)  # same features as the frozen path
+    out.pow(2).sum().backward()
+    for name in ("token_embedding.weight", "text_projection", "ln_final.weight"):
+        grad = dict(enc.clip.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.clip.transformer.parameters())
+    assert set(enc.state_dict()) >= {"clip.token_embedding.weight", "clip.positional_embedding"}
+    # a checkpoint reloads into a random-weights rebuild with the same QuickGELU choice ...
+    again = CLIPTextEncoder("clip-tiny", NAMES, weights=None, quick_gelu=False)
+    again.load_state_dict(enc.state_dict())
+    torch.testing.assert_close(again().detach(), out.detach())
+    # ... and refuses one with another (no parameter would reveal the mismatch)
+    with pytest.raises(CprflError, match="quick_gelu"):
+        CLIPTextEncoder("clip-tiny", NAMES, weights=None, quick_gelu=True).load_state_dict(enc.state_dict())
+
+
+def test_frozen_text_encoders(tiny_ckpt):
+    path, expected = tiny_ckpt
+    frozen_clip = CLIPTextEncoder("clip-tiny", NAMES, weights=path, frozen=True)
+    assert not any(p.requires_grad for p in frozen_clip.parameters())
+    assert not frozen_clip().requires_grad
+    fixed = build_text_encoder("clip-tiny", NAMES, weights=path)  # frozen by default, as the paper
+    assert isinstance(fixed, FixedEmbedding) and fixed.embed_dim == 64
+    torch.testing.assert_close(fixed(), expected)
+    with pytest.raises(CprflError, match="only the CLIP encoders"):
+        build_text_encoder("randn", NAMES, frozen=False)
+
+
+# --- MiniLM ------------------------------------------------------------------------------
+
+def test_minilm_semantics():
+    emb = encode_classes("minilm", ["cat", "dog", "bus"], cache=False)
+    assert emb.shape == (3, 384) == (3, embedding_dim("minilm"))
+    cos = torch.nn.functional.normalize(emb, dim=1) @ torch.nn.functional.normalize(emb, dim=1).T
+    assert cos[0, 1] > cos[0, 2] + 0.1  # cat~dog (0.62) closer than cat~bus (0.35)
+    assert encoder_status("minilm")[0]
+
+
+# --- GloVe / word2vec --------------------------------------------------------------------
+
+def _write_vectors(path, rows, header=False):
+    lines = [f"{len(rows)} {len(next(iter(rows.values())))}"] if header else []
+    lines += [" ".join([word, *map(str, vec)]) for word, vec in rows.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+VOCAB = {
+    "cat": [1.0, 0.0, 0.0], "traffic": [0.0, 2.0, 0.0], "light": [0.0, 0.0, 4.0],
+    "dining": [2.0, 2.0, 2.0], "table": [0.0, 0.0, 2.0], "hair": [1.0, 1.0, 1.0],
+}
+
+
+def test_glove_averages_words_and_aliases_voc_names(tmp_path):
+    glove = _write_vectors(tmp_path / "glove.txt", VOCAB)
+    emb = encode_classes("glove", ["Cat", "traffic light", "traffic_light", "diningtable"], path=glove, cache=False)
+    expected = torch.tensor([[1.0, 0, 0], [0, 1.0, 2.0], [0, 1.0, 2.0], [1.0, 1.0, 2.0]])
+    torch.testing.assert_close(emb, expected)
+    assert embedding_dim("glove", path=glove) == 3
+    # the joined token wins where the vocabulary has it
+    glove2 = _write_vectors(tmp_path / "glove2.txt", {**VOCAB, "diningtable": [9.0, 9.0, 9.0]})
+    torch.testing.assert_close(encode_classes("glove", ["diningtable"], path=glove2, cache=False),
+                               torch.tensor([[9.0, 9.0, 9.0]]))
+
+
+def test_word2vec_header_and_env_var(tmp_path, monkeypatch):
+    w2v = _write_vectors(tmp_path / "w2v.txt", VOCAB, header=True)
+    monkeypatch.setenv("CPRFL_WORD2VEC", str(w2v))
+    emb = encode_classes("word2vec", ["cat", "traffic light"], cache=False)
+    torch.testing.assert_close(emb, torch.tensor([[1.0, 0, 0], [0, 1.0, 2.0]]))
+    assert embedding_dim("word2vec") == 3 and encoder_status("word2vec")[0]
+
+
+def test_word_vectors_missing_words_and_files(tmp_path, monkeypatch):
+    glove = _write_vectors(tmp_path / "glove.txt", VOCAB)
+    with pytest.raises(CprflError) as err:
+        encode_classes("glove", ["cat", "zebra", "hair drier", "pottedplant"], path=glove, cache=False)
+    message = str(err.value)
+    assert "glove.txt" in message and "zebra" in message and "drier" in message and "potted" in message
+    assert "'cat'" not in message
+    monkeypatch.delenv("CPRFL_GLOVE", raising=False)
+    with pytest.raises(CprflError, match="CPRFL_GLOVE"):
+        encode_classes("glove", ["cat"], cache=False)
+    ok, why = encoder_status("glove")
+    assert not ok and "CPRFL_GLOVE" in why
+    bad = tmp_path / "bad.txt"
+    bad.write_text("dog 1 2 3\ncat 1 2\n")
+    with pytest.raises(CprflError, match=r"bad.txt:2"):
+        encode_classes("glove", ["cat"], path=bad, cache=False)
+
+
+# --- randn / onehot / argument checks ----------------------------------------------------
+
+def test_randn_and_onehot():
+    a = encode_classes("randn", NAMES, seed=3)
+    assert a.shape == (3, semantics.DEFAULT_RANDN_DIM) == (3, embedding_dim("randn"))
+    torch.testing.assert_close(a, torch.randn(3, 1024, generator=torch.Generator().manual_seed(3)))
+    assert not torch.allclose(a, encode_classes("randn", NAMES, seed=4))
+    assert encode_classes("randn", NAMES, dim=300).shape == (3, 300) and embedding_dim("randn", dim=300) == 300
+    torch.testing.assert_close(encode_classes("onehot", NAMES), torch.eye(3))
+    assert embedding_dim("onehot", num_classes=5) == 5
+    with pytest.raises(CprflError, match="num_classes"):
+        embedding_dim("onehot")
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(CprflError, match="unknown text encoder 'bert'"):
+        encode_classes("bert", NAMES)
+    with pytest.raises(CprflError, match="no class names"):
+        encode_classes("randn", [])
+    with pytest.raises(CprflError, match="only applies to the CLIP"):
+        encode_classes("minilm", NAMES, weights="openai")
+    with pytest.raises(CprflError, match="dim=32"):
+        encode_classes("clip-tiny", NAMES, weights="random", dim=32, cache=False)
+    assert encoder_status("bert") == (False, "unknown text encoder 'bert'")
+
+
+# --- the on-disk cache -------------------------------------------------------------------
+
+def test_cache_hits_recomputes_and_rejects_foreign_files(tmp_path, monkeypatch):
+    glove = _write_vectors(tmp_path / "glove.txt", VOCAB)
+    calls = []
+    compute = semantics._compute
+
+    def counting(*args, **kwargs):
+        calls.append(args[1])
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(semantics, "_compute", counting)
+    first = encode_classes("glove", ["cat", "traffic light"], path=glove)
+    second = encode_classes("glove", ["cat", "traffic light"], path=glove)
+    assert len(calls) == 1
+    torch.testing.assert_close(first, second)
+    encode_classes("glove", ["cat", "hair"], path=glove)  # a changed class name recomputes
+    encode_classes("glove", ["cat", "traffic light"], path=glove, normalize=True)  # so does normalize
+    assert len(calls) == 3
+    _write_vectors(glove, {**VOCAB, "cat": [5.0, 5.0, 5.0], "extra": [0.0, 0.0, 0.0]})
+    changed = encode_classes("glove", ["cat", "traffic light"], path=glove)  # a changed file recomputes
+    assert len(calls) == 4 and changed[0, 0] == 5.0
+
+    files = sorted((tmp_path / "cache" / "embeddings").glob("glove-*.pt"), key=lambda p: p.stat().st_mtime_ns)
+    assert len(files) == 4
+    payload = torch.load(files[-1], weights_only=True)
+    assert payload["class_names"] == ["cat", "traffic light"] and payload["dim"] == 3
+    payload["class_names"] = ["dog", "bus"]
+    torch.save(payload, files[-1])
+    with pytest.raises(CprflError, match=r"\['dog', 'bus'\].*\['cat', 'traffic light'\]"):
+        encode_classes("glove", ["cat", "traffic light"], path=glove)
+    payload["class_names"], payload["dim"] = ["cat", "traffic light"], 5
+    torch.save(payload, files[-1])
+    with pytest.raises(CprflError, match=r"\(dim 5\).*\(dim 3\)"):
+        encode_classes("glove", ["cat", "traffic light"], path=glove)
+    files[-1].write_bytes(b"not a torch file")
+    with pytest.raises(CprflError, match="unreadable embedding cache"):
+        encode_classes("glove", ["cat", "traffic light"], path=glove)
+
+
+def test_clip_cache_is_keyed_by_weights_file(tiny_ckpt, monkeypatch):
+    path, expected = tiny_ckpt
+    calls = []
+    compute = semantics._compute
+    monkeypatch.setattr(semantics, "_compute", lambda *a, **k: calls.append(1) or compute(*a, **k))
+    torch.testing.assert_close(encode_classes("clip-tiny", NAMES, weights=path), expected)
+    torch.testing.assert_close(encode_classes("clip-tiny", NAMES, weights=path), expected)
+    assert len(calls) == 1
+    encode_classes("clip-tiny", NAMES, weights=path, template="a {}.")
+    encode_classes("clip-tiny", NAMES, weights="random")
+    assert len(calls) == 3
