@@ -1,0 +1,78 @@
+"""Cached backbone features: computed once per (backbone, weights, transform, dataset split).
+
+When the backbone is frozen, its feature maps do not change between epochs or between runs,
+so they are computed once, stored on disk (float16, to halve the size) and reused. This is
+what makes the ablation notebook fast: every study trains only the head.
+
+Cached features use the *test* transform for both splits, since an augmented image would
+give a different feature every epoch; runs on cached features therefore train without data
+augmentation (the recipe says so through ``cache_features``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+
+from .errors import CprflError
+from .io import atomic_torch_save
+from .paths import cache_dir
+from .splits import SplitList
+
+FORMAT = 1
+
+
+def features_key(backbone: nn.Module, transform, split: SplitList, image_root) -> str:
+    """A hash of everything that determines the features."""
+    list_digest = hashlib.sha256(Path(split.source).read_bytes()).hexdigest()
+    parts = {
+        "format": FORMAT,
+        "backbone": getattr(backbone, "name", type(backbone).__name__),
+        "weights": getattr(backbone, "weights_id", "unknown"),
+        "transform": repr(transform),
+        "list": list_digest,
+        "image_root": str(Path(image_root).resolve()) if image_root else None,
+    }
+    generator = Path(image_root or "") / "GENERATOR.json"
+    if image_root and generator.is_file():  # generated data: its manifest says what made the images
+        parts["generator"] = hashlib.sha256(generator.read_bytes()).hexdigest()
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+@torch.no_grad()
+def extract_features(backbone: nn.Module, dataset, batch_size: int = 64, device: str | torch.device = "cpu",
+                     num_workers: int = 0, desc: str = "features") -> torch.Tensor:
+    """Feature maps (N, C_b, h, w) in float16, in dataset order."""
+    backbone = backbone.to(device).eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    chunks = []
+    for images, _ in tqdm(loader, desc=desc, leave=False):
+        chunks.append(backbone(images.to(device)).half().cpu())
+    return torch.cat(chunks)
+
+
+def cached_features(backbone: nn.Module, dataset, transform, *, batch_size: int = 64, device="cpu",
+                    num_workers: int = 0, root: Path | None = None, desc: str = "features") -> TensorDataset:
+    """A TensorDataset of (features, targets) for ``dataset`` (a MultiLabelImageDataset), from cache if present."""
+    key = features_key(backbone, transform, dataset.split, dataset.root)
+    path = Path(root or cache_dir("features")) / f"{key}.pt"
+    targets = torch.from_numpy(dataset.targets.astype("float32"))
+    if path.is_file():
+        try:
+            stored = torch.load(path, weights_only=True)
+        except Exception as exc:  # a truncated or foreign file: say which, recompute
+            raise CprflError(f"{path}: cached features are unreadable ({exc}); delete the file to recompute") from None
+        feats = stored["features"]
+        if feats.shape[0] != len(dataset):
+            raise CprflError(f"{path}: cached features hold {feats.shape[0]} images, the split has {len(dataset)}; "
+                             "delete the file to recompute")
+    else:
+        feats = extract_features(backbone, dataset, batch_size, device, num_workers, desc)
+        atomic_torch_save({"features": feats, "source": str(dataset.split.source), "format": FORMAT}, path)
+    return TensorDataset(feats, targets)
