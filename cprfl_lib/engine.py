@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +66,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 class Data:
     """The train/test datasets of a run: images, or cached backbone features when the backbone is frozen."""
 
-    def __init__(self, config: dict, benchmark, backbone, device: torch.device, d: Dist):
+    def __init__(self, config: dict, benchmark, backbone, device: torch.device, d: Dist, progress: bool = True):
         data, tr = config["data"], config["train"]
         mean, std = backbone.input_mean, backbone.input_std
         preset, size = data["transform"], data["image_size"]
@@ -80,7 +81,8 @@ class Data:
         if self.cached:  # rank 0 fills the cache, the others read it
             for rank_turn in (True, False):
                 if d.is_main == rank_turn:
-                    kw = dict(batch_size=tr["eval_batch_size"], device=device, num_workers=data["num_workers"])
+                    kw = dict(batch_size=tr["eval_batch_size"], device=device, num_workers=data["num_workers"],
+                              progress=progress)
                     self.train = cached_features(backbone, self.train, test_tf, desc="train features", **kw)
                     self.test = cached_features(backbone, self.test, test_tf, desc="test features", **kw)
                 barrier(d)
@@ -91,13 +93,14 @@ def _forward(model, data_cached: bool, x):
 
 
 @torch.no_grad()
-def evaluate(model, dataset, device, autocast, cached: bool, batch_size: int, d: Dist = Dist()) -> torch.Tensor:
+def evaluate(model, dataset, device, autocast, cached: bool, batch_size: int, d: Dist = Dist(),
+             show: bool = True) -> torch.Tensor:
     """Test-set logits (N, C) in dataset order, gathered over all processes."""
     model.eval()
     idx = shard_indices(len(dataset), d)
     loader = DataLoader(torch.utils.data.Subset(dataset, idx), batch_size=batch_size, shuffle=False)
     out = []
-    for x, _ in tqdm(loader, desc="evaluate", leave=False, disable=not d.is_main):
+    for x, _ in tqdm(loader, desc="evaluate", leave=False, disable=not (show and d.is_main)):
         with autocast():
             out.append(_forward(model, cached, x.to(device, non_blocking=True).float()).float().cpu())
     return gather_predictions(idx, torch.cat(out), len(dataset), d)
@@ -166,7 +169,7 @@ def train(config: dict, output_dir: str | Path, resume: bool = False, progress: 
     if d.is_main:  # before any training: an unwritable or full output folder fails now, not after an epoch
         check_writable(out)
     model = factory.model_from(config, benchmark.class_names).to(device)
-    data = Data(config, benchmark, model.backbone, device, d)
+    data = Data(config, benchmark, model.backbone, device, d, progress)
     trainable = model.head if data.cached else model
     if tr["channels_last"] and device.type == "cuda":
         model.to(memory_format=torch.channels_last)
@@ -186,6 +189,55 @@ def train(config: dict, output_dir: str | Path, resume: bool = False, progress: 
     if d.enabled:
         wrapped = torch.nn.parallel.DistributedDataParallel(trainable, device_ids=[d.local_rank] if device.type == "cuda" else None)
 
+    run = Run(config, out, progress, d, device, benchmark, model, data, trainable, wrapped, loss_fn, autocast, scaler,
+              sampler, loader, optimizer, scheduler, ema, started)
+    with cpu_threads(tr["num_threads"]):
+        return _fit(run, resume)
+
+
+@dataclass
+class Run:
+    """Everything a training run holds once it is set up."""
+
+    config: dict
+    out: Path
+    progress: bool
+    d: Dist
+    device: torch.device
+    benchmark: object
+    model: torch.nn.Module
+    data: Data
+    trainable: torch.nn.Module  # what the optimizer updates: the head on cached features, else the model
+    wrapped: torch.nn.Module  # ``trainable``, in DDP when distributed
+    loss_fn: torch.nn.Module
+    autocast: object
+    scaler: object
+    sampler: GlobalBatchSampler
+    loader: DataLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    ema: ModelEma | None
+    started: float
+
+
+@contextmanager
+def cpu_threads(n: int | None):
+    """Run the block with ``n`` torch threads (None: leave as is), then restore the previous number."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _fit(run: Run, resume: bool) -> dict:
+    (config, out, progress, d, device, benchmark, model, data, wrapped, loss_fn, autocast, scaler, sampler, loader,
+     optimizer, scheduler, ema, started) = (run.config, run.out, run.progress, run.d, run.device, run.benchmark,
+                                            run.model, run.data, run.wrapped, run.loss_fn, run.autocast, run.scaler,
+                                            run.sampler, run.loader, run.optimizer, run.scheduler, run.ema, run.started)
+    tr, oc = config["train"], config["optim"]
     history, start_epoch, ckpt_path = [], 1, out / "checkpoint.pt"
     if resume and ckpt_path.is_file():
         ckpt = load_checkpoint(ckpt_path)
@@ -216,7 +268,7 @@ def train(config: dict, output_dir: str | Path, resume: bool = False, progress: 
             models = {"model": model} if ema is None else {"model": model, "ema": _ema_view(model, ema, data.cached)}
             for tag, m in models.items():
                 scores = evaluate(m, data.test, device, autocast if tag == "model" else nullcontext,
-                                  data.cached, tr["eval_batch_size"], d)
+                                  data.cached, tr["eval_batch_size"], d, show=progress)
                 last_scores[tag] = scores
                 r = map_report(scores, benchmark.test.targets, benchmark.train_counts)
                 prefix = "" if tag == "model" else "ema_"

@@ -47,18 +47,19 @@ def features_key(backbone: nn.Module, transform, split: SplitList, image_root) -
 
 @torch.no_grad()
 def extract_features(backbone: nn.Module, dataset, batch_size: int = 64, device: str | torch.device = "cpu",
-                     num_workers: int = 0, desc: str = "features") -> torch.Tensor:
+                     num_workers: int = 0, desc: str = "features", progress: bool = True) -> torch.Tensor:
     """Feature maps (N, C_b, h, w) in float16, in dataset order."""
     backbone = backbone.to(device).eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     chunks = []
-    for images, _ in tqdm(loader, desc=desc, leave=False):
+    for images, _ in tqdm(loader, desc=desc, leave=False, disable=not progress):
         chunks.append(backbone(images.to(device)).half().cpu())
     return torch.cat(chunks)
 
 
 def cached_features(backbone: nn.Module, dataset, transform, *, batch_size: int = 64, device="cpu",
-                    num_workers: int = 0, root: Path | None = None, desc: str = "features") -> TensorDataset:
+                    num_workers: int = 0, root: Path | None = None, desc: str = "features",
+                    progress: bool = True) -> TensorDataset:
     """A TensorDataset of (features, targets) for ``dataset`` (a MultiLabelImageDataset), from cache if present."""
     key = features_key(backbone, transform, dataset.split, dataset.root)
     path = Path(root or cache_dir("features")) / f"{key}.pt"
@@ -73,6 +74,6 @@ def cached_features(backbone: nn.Module, dataset, transform, *, batch_size: int 
             raise CprflError(f"{path}: cached features hold {feats.shape[0]} images, the split has {len(dataset)}; "
                              "delete the file to recompute")
     else:
-        feats = extract_features(backbone, dataset, batch_size, device, num_workers, desc)
+        feats = extract_features(backbone, dataset, batch_size, device, num_workers, desc, progress)
         atomic_torch_save({"features": feats, "source": str(dataset.split.source), "format": FORMAT}, path)
     return TensorDataset(feats, targets)

@@ -69,22 +69,62 @@ def run_once(config: dict, run_dir: Path, progress: bool = False) -> dict:
     return train(config, run_dir, resume=(run_dir / "checkpoint.pt").is_file(), progress=progress)
 
 
+def _run_job(job: tuple[dict, str, int]) -> dict:
+    """One run in a worker process (one thread each: two small runs in parallel beat one run on two threads)."""
+    import torch
+
+    config, run_dir, threads = job
+    torch.set_num_threads(threads)
+    return run_once(config, Path(run_dir))
+
+
 def run_study(study: str, recipe: str | dict, variants: dict[str, dict | Unavailable], seeds, work_dir: str | Path,
-              base_overrides: dict | None = None, progress: bool = True) -> pd.DataFrame:
-    """Train every (variant, seed); one row per run with last-epoch and best-on-test figures."""
+              base_overrides: dict | None = None, progress: bool = True, workers: int = 1) -> pd.DataFrame:
+    """Train every (variant, seed); one row per run with last-epoch and best-on-test figures.
+
+    With ``workers`` > 1 the runs go to that many processes of one thread each; the first run
+    is made alone, so that the caches it fills (generated data, embeddings, backbone
+    features) are complete before the others start.
+    """
+    jobs, results = [], {}
+    for name, variant in variants.items():
+        if isinstance(variant, Unavailable):
+            continue
+        for seed in seeds:
+            config = run_config(recipe, {**(base_overrides or {}), **variant}, seed)
+            jobs.append(((name, seed), (config, str(Path(work_dir) / slug(study) / slug(name) / f"seed{seed}"), 1)))
+    bar = tqdm(total=len(jobs), desc=study, disable=not progress)
+    if jobs:
+        key, (config, run_dir, _) = jobs[0]
+        results[key] = run_once(config, Path(run_dir))
+        bar.update()
+    rest = jobs[1:]
+    if workers > 1 and len(rest) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            for key, metrics in zip((k for k, _ in rest), pool.map(_run_job, (j for _, j in rest))):
+                results[key] = metrics
+                bar.update()
+    else:
+        for key, (config, run_dir, _) in rest:
+            results[key] = run_once(config, Path(run_dir))
+            bar.update()
+    bar.close()
+
     rows = []
-    jobs = [(name, v, seed) for name, v in variants.items() for seed in (seeds if not isinstance(v, Unavailable) else [None])]
-    for name, variant, seed in tqdm(jobs, desc=study, disable=not progress):
+    for name, variant in variants.items():
         if isinstance(variant, Unavailable):
             rows.append({"variant": name, "seed": None, "status": f"not available: {variant.reason}"})
             continue
-        config = run_config(recipe, {**(base_overrides or {}), **variant}, seed)
-        run_dir = Path(work_dir) / slug(study) / slug(name) / f"seed{seed}"
-        m = run_once(config, run_dir)
-        last, best = m["last_epoch"]["model"], m["best_on_test"]
-        rows.append({"variant": name, "seed": seed, "status": "ok", "dataset": m["dataset"], "run_dir": str(run_dir),
-                     **{c: last[c] for c in COLUMNS}, **{f"best_{c}": best[c] for c in COLUMNS},
-                     "best_epoch": best["epoch"], "wall_s": m["wall_s"]})
+        for seed in seeds:
+            m = results[(name, seed)]
+            last, best = m["last_epoch"]["model"], m["best_on_test"]
+            rows.append({"variant": name, "seed": seed, "status": "ok", "dataset": m["dataset"],
+                         "run_dir": str(Path(work_dir) / slug(study) / slug(name) / f"seed{seed}"),
+                         **{c: last[c] for c in COLUMNS}, **{f"best_{c}": best[c] for c in COLUMNS},
+                         "best_epoch": best["epoch"], "wall_s": m["wall_s"]})
     return pd.DataFrame(rows)
 
 
@@ -93,10 +133,10 @@ def summarize(runs: pd.DataFrame, columns=COLUMNS, best: bool = False) -> pd.Dat
     out = []
     for name, group in runs.groupby("variant", sort=False):
         ok = group[group["status"] == "ok"]
-        row = {"variant": name, "seeds": len(ok)}
+        row = {"variant": name, "seeds": str(len(ok))}
         for c in columns:
-            key = f"best_{c}" if best else c
-            row[c] = mean_std(ok[key]) if len(ok) else group["status"].iloc[0]
+            row[c] = mean_std(ok[f"best_{c}" if best else c])
+        row["note"] = "" if len(ok) else group["status"].iloc[0]
         out.append(row)
     return pd.DataFrame(out)
 

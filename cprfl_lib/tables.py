@@ -30,9 +30,10 @@ def write_table(df: pd.DataFrame, name: str, out_dir: str | Path, caption: str, 
     paths = {ext: folder / f"{name}.{ext}" for ext in ("csv", "md", "tex")}
     atomic_write_text(paths["csv"], df.to_csv(index=False))
     md = [f"**{caption}**", ""] + [f"> {n}" for n in notes] + ([""] if notes else [])
-    md.append(df.to_markdown(index=False, floatfmt=".2f"))
+    shown = df.astype(object).where(df.notna(), "")  # empty cells, not 'nan', where a row has no value
+    md.append(shown.to_markdown(index=False, floatfmt=".2f"))
     atomic_write_text(paths["md"], "\n".join(md) + "\n")
-    tex = df.to_latex(index=False, escape=True, float_format="%.2f", caption=caption, label=f"tab:{name}",
+    tex = shown.to_latex(index=False, escape=True, float_format="%.2f", caption=caption, label=f"tab:{name}",
                       column_format="l" + "r" * (len(df.columns) - 1))
     # pandas emits booktabs rules (\toprule, \midrule, \bottomrule) by default
     atomic_write_text(paths["tex"], "% " + "\n% ".join(notes) + "\n" + tex if notes else tex)

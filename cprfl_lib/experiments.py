@@ -1,0 +1,88 @@
+"""The paper's experiments as studies: for each table or figure, its variants as recipe overrides.
+
+Notebooks 04-06 run these through :func:`cprfl_lib.studies.run_study`; a variant's name is the
+row label of the paper's table. A variant that needs something this machine lacks (CLIP
+weights offline, a GloVe file) is an :class:`~cprfl_lib.studies.Unavailable` with the reason.
+"""
+
+from __future__ import annotations
+
+from .semantics import encoder_status
+from .studies import Unavailable
+
+ENCODER_LABELS = {"clip-rn50": "CLIP-RN50", "clip-vit-b-16": "CLIP-ViT-B/16", "minilm": "MiniLM", "glove": "GloVe",
+                  "word2vec": "Word2Vec", "randn": "Randn", "onehot": "One-hot", "clip-tiny": "CLIP-tiny"}
+LINEAR = {"model.head": "linear"}
+
+
+def semantics_variant(encoder: str, options: dict | None = None) -> dict | Unavailable:
+    """Overrides that switch the prompt initialization to ``encoder``, or why it cannot run here."""
+    options = dict(options or {})
+    if encoder.startswith("clip"):
+        options.setdefault("weights", "openai")
+    ok, reason = encoder_status(encoder, **options)
+    if not ok:
+        return Unavailable(reason)
+    if not encoder.startswith("clip"):
+        options["weights"] = None  # weights name CLIP checkpoints only
+    options.setdefault("dim", None)  # the encoder decides its width (a recipe's randn dim does not apply)
+    return {"semantics.encoder": encoder, **{f"semantics.{k}": v for k, v in options.items()}}
+
+
+def cprfl_label(encoder: str) -> str:
+    return f"CPRFL-{ENCODER_LABELS.get(encoder, encoder)}"
+
+
+def table1(encoder: str, glove: dict | None = None) -> dict:
+    """Table 1: the ResNet-based baselines that share the backbone and recipe, and CPRFL."""
+    return {
+        "ERM": {**LINEAR, "loss.name": "bce"},
+        "RW": {**LINEAR, "loss.name": "rw"},
+        "CB Focal": {**LINEAR, "loss.name": "cb_focal"},
+        "DB Focal": {**LINEAR, "loss.name": "db_focal"},
+        "ASL": {**LINEAR, "loss.name": "asl"},
+        "CPRFL-GloVe": semantics_variant("glove", glove),
+        cprfl_label(encoder): {},
+    }
+
+
+def table2() -> dict:
+    """Table 2: CPRFL trained with six losses."""
+    return {"BCE": {"loss.name": "bce"}, "MLS": {"loss.name": "mls"}, "CB Focal": {"loss.name": "cb_focal"},
+            "DB No-Focal": {"loss.name": "db_nofocal"}, "DB Focal": {"loss.name": "db_focal"},
+            "ASL": {"loss.name": "asl"}}
+
+
+def table3() -> dict:
+    """Table 3, cumulative: baseline (focal) → +VSI (random prompts) → +PI (semantic prompts) → +RW (ASL)."""
+    focal = {"loss.name": "focal", "loss.params": {}}
+    return {
+        "Baseline": {**LINEAR, **focal},
+        "+VSI": {**focal, "semantics.encoder": "randn", "semantics.weights": None},
+        "+VSI+PI": {**focal},
+        "CPRFL (+VSI+PI+RW)": {},
+    }
+
+
+def figure3(options: dict | None = None) -> dict:
+    """Fig. 3: the prompt initialization's semantics; the paper's five plus MiniLM (this machine's)."""
+    options = options or {}
+    encoders = ("randn", "word2vec", "glove", "clip-rn50", "clip-vit-b-16", "minilm")
+    out = {}
+    for enc in encoders:
+        v = {"semantics.encoder": "randn", "semantics.weights": None} if enc == "randn" else \
+            semantics_variant(enc, options.get(enc))
+        out[ENCODER_LABELS[enc]] = v
+    return out
+
+
+def extra_studies() -> dict[str, dict]:
+    """Ablations the paper does not report."""
+    return {
+        "dual_path": {"both paths (P1 + P2)": {}, "P1 only (cut P2)": {"model.cut_p2": True},
+                      "P2 only (cut P1)": {"model.cut_p1": True},
+                      "official no_feature_grad": {"model.no_feature_grad": True}},
+        "tau": {f"tau={t}": {"model.tau": t} for t in (0.25, 0.5, 1.0, 2.0)},
+        "depth": {f"depth={d}": {"model.depth": d} for d in (1, 2)},
+        "residual": {"no residual (paper, code)": {}, "residual": {"model.residual": True}},
+    }
