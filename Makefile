@@ -24,13 +24,14 @@ export JUPYTER_DATA_DIR ?= $(CURDIR)/.cache/jupyter/data
 export JUPYTER_RUNTIME_DIR ?= $(CURDIR)/.cache/jupyter/runtime
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help env reproduce test test-unit test-notebooks lab bench clean-env
+.PHONY: help env reproduce test notebooks lab bench clean-env
 
 help:
 	@echo "make reproduce [PROFILE=quick|paper] [DATA_ROOT=...]  regenerate every table and figure into results/<profile>/"
 	@echo "make test                                             unit tests + notebooks under nbval"
 	@echo "make lab                                              JupyterLab on notebooks/ with the '$(KERNEL)' kernel"
 	@echo "make bench                                            throughput / memory benchmark of this machine"
+	@echo "make notebooks                                        re-execute the stored notebooks at smoke scale"
 
 # The environment: a venv with the pinned torch, the package (editable) and its Jupyter kernel.
 # It is rebuilt only when pyproject.toml changes.
@@ -45,10 +46,17 @@ $(STAMP): pyproject.toml
 reproduce: $(STAMP)
 	$(PY) -m cprfl_lib.reproduce --profile $(PROFILE) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) $(if $(LIST_DIR),--list-dir $(LIST_DIR))
 
+# The stored notebooks (executed at smoke scale) run first under nbval and record their metrics in
+# .cache/nbval-results; tests/test_notebook_metrics.py then checks those against tests/notebook_metrics/.
+NBVAL_RESULTS := $(CURDIR)/.cache/nbval-results
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest tests -q
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q --nbval-lax --nbval-kernel-name $(KERNEL) \
-		--nbval-sanitize-with tests/nbval_sanitize.cfg notebooks
+	rm -rf $(NBVAL_RESULTS)
+	HF_HUB_OFFLINE=1 CPRFL_RESULTS_DIR=$(NBVAL_RESULTS) $(PY) -m pytest -q --nbval-lax --nbval-kernel-name $(KERNEL) \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 notebooks tests
+
+# Re-execute the stored notebooks at smoke scale and refresh their reference metrics (before committing them).
+notebooks: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m cprfl_lib.reproduce --refresh-notebooks
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks

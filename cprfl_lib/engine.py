@@ -181,7 +181,9 @@ def train(config: dict, output_dir: str | Path, resume: bool = False, progress: 
     sampler = GlobalBatchSampler(len(data.train), oc["batch_size"], tr["seed"], True, d.rank, d.world)
     loader = DataLoader(data.train, batch_sampler=sampler, num_workers=config["data"]["num_workers"],
                         pin_memory=device.type == "cuda")
-    steps = len(loader) if tr["max_steps_per_epoch"] is None else min(len(loader), tr["max_steps_per_epoch"])
+    # batches per epoch (max_steps_per_epoch counts optimizer steps, each of grad_accum batches)
+    steps = len(loader) if tr["max_steps_per_epoch"] is None else min(len(loader),
+                                                                      tr["max_steps_per_epoch"] * oc["grad_accum"])
     optimizer = build_optimizer(trainable, oc)
     scheduler = build_scheduler(optimizer, oc, math.ceil(steps / oc["grad_accum"]))
     ema = ModelEma(trainable, tr["ema"]).to(device) if tr["ema"] else None

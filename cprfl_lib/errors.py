@@ -5,6 +5,15 @@ Every error caused by input (a file, a line, a value, a missing download) is rai
 there is one, what to do about it. The CLI prints it without a traceback and exits 2.
 """
 
+_WORKER_WRAPPED = "Caught CprflError in DataLoader worker"
+
 
 class CprflError(Exception):
     """A user-facing error: one line, naming the file, line or value at fault."""
+
+    def __init__(self, *args: object) -> None:
+        # A DataLoader worker (data.num_workers > 0) re-raises our error with the worker's whole
+        # traceback as its message; keep the original one line, which is the traceback's last.
+        if len(args) == 1 and isinstance(args[0], str) and args[0].startswith(_WORKER_WRAPPED):
+            args = (args[0].rstrip().splitlines()[-1].split("CprflError: ", 1)[-1],)
+        super().__init__(*args)

@@ -119,6 +119,9 @@ def model_from_checkpoint(ckpt: dict) -> MultiLabelClassifier:
     model = MultiLabelClassifier(backbone, head)
     try:
         model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CprflError(f"checkpoint weights do not fit the model of its recipe: {str(exc).splitlines()[0]}") from None
+    except RuntimeError as exc:  # the first line only says "Error(s) in loading state_dict": name the first error
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        first = (lines[1] if len(lines) > 1 else lines[0])[:300] if lines else type(exc).__name__
+        more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+        raise CprflError(f"checkpoint weights do not fit the model of its recipe: {first}{more}") from None
     return model.eval()

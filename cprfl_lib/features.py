@@ -50,7 +50,10 @@ def extract_features(backbone: nn.Module, dataset, batch_size: int = 64, device:
                      num_workers: int = 0, desc: str = "features", progress: bool = True) -> torch.Tensor:
     """Feature maps (N, C_b, h, w) in float16, in dataset order."""
     backbone = backbone.to(device).eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    # A private generator: iterating a DataLoader draws its base seed from the global RNG, so a
+    # cold cache would otherwise shift the run's dropout draws (a rerun with a warm cache differed).
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        generator=torch.Generator())
     chunks = []
     for images, _ in tqdm(loader, desc=desc, leave=False, disable=not progress):
         chunks.append(backbone(images.to(device)).half().cpu())

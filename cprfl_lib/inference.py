@@ -22,7 +22,10 @@ def load_model(path: str | Path, use_ema: bool = False):
         if ckpt.get("ema") is None:
             raise CprflError(f"{path}: this run kept no EMA weights (train.ema was off)")
         ckpt = {**ckpt, "model": _ema_state(ckpt)}
-    return factory.model_from_checkpoint(ckpt), ckpt
+    try:
+        return factory.model_from_checkpoint(ckpt), ckpt
+    except CprflError as exc:  # say which file
+        raise CprflError(f"{path}: {exc}") from None
 
 
 def _ema_state(ckpt: dict) -> dict:

@@ -93,6 +93,8 @@ class ModelEma(nn.Module):
     def update(self, module: nn.Module) -> None:
         current = module.state_dict()
         for name, ema_value in self.module.state_dict().items():
+            if not isinstance(ema_value, torch.Tensor):  # a module's extra state (the CLIP text tower's names)
+                continue
             value = current[name].detach()
             if ema_value.dtype.is_floating_point:
                 ema_value.mul_(self.decay).add_(value.to(ema_value.dtype), alpha=1 - self.decay)

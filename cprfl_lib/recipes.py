@@ -99,8 +99,10 @@ def load_recipe(name_or_path: str, overrides: Iterable[str] | Mapping[str, Any] 
     elif not path.is_file():
         raise CprflError(f"recipe file {path} does not exist")
     config = defaults()
-    _merge(config, _read_yaml(path, "recipe"), "")
-    config["recipe"] = path.stem
+    recipe = _read_yaml(path, "recipe")
+    name = recipe.pop("recipe", path.stem)  # a run's config.yaml names the recipe it was resolved from
+    _merge(config, recipe, "")
+    config["recipe"] = str(name)
     apply_overrides(config, overrides)
     return config
 

@@ -142,11 +142,15 @@ def refresh_notebooks(root: Path | None = None) -> None:
     import tempfile
 
     root = root or project_root()
+    reference = root / "tests" / "notebook_metrics"
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["CPRFL_RESULTS_DIR"] = tmp  # the stored notebooks keep their own (smoke) parameters
         for nb in notebooks(root):
             print(f"refresh: {nb.name} ...", flush=True)
             execute(nb, nb, {})
+            # what the stored run measured becomes the reference that `make test` checks
+            reference.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(tmp) / "metrics" / f"{nb.stem}.json", reference / f"{nb.stem}.json")
 
 
 def main(argv: list[str] | None = None) -> int:

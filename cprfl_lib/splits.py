@@ -297,12 +297,12 @@ def load_benchmark(
     if name in SYNTHETIC:
         if list_dir is not None:
             raise CprflError(f"{name} is generated with its own lists; drop --list-dir")
-        from cprfl_lib.synthetic import ensure_synthetic
+        from cprfl_lib.synthetic import class_names as synthetic_class_names, ensure_synthetic
 
         folder = Path(ensure_synthetic(name, root=data_root, **(synthetic_options or {})))
         files = {role: folder / f"{role}.txt" for role in ROLES}
         image_root: Path | None = folder
-        expected = None
+        expected = len(synthetic_class_names(name))  # an edited labels.txt is named, not a later list line
     else:
         spec = _get_spec(name)
         if synthetic_options:

@@ -1,10 +1,11 @@
 """Studies: one recipe, several variants, several seeds; each run trained once and reused.
 
 A study is how the notebooks produce every table: ``run_study(recipe, variants, seeds)`` trains
-each (variant, seed) into ``<work_dir>/<study>/<variant>/seed<k>/`` and returns one row per
-run. A run whose folder already holds a ``metrics.json`` for the same resolved configuration
-and the same library source is reused, so an interrupted study resumes, and a later notebook
-that needs the same run (e.g. the figures of notebook 06) gets it without training again.
+each (variant, seed) into a folder named by the hash of its resolved configuration
+(``<work_dir>/<recipe>/seed<k>-<hash>/``) and returns one row per run. A run whose folder
+already holds a ``metrics.json`` for the same configuration and the same library source is
+reused: an interrupted study resumes, the same configuration in two studies (Table 1's CPRFL
+is Table 2's ASL row) trains once, and notebook 06 gets notebook 04's runs without training.
 A variant that cannot run on this machine (an encoder without weights) is passed as
 ``Unavailable(reason)`` and comes back as a row that says so.
 """
@@ -30,6 +31,10 @@ from .recipes import apply_overrides, dump, load_recipe
 from .tables import mean_std
 
 SOURCE_DIR = Path(__file__).resolve().parent
+# The modules whose code decides what a run computes; plotting, tables and notebooks do not retrain.
+TRAINING_MODULES = ("backbones", "checkpoint", "datasets", "distributed", "engine", "factory", "features", "losses",
+                    "metrics", "model", "optim", "recipes", "semantics", "semantics_clip", "semantics_words", "splits",
+                    "synthetic", "synthetic_draw", "transforms")
 
 
 @dataclass(frozen=True)
@@ -38,9 +43,9 @@ class Unavailable:
 
 
 def source_digest() -> str:
-    """A hash of the library's code and recipes: a change of either retrains."""
+    """A hash of the training code and the recipes: a change of either retrains."""
     h = hashlib.sha256()
-    for path in sorted([*SOURCE_DIR.glob("*.py"), *SOURCE_DIR.glob("recipes/*.yaml")]):
+    for path in sorted([*(SOURCE_DIR / f"{m}.py" for m in TRAINING_MODULES), *SOURCE_DIR.glob("recipes/*.yaml")]):
         h.update(path.name.encode() + path.read_bytes())
     return h.hexdigest()[:16]
 
@@ -53,6 +58,13 @@ def run_config(recipe: str | dict, overrides: dict | None = None, seed: int = 0)
     config = copy.deepcopy(recipe) if isinstance(recipe, dict) else load_recipe(recipe)
     apply_overrides(config, overrides or {})
     return apply_overrides(config, {"train.seed": seed})
+
+
+def run_dir_for(config: dict, work_dir: str | Path) -> Path:
+    """``<work_dir>/<recipe>/<hash of the configuration>``: identical runs of different studies share one folder."""
+    body = {k: v for k, v in config.items() if k != "description"}
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return Path(work_dir) / slug(config["recipe"]) / f"seed{config['train']['seed']}-{digest}"
 
 
 def run_once(config: dict, run_dir: Path, progress: bool = False) -> dict:
@@ -86,32 +98,32 @@ def run_study(study: str, recipe: str | dict, variants: dict[str, dict | Unavail
     is made alone, so that the caches it fills (generated data, embeddings, backbone
     features) are complete before the others start.
     """
-    jobs, results = [], {}
+    planned: dict[tuple[str, int], str] = {}  # (variant, seed) -> run folder
+    configs: dict[str, dict] = {}  # run folder -> configuration (one entry per distinct run)
     for name, variant in variants.items():
         if isinstance(variant, Unavailable):
             continue
         for seed in seeds:
             config = run_config(recipe, {**(base_overrides or {}), **variant}, seed)
-            jobs.append(((name, seed), (config, str(Path(work_dir) / slug(study) / slug(name) / f"seed{seed}"), 1)))
-    bar = tqdm(total=len(jobs), desc=study, disable=not progress)
-    if jobs:
-        key, (config, run_dir, _) = jobs[0]
-        results[key] = run_once(config, Path(run_dir))
-        bar.update()
-    rest = jobs[1:]
-    if workers > 1 and len(rest) > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
+            planned[(name, seed)] = run_dir = str(run_dir_for(config, work_dir))
+            configs.setdefault(run_dir, config)
+    jobs = [(config, run_dir, 1) for run_dir, config in configs.items()]
+    results: dict[str, dict] = {}
+    with tqdm(total=len(jobs), desc=study, disable=not progress) as bar:
+        if workers > 1 and len(jobs) > 2:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            for key, metrics in zip((k for k, _ in rest), pool.map(_run_job, (j for _, j in rest))):
-                results[key] = metrics
-                bar.update()
-    else:
-        for key, (config, run_dir, _) in rest:
-            results[key] = run_once(config, Path(run_dir))
+            results[jobs[0][1]] = run_once(jobs[0][0], Path(jobs[0][1]))
             bar.update()
-    bar.close()
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+                for job, metrics in zip(jobs[1:], pool.map(_run_job, jobs[1:])):
+                    results[job[1]] = metrics
+                    bar.update()
+        else:
+            for config, run_dir, _ in jobs:
+                results[run_dir] = run_once(config, Path(run_dir))
+                bar.update()
 
     rows = []
     for name, variant in variants.items():
@@ -119,10 +131,10 @@ def run_study(study: str, recipe: str | dict, variants: dict[str, dict | Unavail
             rows.append({"variant": name, "seed": None, "status": f"not available: {variant.reason}"})
             continue
         for seed in seeds:
-            m = results[(name, seed)]
+            run_dir = planned[(name, seed)]
+            m = results[run_dir]
             last, best = m["last_epoch"]["model"], m["best_on_test"]
-            rows.append({"variant": name, "seed": seed, "status": "ok", "dataset": m["dataset"],
-                         "run_dir": str(Path(work_dir) / slug(study) / slug(name) / f"seed{seed}"),
+            rows.append({"variant": name, "seed": seed, "status": "ok", "dataset": m["dataset"], "run_dir": run_dir,
                          **{c: last[c] for c in COLUMNS}, **{f"best_{c}": best[c] for c in COLUMNS},
                          "best_epoch": best["epoch"], "wall_s": m["wall_s"]})
     return pd.DataFrame(rows)

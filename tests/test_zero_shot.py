@@ -1,0 +1,83 @@
+"""Zero-shot CLIP on the tiny open_clip config with random weights: shapes and scores, never accuracy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from cprfl_lib import zero_shot as zs
+from cprfl_lib.errors import CprflError
+
+NAMES = ["cat", "dog", "bus", "potted_plant"]
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CPRFL_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def model() -> zs.ZeroShotCLIP:
+    return zs.load_zero_shot(NAMES, "clip-tiny", weights=None)
+
+
+@pytest.fixture
+def images() -> list[Image.Image]:
+    g = torch.Generator().manual_seed(0)
+    return [Image.fromarray((torch.rand(40 + 10 * i, 70, 3, generator=g) * 255).byte().numpy()) for i in range(3)]
+
+
+def test_logits_shapes_and_range(model, images) -> None:
+    batch = torch.stack([model.preprocess(img) for img in images])
+    assert batch.shape == (3, 3, model.image_size, model.image_size) == (3, 3, 64, 64)
+    assert model.text_features.shape == (len(NAMES), 64)
+    torch.testing.assert_close(model.text_features.norm(dim=1), torch.ones(len(NAMES)))
+    logits = model(batch)
+    assert logits.shape == (3, len(NAMES))
+    cos = logits / model.clip.logit_scale.exp()
+    assert cos.abs().max() <= 1 + 1e-5  # a scaled cosine
+
+
+def test_softmax_and_sigmoid_scores(model, images) -> None:
+    logits = zs.ZeroShotCLIP.activate(torch.stack([model(model.preprocess(i)[None])[0] for i in images]), "none")
+    soft = model.predict(images, "softmax")
+    sig = model.predict(images, "sigmoid")
+    assert soft.shape == sig.shape == (3, len(NAMES))
+    torch.testing.assert_close(soft.sum(1), torch.ones(3))
+    assert ((sig > 0) & (sig < 1)).all() and not torch.allclose(sig.sum(1), torch.ones(3))
+    # both keep the ranking of the logits
+    assert torch.equal(soft.argsort(1), logits.argsort(1)) and torch.equal(sig.argsort(1), logits.argsort(1))
+    torch.testing.assert_close(sig, torch.sigmoid(logits - logits.mean(1, keepdim=True)))
+
+
+def test_columns_follow_the_class_names(model, images) -> None:
+    swapped = zs.load_zero_shot(NAMES[::-1], "clip-tiny", weights=None)
+    torch.testing.assert_close(swapped.predict(images, "none"), model.predict(images, "none").flip(1))
+
+
+def test_bad_input(model, images) -> None:
+    with pytest.raises(CprflError, match="activation 'relu'"):
+        model.predict(images, "relu")
+    with pytest.raises(CprflError, match=r"\(B, 3, H, W\)"):
+        model(torch.zeros(3, 64, 64))
+    with pytest.raises(CprflError, match="no images"):
+        model.predict([])
+    with pytest.raises(CprflError, match="at least one class"):
+        zs.load_zero_shot([], "clip-tiny", weights=None)
+
+
+def test_unavailable_weights_say_why(tmp_path, monkeypatch) -> None:
+    missing = tmp_path / "RN50-openai.bin"
+    ok, reason = zs.status("clip-rn50", missing)
+    assert not ok and str(missing) in reason
+    with pytest.raises(CprflError, match="not available: CLIP weights file not found"):
+        zs.load_zero_shot(NAMES, "clip-rn50", weights=missing)
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "no-hf-cache"))
+    with pytest.raises(CprflError, match="offline"):
+        zs.load_zero_shot(NAMES, "clip-rn50", weights="openai")
+    assert zs.status("minilm", None) == (False, "'minilm' is not a CLIP encoder (choose one of "
+                                                 "['clip-rn50', 'clip-tiny', 'clip-vit-b-16'])")
