@@ -12,6 +12,7 @@ A run writes into its output folder:
 from __future__ import annotations
 
 import math
+import os
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -58,9 +59,10 @@ def autocast_for(device: torch.device, train_cfg: dict):
 def seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=False)
-        torch.backends.cudnn.benchmark = False
+    if deterministic:  # cuBLAS needs a fixed workspace for deterministic matrix products
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)  # set either way: a previous run's choice must not linger
+    torch.backends.cudnn.benchmark = not deterministic  # autotuned convolutions, unless results must repeat
 
 
 class Data:
@@ -98,7 +100,10 @@ def evaluate(model, dataset, device, autocast, cached: bool, batch_size: int, d:
     """Test-set logits (N, C) in dataset order, gathered over all processes."""
     model.eval()
     idx = shard_indices(len(dataset), d)
-    loader = DataLoader(torch.utils.data.Subset(dataset, idx), batch_size=batch_size, shuffle=False)
+    # a private generator: a DataLoader draws its base seed from the global RNG, so evaluating (more
+    # often, or an EMA too) would otherwise change the training's dropout draws
+    loader = DataLoader(torch.utils.data.Subset(dataset, idx), batch_size=batch_size, shuffle=False,
+                        generator=torch.Generator())
     out = []
     for x, _ in tqdm(loader, desc="evaluate", leave=False, disable=not (show and d.is_main)):
         with autocast():
@@ -165,7 +170,10 @@ def train(config: dict, output_dir: str | Path, resume: bool = False, progress: 
     seed_everything(tr["seed"], tr["deterministic"])
     started = time.time()
 
-    benchmark = factory.benchmark_from(config)
+    for rank_turn in (True, False):  # rank 0 first: it generates or downloads what is missing, the others read
+        if d.is_main == rank_turn:
+            benchmark = factory.benchmark_from(config)
+        barrier(d)
     if d.is_main:  # before any training: an unwritable or full output folder fails now, not after an epoch
         check_writable(out)
     model = factory.model_from(config, benchmark.class_names).to(device)
@@ -272,7 +280,7 @@ def _fit(run: Run, resume: bool) -> dict:
                 scores = evaluate(m, data.test, device, autocast if tag == "model" else nullcontext,
                                   data.cached, tr["eval_batch_size"], d, show=progress)
                 last_scores[tag] = scores
-                r = map_report(scores, benchmark.test.targets, benchmark.train_counts)
+                r = map_report(scores, benchmark.test.targets, benchmark.train_counts, benchmark.class_names)
                 prefix = "" if tag == "model" else "ema_"
                 row.update({f"{prefix}{k}": v for k, v in r.as_dict().items()})
         history.append(row)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -279,6 +280,14 @@ class Benchmark:
         return self.name in SYNTHETIC
 
 
+def _generated_class_count(folder: Path) -> int | None:
+    """How many classes the generator wrote into ``folder`` (its GENERATOR.json), where it says."""
+    try:
+        return len(json.loads((folder / "GENERATOR.json").read_text())["counts"]["train"]["class_counts"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def load_benchmark(
     name: str,
     list_dir: str | Path | None = None,
@@ -297,12 +306,12 @@ def load_benchmark(
     if name in SYNTHETIC:
         if list_dir is not None:
             raise CprflError(f"{name} is generated with its own lists; drop --list-dir")
-        from cprfl_lib.synthetic import class_names as synthetic_class_names, ensure_synthetic
+        from cprfl_lib.synthetic import ensure_synthetic
 
         folder = Path(ensure_synthetic(name, root=data_root, **(synthetic_options or {})))
         files = {role: folder / f"{role}.txt" for role in ROLES}
         image_root: Path | None = folder
-        expected = len(synthetic_class_names(name))  # an edited labels.txt is named, not a later list line
+        expected = _generated_class_count(folder)  # an edited labels.txt is named, not a later list line
     else:
         spec = _get_spec(name)
         if synthetic_options:

@@ -1,0 +1,388 @@
+"""The training engine on generated data: what a run writes, cached features, resume, gradient
+accumulation, the paper/code recipes at smoke scale, and using a checkpoint afterwards."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cprfl_lib import engine, factory, features
+from cprfl_lib.checkpoint import load_checkpoint
+from cprfl_lib.errors import CprflError
+from cprfl_lib.recipes import load_recipe
+
+GROUPS = ("mAP", "head", "medium", "tail")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cprfl_cache(tmp_path_factory):
+    """$CPRFL_CACHE when set (the Makefile sets it: generated data are reused between sessions), else one
+    temporary cache for the whole session; the torch determinism switch is restored afterwards."""
+    before = os.environ.get("CPRFL_CACHE")
+    if not before:
+        os.environ["CPRFL_CACHE"] = str(tmp_path_factory.getbasetemp() / "cprfl-cache")
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    yield Path(os.environ["CPRFL_CACHE"])
+    torch.use_deterministic_algorithms(deterministic)
+    if not before:
+        del os.environ["CPRFL_CACHE"]
+
+
+@pytest.fixture
+def fresh_features(tmp_path, monkeypatch):
+    """An empty features cache for this test, and a count of the feature extractions."""
+    calls = []
+    real = features.extract_features
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    root = tmp_path / "features-cache"
+    monkeypatch.setattr(features, "cache_dir", lambda *parts: root.joinpath(*parts))
+    monkeypatch.setattr(features, "extract_features", counted)
+    return calls
+
+
+def smoke(**overrides) -> dict:
+    """The smoke recipe on 64 generated images per split: 4 steps of 16 per epoch, 2 epochs.
+
+    One torch thread: on a busy 2-core machine two threads spin-wait on each other (seen: 5x slower).
+    """
+    base = {"data.synthetic_limit": 64, "train.device": "cpu", "train.max_steps_per_epoch": None,
+            "train.num_threads": 1}
+    return load_recipe("smoke", {**base, **overrides})
+
+
+def read_summary(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke-run")
+    return out, engine.train(smoke(), out, progress=False)
+
+
+@pytest.fixture(scope="module")
+def ema_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ema-run")
+    return out, engine.train(smoke(**{"train.ema": 0.9}), out, progress=False)
+
+
+# --- what a run writes ---------------------------------------------------------------------------
+
+def test_a_smoke_run_writes_its_five_files(smoke_run):
+    out, metrics = smoke_run
+    assert {p.name for p in out.iterdir()} >= {"config.yaml", "summary.csv", "checkpoint.pt", "metrics.json",
+                                                 "predictions.npz"}
+    assert load_recipe(str(out / "config.yaml")) == smoke()  # the resolved config, usable as a recipe
+
+    rows = read_summary(out / "summary.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    for r in rows:
+        assert set(GROUPS) | {"loss", "lr"} <= set(r)
+        assert math.isfinite(float(r["loss"])) and 0 <= float(r["mAP"]) <= 100
+        assert "ema_mAP" not in r
+
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    last = metrics["last_epoch"]["model"]
+    assert set(GROUPS) <= set(last) and set(metrics["last_epoch"]) == {"model"}
+    assert last["mAP"] == pytest.approx(float(rows[-1]["mAP"]), rel=1e-5)  # summary keeps 6 digits
+    best = metrics["best_on_test"]
+    assert best["epoch"] in (1, 2) and best["model"] == "model" and "test set" in best["note"]
+    assert best["mAP"] == pytest.approx(max(float(r["mAP"]) for r in rows), rel=1e-5)
+    assert metrics["epochs"] == 2 and metrics["synthetic"] is True and metrics["recipe"] == "smoke"
+
+    ckpt = load_checkpoint(out / "checkpoint.pt")  # weights_only=True inside
+    assert ckpt["epoch"] == 2 and len(ckpt["history"]) == 2 and ckpt["ema"] is None
+    assert ckpt["config"] == smoke() and len(ckpt["class_names"]) == 20
+
+    with np.load(out / "predictions.npz") as npz:
+        assert npz["model"].shape == npz["targets"].shape == (64, 20)
+        assert list(npz["class_names"]) == ckpt["class_names"] and "ema" not in npz
+
+
+def test_the_checkpoint_is_read_with_weights_only(smoke_run):
+    out, _ = smoke_run
+    torch.load(out / "checkpoint.pt", weights_only=True)  # no pickled objects beyond tensors and containers
+
+
+def test_with_ema_the_summary_and_metrics_have_the_ema(ema_run):
+    out, metrics = ema_run
+    rows = read_summary(out / "summary.csv")
+    assert all({f"ema_{k}" for k in GROUPS} <= set(r) for r in rows)
+    assert set(metrics["last_epoch"]) == {"model", "ema"}
+    assert metrics["last_epoch"]["ema"]["mAP"] == pytest.approx(float(rows[-1]["ema_mAP"]), rel=1e-5)
+    assert metrics["best_on_test"]["model"] in ("model", "ema")
+    assert load_checkpoint(out / "checkpoint.pt")["ema"] is not None
+    with np.load(out / "predictions.npz") as npz:
+        assert npz["ema"].shape == npz["model"].shape and not np.allclose(npz["ema"], npz["model"])
+
+
+def test_an_unwritable_output_folder_fails_before_any_work(tmp_path, fresh_features):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file, so no folder can be made under it")
+    with pytest.raises(CprflError, match="file.txt") as info:
+        engine.train(smoke(), blocker / "run", progress=False)
+    assert "writable" in str(info.value) and "\n" not in str(info.value)
+    assert fresh_features == []  # no feature was computed
+
+
+# --- cached features -----------------------------------------------------------------------------
+
+def test_features_are_computed_once_and_a_warm_cache_changes_nothing(tmp_path, fresh_features):
+    config = smoke(**{"train.deterministic": True})
+    cold = engine.train(config, tmp_path / "a", progress=False)
+    assert len(fresh_features) == 2  # train and test split
+    warm = engine.train(config, tmp_path / "b", progress=False)
+    assert len(fresh_features) == 2  # reused from disk
+    # the run is the same whether or not the cache was warm (the extraction must not touch the RNG)
+    for key, value in cold["last_epoch"]["model"].items():
+        assert warm["last_epoch"]["model"][key] == pytest.approx(value, abs=0, nan_ok=True), key
+    assert (tmp_path / "a" / "summary.csv").read_text().split("train_s")[0] == \
+        (tmp_path / "b" / "summary.csv").read_text().split("train_s")[0]
+
+    engine.train(smoke(**{"data.image_size": 40, "optim.epochs": 1}), tmp_path / "c", progress=False)
+    assert len(fresh_features) == 4  # another image size: other features
+
+
+def test_a_trainable_backbone_does_not_cache(tmp_path, fresh_features):
+    metrics = engine.train(smoke(**{"model.freeze_backbone": False, "optim.epochs": 1, "train.max_steps_per_epoch": 2}),
+                           tmp_path / "run", progress=False)
+    assert fresh_features == [] and math.isfinite(metrics["last_epoch"]["model"]["mAP"])
+    with pytest.raises(CprflError, match="freeze_backbone"):
+        engine.train(smoke(**{"model.freeze_backbone": False, "train.cache_features": True}), tmp_path / "x",
+                     progress=False)
+
+
+def test_evaluating_more_often_or_an_ema_does_not_change_the_model(tmp_path):
+    """Evaluation draws no random numbers from the training stream: the model trains the same."""
+    base = smoke(**{"train.deterministic": True})
+    plain = engine.train(base, tmp_path / "every-epoch", progress=False)
+    for name, extra in (("last-only", {"train.eval_start": 2}), ("with-ema", {"train.ema": 0.9})):
+        other = engine.train(smoke(**{"train.deterministic": True, **extra}), tmp_path / name, progress=False)
+        for key, value in plain["last_epoch"]["model"].items():
+            assert other["last_epoch"]["model"][key] == pytest.approx(value, abs=1e-9, nan_ok=True), (name, key)
+
+
+# --- resume --------------------------------------------------------------------------------------
+
+class Killed(Exception):
+    """Stands for the process being killed between two epochs."""
+
+
+def resumable(**overrides) -> dict:
+    """Deterministic, with dropout, a moving schedule and an EMA: every piece of state matters."""
+    return smoke(**{"train.deterministic": True, "optim.epochs": 3, "optim.schedule": "onecycle", "train.ema": 0.9,
+                    "train.max_steps_per_epoch": 3, **overrides})
+
+
+def kill_after_epochs(monkeypatch, n: int) -> None:
+    real, calls = engine.train_one_epoch, []
+
+    def once_too_many(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > n:
+            raise Killed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_one_epoch", once_too_many)
+
+
+def comparable(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.endswith("_s")} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("resume-a")
+    return out, engine.train(resumable(), out, progress=False)
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one(uninterrupted, tmp_path, monkeypatch):
+    a, metrics_a = uninterrupted
+    b = tmp_path / "b"
+    with monkeypatch.context() as m:
+        kill_after_epochs(m, 1)
+        with pytest.raises(Killed):
+            engine.train(resumable(), b, progress=False)
+    assert load_checkpoint(b / "checkpoint.pt")["epoch"] == 1 and not (b / "metrics.json").exists()
+
+    metrics_b = engine.train(resumable(), b, resume=True, progress=False)
+    assert comparable(read_summary(b / "summary.csv")) == comparable(read_summary(a / "summary.csv"))
+    for tag in ("model", "ema"):
+        for key, value in metrics_a["last_epoch"][tag].items():
+            assert metrics_b["last_epoch"][tag][key] == pytest.approx(value, abs=1e-6, nan_ok=True), (tag, key)
+    assert metrics_b["best_on_test"] == pytest.approx(metrics_a["best_on_test"], nan_ok=True)
+    assert metrics_b["epochs"] == 3
+    with np.load(a / "predictions.npz") as pa, np.load(b / "predictions.npz") as pb:
+        np.testing.assert_allclose(pb["model"], pa["model"], atol=1e-6)
+        np.testing.assert_allclose(pb["ema"], pa["ema"], atol=1e-6)
+
+
+def test_resuming_a_finished_run_reevaluates_the_same_weights(uninterrupted):
+    a, metrics_a = uninterrupted
+    again = engine.train(resumable(), a, resume=True, progress=False)
+    assert again["epochs"] == 3
+    assert again["last_epoch"]["model"]["mAP"] == pytest.approx(metrics_a["last_epoch"]["model"]["mAP"], abs=1e-6)
+    assert again["last_epoch"]["ema"]["mAP"] == pytest.approx(metrics_a["last_epoch"]["ema"]["mAP"], abs=1e-6)
+
+
+def test_resume_with_another_model_is_refused(uninterrupted):
+    a, _ = uninterrupted
+    with pytest.raises(CprflError, match="model.dim") as info:
+        engine.train(resumable(**{"model.dim": 48}), a, resume=True, progress=False)
+    assert "checkpoint.pt" in str(info.value)
+
+
+# --- gradient accumulation -----------------------------------------------------------------------
+
+def scheduler_steps(out: Path) -> int:
+    return load_checkpoint(out / "checkpoint.pt")["scheduler"]["last_epoch"]
+
+
+def test_gradient_accumulation_halves_the_optimizer_steps(tmp_path):
+    for accum in (1, 2):
+        metrics = engine.train(smoke(**{"optim.grad_accum": accum}), tmp_path / f"acc{accum}", progress=False)
+        assert math.isfinite(metrics["last_epoch"]["model"]["mAP"])
+    assert scheduler_steps(tmp_path / "acc1") == 2 * 4  # 2 epochs of 64 / 16 batches
+    assert scheduler_steps(tmp_path / "acc2") == 2 * 2
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_gradient_accumulation_with_a_step_limit_sizes_the_schedule(tmp_path, schedule):
+    """max_steps_per_epoch counts optimizer steps: the schedule must be sized for as many."""
+    config = smoke(**{"optim.grad_accum": 2, "train.max_steps_per_epoch": 3, "optim.schedule": schedule,
+                      "optim.batch_size": 8})
+    engine.train(config, tmp_path / "run", progress=False)  # OneCycle raises when stepped past its total
+    assert scheduler_steps(tmp_path / "run") == 2 * 3
+    if schedule == "cosine":  # the lr of the last step is not already the end of the cosine
+        assert float(read_summary(tmp_path / "run" / "summary.csv")[0]["lr"]) > 0.3 * config["optim"]["lr"]
+
+
+# --- the paper and code recipes at smoke scale -----------------------------------------------------
+
+# Each recipe runs as written (optimizer, schedule, loss, EMA, transform, trainable parts) on 24 generated
+# images of 32 px with random weights. The paper recipes keep their whole architecture (ResNet-101, the
+# 2048-wide head, the CLIP RN50 text encoder). The trainable CLIP RN50 text tower of the code recipes runs
+# in every forward pass and costs 40 s (VOC) to 150 s (COCO) on a 2-core CPU, so code-* use the 4.6 M-parameter
+# CLIP text tower of the same layout (clip-tiny), and code-coco also a narrower head.
+# CPRFL_TEST_FULL_RECIPES=1 runs all four unreduced.
+HEAVY = {
+    "paper-voc": {},
+    "paper-coco": {},
+    "code-voc": {"semantics.encoder": "clip-tiny"},
+    "code-coco": {"semantics.encoder": "clip-tiny", "model.dim": 256, "model.mlp_dim": 256, "model.dim_head": 32},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", list(HEAVY))
+def test_paper_and_code_recipes_run_at_smoke_scale(recipe, tmp_path, monkeypatch):
+    dataset = "synth-coco-lt" if "coco" in recipe else "synth-voc-lt"
+    reduce = {} if os.environ.get("CPRFL_TEST_FULL_RECIPES") == "1" else HEAVY[recipe]
+    config = load_recipe(recipe, {
+        "model.backbone_weights": None, "semantics.weights": None, "data.dataset": dataset,
+        "data.synthetic_limit": 24, "data.image_size": 32, "train.max_steps_per_epoch": 2, "optim.epochs": 1,
+        "optim.batch_size": 4, "train.eval_batch_size": 24, "train.amp": False, "train.device": "cpu",
+        "train.num_threads": 1, "train.save_checkpoint": False, **reduce})  # a checkpoint of these models is gigabytes
+    built = {}
+
+    def keep(module, name):
+        build = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            built[name] = build(*args, **kwargs)
+            return built[name]
+        monkeypatch.setattr(module, name, wrapper)
+
+    keep(engine, "build_optimizer")
+    keep(engine, "build_scheduler")
+    keep(factory, "model_from")
+    metrics = engine.train(config, tmp_path / recipe, progress=False)
+
+    model, optimizer = built["model_from"], built["build_optimizer"]
+    assert built["build_scheduler"].last_epoch == 2  # two optimizer steps
+    assert type(optimizer).__name__.lower() == config["optim"]["optimizer"]
+    assert model.backbone.name == "resnet101" and model.head.visual_proj.out_features == config["model"]["dim"]
+    trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert {id(p) for p in model.backbone.parameters()} <= trained  # the backbone is fine-tuned
+    text = getattr(model.head, "text_encoder", None)
+    if config["semantics"]["trainable"]:  # the official code fine-tunes the CLIP text tower
+        assert text is not None and {id(p) for p in text.parameters()} <= trained
+    else:  # the paper keeps it frozen: only its embeddings, as a buffer
+        assert text is None and "class_embeddings" in dict(model.head.named_buffers())
+    expected = {"model", "ema"} if config["train"]["ema"] else {"model"}
+    assert set(metrics["last_epoch"]) == expected
+    for tag in expected:
+        for key in ("mAP", "OF1@0.5", "CF1@top3"):
+            assert math.isfinite(metrics["last_epoch"][tag][key]), (tag, key)
+    assert not (tmp_path / recipe / "checkpoint.pt").exists()
+
+
+# --- using a checkpoint ----------------------------------------------------------------------------
+
+def test_evaluate_checkpoint_reproduces_the_last_epoch(smoke_run):
+    from cprfl_lib.inference import evaluate_checkpoint
+
+    out, metrics = smoke_run
+    got = evaluate_checkpoint(out / "checkpoint.pt", device="cpu")
+    assert got["epoch"] == 2 and got["weights"] == "model" and got["dataset"] == "synth-voc-lt"
+    # the run evaluated cached float16 features, the checkpoint runs the backbone in float32
+    assert got["mAP"] == pytest.approx(metrics["last_epoch"]["model"]["mAP"], abs=0.1)  # seen: 0.005
+
+
+def test_evaluate_checkpoint_with_the_ema_weights(ema_run):
+    from cprfl_lib.inference import evaluate_checkpoint
+
+    out, metrics = ema_run
+    got = evaluate_checkpoint(out / "checkpoint.pt", device="cpu", use_ema=True)
+    assert got["weights"] == "ema"
+    assert got["mAP"] == pytest.approx(metrics["last_epoch"]["ema"]["mAP"], abs=0.1)
+
+
+def test_use_ema_on_a_run_without_ema_is_an_error(smoke_run):
+    from cprfl_lib.inference import evaluate_checkpoint, predict
+
+    out, _ = smoke_run
+    with pytest.raises(CprflError, match="EMA"):
+        evaluate_checkpoint(out / "checkpoint.pt", device="cpu", use_ema=True)
+    with pytest.raises(CprflError, match="EMA"):
+        predict(out / "checkpoint.pt", [], device="cpu", use_ema=True)
+
+
+def test_predict_returns_the_top_k_class_names(smoke_run):
+    from cprfl_lib import factory
+    from cprfl_lib.inference import predict
+
+    out, _ = smoke_run
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    bench = factory.benchmark_from(ckpt["config"])
+    images = [Path(bench.image_root) / p for p in bench.test.paths[:3]]
+    result = predict(out / "checkpoint.pt", images, top_k=4, device="cpu")
+    assert len(result) == 3
+    for row in result:
+        assert len(row) == 4 and all(name in ckpt["class_names"] for name, _ in row)
+        probs = [p for _, p in row]
+        assert probs == sorted(probs, reverse=True) and all(0 <= p <= 1 for p in probs)
+    assert len(predict(out / "checkpoint.pt", images[:1], top_k=100, device="cpu")[0]) == 20
+
+
+def test_a_missing_or_foreign_checkpoint_is_an_error(tmp_path):
+    from cprfl_lib.inference import evaluate_checkpoint
+
+    with pytest.raises(CprflError, match="does not exist"):
+        evaluate_checkpoint(tmp_path / "none.pt", device="cpu")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CprflError, match="junk.pt"):
+        evaluate_checkpoint(junk, device="cpu")

@@ -1,0 +1,167 @@
+"""Recipes: every shipped recipe loads, the paper and code recipes say what method.md §3 says the
+paper and the official code do, and overrides are parsed, type-checked and rejected by name."""
+
+from __future__ import annotations
+
+import pytest
+
+from cprfl_lib.errors import CprflError
+from cprfl_lib.recipes import apply_overrides, available_recipes, defaults, dump, load_recipe
+
+ASL_PAPER = {"gamma_neg": 4, "gamma_pos": 0, "clip": 0.05}
+
+
+def test_the_seven_recipes_are_listed_and_load():
+    names = available_recipes()
+    assert {"paper-voc", "paper-coco", "code-voc", "code-coco", "quick-voc", "quick-coco", "smoke"} <= set(names)
+    assert "defaults" not in names
+    for name in names:
+        config = load_recipe(name)
+        assert config["recipe"] == name
+        assert set(config) - {"recipe"} == set(defaults())  # no section lost or added
+        assert config["description"], f"recipe {name} has no description"
+
+
+@pytest.mark.parametrize("name, dataset, lr", [("paper-voc", "voc-lt", 5e-5), ("paper-coco", "coco-lt", 1e-5)])
+def test_paper_recipes_state_what_the_paper_states(name, dataset, lr):
+    c = load_recipe(name)
+    assert c["data"]["dataset"] == dataset and c["data"]["image_size"] == 448
+    assert c["model"]["backbone"] == "resnet101" and c["model"]["backbone_weights"] == "IMAGENET1K_V1"
+    assert c["model"]["freeze_backbone"] is False and c["model"]["head"] == "cprfl"
+    assert (c["model"]["dim"], c["model"]["tau"], c["model"]["depth"]) == (2048, 0.5, 1)
+    assert c["model"]["residual"] is False  # Eqs. 3-5 have no residual connection
+    assert c["semantics"]["encoder"] == "clip-rn50" and c["semantics"]["weights"] == "openai"
+    assert c["semantics"]["trainable"] is False  # "the parameters of the text encoder are kept frozen"
+    o = c["optim"]
+    assert o["optimizer"] == "adam" and o["weight_decay"] == 1e-4 and o["lr"] == lr
+    assert o["batch_size"] == 32 and o["epochs"] == 30
+    assert o["schedule"] == "constant" and o["schedule_epochs"] is None and o["grad_accum"] == 1
+    assert c["loss"]["name"] == "asl"
+    assert {k: c["loss"]["params"][k] for k in ASL_PAPER} == ASL_PAPER
+    assert c["train"]["ema"] is None
+
+
+@pytest.mark.parametrize("name, dataset, lr", [("code-voc", "voc-lt", 5e-5), ("code-coco", "coco-lt", 1e-5)])
+def test_code_recipes_state_what_the_official_code_does(name, dataset, lr):
+    c = load_recipe(name)
+    assert c["data"]["dataset"] == dataset and c["data"]["image_size"] == 448
+    assert c["data"]["transform"] == "official"  # Cutout + RandAugment, no normalisation
+    assert c["model"]["backbone"] == "resnet101" and c["model"]["freeze_backbone"] is False
+    assert c["model"]["dim"] == 2048 and c["model"]["dropout"] == 0.1
+    assert c["semantics"]["encoder"] == "clip-rn50" and c["semantics"]["trainable"] is True
+    o = c["optim"]
+    assert o["optimizer"] == "adamw" and o["weight_decay"] == 1e-4 and o["lr"] == lr
+    assert o["schedule"] == "onecycle" and o["schedule_epochs"] == 80 and o["epochs"] == 79
+    assert o["pct_start"] == 0.1 and o["batch_size"] == 16
+    assert o["backbone_lr_mult"] == 1.0  # the intended 0.1x never happened in the official code
+    t = c["train"]
+    assert t["ema"] == 0.998 and t["amp"] is True and t["amp_dtype"] == "float16"
+    assert t["eval_start"] == 11  # evaluated on the test set after every epoch > 10
+    assert {k: c["loss"]["params"][k] for k in ASL_PAPER} == ASL_PAPER
+
+
+@pytest.mark.parametrize("name, dataset", [("quick-voc", "synth-voc-lt"), ("quick-coco", "synth-coco-lt")])
+def test_quick_recipes_use_generated_data_minilm_and_a_frozen_lite0(name, dataset):
+    c = load_recipe(name)
+    assert c["data"]["dataset"] == dataset
+    assert c["semantics"]["encoder"] == "minilm" and c["semantics"]["trainable"] is False
+    assert c["model"]["backbone"] == "efficientnet-lite0" and c["model"]["freeze_backbone"] is True
+    assert c["train"]["cache_features"] in ("auto", True)  # a frozen backbone trains on cached features
+
+
+def test_smoke_recipe_is_tiny():
+    c = load_recipe("smoke")
+    assert c["data"]["dataset"].startswith("synth-") and c["data"]["synthetic_limit"]
+    assert c["model"]["backbone"] == "tiny" and c["model"]["backbone_weights"] is None
+    assert c["semantics"]["weights"] is None and c["train"]["max_steps_per_epoch"]
+
+
+def test_dotted_string_overrides_are_parsed_as_yaml_values():
+    c = load_recipe("smoke", ["optim.lr=3e-4", "optim.epochs=7", "train.ema=0.9", "model.backbone_weights=null",
+                              "train.amp=false", "data.dataset=synth-coco-lt", "semantics.template=a {} here"])
+    assert c["optim"]["lr"] == 3e-4 and isinstance(c["optim"]["lr"], float)  # YAML 1.1 alone reads a string
+    assert c["optim"]["epochs"] == 7 and isinstance(c["optim"]["epochs"], int)
+    assert c["train"]["ema"] == 0.9 and c["model"]["backbone_weights"] is None and c["train"]["amp"] is False
+    assert c["data"]["dataset"] == "synth-coco-lt" and c["semantics"]["template"] == "a {} here"
+    assert c["recipe"] == "smoke" and c["model"]["dim"] == 32  # the rest of the recipe is kept
+
+
+def test_dict_overrides_dotted_and_nested():
+    c = load_recipe("smoke", {"optim.lr": 1e-2, "model": {"dim": 64}, "loss.params": {"gamma_neg": 2}})
+    assert c["optim"]["lr"] == 1e-2 and c["model"]["dim"] == 64 and c["model"]["heads"] == 2
+    assert c["loss"]["params"] == {"gamma_neg": 2}  # loss parameters are free-form
+    again = apply_overrides(c, {"optim.epochs": 4})
+    assert again is c and c["optim"]["epochs"] == 4
+
+
+def test_an_int_where_a_float_is_expected_is_accepted():
+    assert load_recipe("smoke", {"optim.lr": 1})["optim"]["lr"] == 1
+
+
+def test_dump_round_trips():
+    import yaml
+
+    c = load_recipe("code-voc", ["optim.lr=2e-5"])
+    assert yaml.safe_load(dump(c)) == c
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("optim.lrr=1", "optim.lrr"),
+    ("optimizer.lr=1", "optimizer"),
+    ("model.dimm=3", "model.dimm"),
+])
+def test_an_unknown_key_is_rejected_by_name(override, needle):
+    with pytest.raises(CprflError, match=needle.replace(".", r"\.")):
+        load_recipe("smoke", [override])
+
+
+def test_an_unknown_key_in_a_dict_is_rejected_by_name():
+    with pytest.raises(CprflError, match="train.emma"):
+        load_recipe("smoke", {"train": {"emma": 0.9}})
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("optim.epochs=abc", "optim.epochs"),
+    ("optim.epochs=2.5", "optim.epochs"),
+    ("optim.lr=abc", "optim.lr"),
+    ("train.deterministic=3", "train.deterministic"),
+    ("model=3", "model"),
+])
+def test_a_value_of_the_wrong_type_is_rejected(override, needle):
+    with pytest.raises(CprflError, match=needle) as info:
+        load_recipe("smoke", [override])
+    assert "\n" not in str(info.value)
+
+
+def test_an_override_without_equals_sign_is_rejected():
+    with pytest.raises(CprflError, match="optim.lr"):
+        load_recipe("smoke", ["optim.lr"])
+
+
+def test_an_unknown_recipe_lists_the_available_ones():
+    with pytest.raises(CprflError) as info:
+        load_recipe("paper-vocc")
+    message = str(info.value)
+    assert "paper-vocc" in message
+    for name in available_recipes():
+        assert name in message
+
+
+def test_a_recipe_file_outside_the_package(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("optim: {lr: 0.25}\n")
+    c = load_recipe(str(path))
+    assert c["recipe"] == "mine" and c["optim"]["lr"] == 0.25
+    with pytest.raises(CprflError, match="missing.yaml"):
+        load_recipe(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim: {lrr: 1}\n")
+    with pytest.raises(CprflError, match="optim.lrr"):
+        load_recipe(str(bad))
+
+
+def test_a_runs_config_yaml_loads_back_as_the_same_configuration(tmp_path):
+    config = load_recipe("code-coco", ["optim.lr=2e-5", "train.seed=3"])
+    path = tmp_path / "config.yaml"
+    path.write_text(dump(config))  # what a run writes
+    assert load_recipe(str(path)) == config  # keeps the recipe's name, not "config"

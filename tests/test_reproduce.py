@@ -1,0 +1,39 @@
+"""`make reproduce`: every profile's parameters exist in the notebooks, and results are swapped in whole."""
+
+from pathlib import Path
+
+import pytest
+
+from cprfl_lib.errors import CprflError
+from cprfl_lib.notebook import PROFILES
+from cprfl_lib.reproduce import _swap_in, check_parameters, notebooks, profile_parameters
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_profile_parameters_are_declared_by_the_notebooks(profile):
+    stems = {nb.stem: nb for nb in notebooks(ROOT)}
+    for stem, params in profile_parameters(profile).items():
+        assert stem in stems, f"profile {profile} names a notebook that does not exist: {stem}"
+        check_parameters(stems[stem], params)
+
+
+def test_the_six_notebooks_exist_in_order():
+    assert [nb.stem[:2] for nb in notebooks(ROOT)] == ["01", "02", "03", "04", "05", "06"]
+
+
+def test_unknown_profile_is_rejected():
+    with pytest.raises(CprflError, match="'fast'"):
+        profile_parameters("fast")
+
+
+def test_swap_in_replaces_the_whole_folder(tmp_path):
+    final, staging = tmp_path / "results" / "quick", tmp_path / "results" / ".staging"
+    (final / "tables").mkdir(parents=True)
+    (final / "tables" / "stale.csv").write_text("old")
+    (staging / "tables").mkdir(parents=True)
+    (staging / "tables" / "table1.csv").write_text("new")
+    _swap_in(staging, final, keep_old=False)
+    assert sorted(p.name for p in (final / "tables").iterdir()) == ["table1.csv"]
+    assert not staging.exists() and [p.name for p in final.parent.iterdir()] == ["quick"]
