@@ -20,19 +20,7 @@ from cprfl_lib.recipes import load_recipe
 
 GROUPS = ("mAP", "head", "medium", "tail")
 
-
-@pytest.fixture(scope="module", autouse=True)
-def cprfl_cache(tmp_path_factory):
-    """$CPRFL_CACHE when set (the Makefile sets it: generated data are reused between sessions), else one
-    temporary cache for the whole session; the torch determinism switch is restored afterwards."""
-    before = os.environ.get("CPRFL_CACHE")
-    if not before:
-        os.environ["CPRFL_CACHE"] = str(tmp_path_factory.getbasetemp() / "cprfl-cache")
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    yield Path(os.environ["CPRFL_CACHE"])
-    torch.use_deterministic_algorithms(deterministic)
-    if not before:
-        del os.environ["CPRFL_CACHE"]
+pytestmark = pytest.mark.usefixtures("cprfl_cache")
 
 
 @pytest.fixture

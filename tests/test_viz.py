@@ -16,17 +16,7 @@ from cprfl_lib import data_summary, viz_data, viz_semantics as vs  # noqa: E402
 from cprfl_lib.errors import CprflError  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CPRFL_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    import matplotlib.pyplot as plt
-
-    plt.close("all")
+pytestmark = pytest.mark.usefixtures("private_cache", "close_figures")
 
 
 @pytest.fixture

@@ -26,17 +26,7 @@ NAMES = ["cat", "dog", "bus", "car", "sofa"]
 GROUPS = np.array(["head", "head", "medium", "tail", "tail"])
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CPRFL_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    import matplotlib.pyplot as plt
-
-    plt.close("all")
+pytestmark = pytest.mark.usefixtures("private_cache", "close_figures")
 
 
 @pytest.fixture

@@ -1,0 +1,489 @@
+"""Every fault a user can hit, one test each: a one-line error naming the file, line or value;
+exit code 2 from the ``cprfl`` command where there is a command for it; nothing lost or
+half-written.
+
+To add a fault: write one ``test_<what goes wrong>`` in its group below. Use
+``one_line_error(call, *needles)`` for a library call and ``cli_error(done, *needles)`` for a
+``cprfl`` run (a subprocess costs ~10 s of imports here, so only a few representative faults
+go through the command; the rest call the library). Slow tests are marked ``slow`` and still
+run in ``make test``.
+
+Groups: data, semantics, checkpoints, notebooks, runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import namedtuple
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cprfl_lib import engine, runinfo
+from cprfl_lib.checkpoint import FORMAT, load_checkpoint
+from cprfl_lib.datasets import MultiLabelImageDataset, check_images
+from cprfl_lib.errors import CprflError
+from cprfl_lib.recipes import load_recipe
+from cprfl_lib.splits import SplitList, fetch_split_lists, load_benchmark, read_split
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = Path(sys.executable).parent / "cprfl"
+SMOKE_DATA = "synth-voc-lt-s0-32px-limit300"  # the folder the smoke recipe generates
+EPOCHS = 6  # the reference run: long enough that a kill lands before its end
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def one_line_error(call, *needles: str) -> str:
+    """``call()`` raises a one-line CprflError that names every needle."""
+    with pytest.raises(CprflError) as err:
+        call()
+    message = str(err.value)
+    assert "\n" not in message, message
+    for needle in needles:
+        assert str(needle) in message, f"{needle!r} not in: {message}"
+    return message
+
+
+def cli(env: dict, cwd: Path, *args, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([str(SCRIPT), *map(str, args)], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def cli_error(done: subprocess.CompletedProcess, *needles: str) -> str:
+    """Exit code 2, no traceback, and a last stderr line ``cprfl: error: ...`` naming every needle."""
+    output = done.stdout + done.stderr
+    assert "Traceback" not in output, done.stderr[-3000:]
+    assert done.returncode == 2, f"exit code {done.returncode}: {done.stderr[-2000:]}"
+    # progress bars redraw with \r; splitlines() splits on it too
+    errors = [line for line in done.stderr.splitlines() if line.startswith("cprfl: error: ")]
+    assert len(errors) == 1, done.stderr[-2000:]
+    for needle in needles:
+        assert str(needle) in errors[0], f"{needle!r} not in: {errors[0]}"
+    return errors[0]
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def files_in(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+
+
+def write_images(root: Path, n: int) -> list[str]:
+    """``n`` small JPEGs under ``root``; their relative paths."""
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(root / f"img/{i}.jpg")
+        paths.append(f"img/{i}.jpg")
+    return paths
+
+
+def split_of(paths: list[str], num_classes: int = 3) -> SplitList:
+    return SplitList(paths=paths, targets=np.zeros((len(paths), num_classes), np.uint8), source=Path("list.txt"))
+
+
+def smoke_config(**overrides) -> dict:
+    base = {"train.deterministic": True, "optim.epochs": EPOCHS, "train.max_steps_per_epoch": None}
+    return load_recipe("smoke", {**base, **overrides})
+
+
+def smoke_args(**overrides) -> list[str]:
+    """The CLI overrides of :func:`smoke_config` (the same run)."""
+    base = {"train.deterministic": "true", "optim.epochs": EPOCHS, "train.max_steps_per_epoch": "null"}
+    return [f"{k}={v}" for k, v in {**base, **overrides}.items()]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, str]:
+    """A fresh cache shared by the library calls (os.environ) and the ``cprfl`` subprocesses; offline."""
+    cache = tmp_path_factory.mktemp("faults-cache")
+    home = tmp_path_factory.mktemp("faults-home")
+    values = {"CPRFL_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "MPLCONFIGDIR": str(home / "mpl"),
+              "IPYTHONDIR": str(home / "ipython"), "JUPYTER_RUNTIME_DIR": str(home / "jupyter-runtime")}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in values.items():
+            mp.setenv(key, value)
+        yield dict(os.environ)
+
+
+@pytest.fixture(scope="module")
+def cwd(tmp_path_factory) -> Path:
+    """Where subprocesses run: nothing may land in the repository."""
+    return tmp_path_factory.mktemp("faults-cwd")
+
+
+@pytest.fixture(scope="module")
+def reference_run(env, tmp_path_factory) -> Path:
+    """An uninterrupted deterministic smoke run, trained in this process on a cold cache."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    try:
+        engine.train(smoke_config(), out, progress=False)
+    finally:  # seed_everything switches this on for the whole process
+        torch.use_deterministic_algorithms(False)
+    return out
+
+
+@pytest.fixture
+def run_copy(reference_run, tmp_path) -> Path:
+    """A copy of the reference run that a test may damage."""
+    return Path(shutil.copytree(reference_run, tmp_path / "run"))
+
+
+# ================================================================ data
+
+
+def test_missing_data_root_is_named(tmp_path):
+    absent = tmp_path / "no-such-root"
+    one_line_error(lambda: MultiLabelImageDataset(absent, split_of(["a.jpg"])), str(absent), "--data-root")
+
+
+def test_missing_images_are_counted_and_listed_before_training(tmp_path):
+    paths = write_images(tmp_path, 7)
+    for i in (1, 4, 6):
+        (tmp_path / paths[i]).unlink()
+    one_line_error(lambda: check_images(tmp_path, paths), "3 of 7 images are missing", str(tmp_path),
+                   "img/1.jpg", "img/4.jpg", "img/6.jpg")
+
+
+@pytest.mark.slow
+def test_missing_images_through_the_command(env, cwd, reference_run, tmp_path):
+    """`cprfl train` on a data folder with 3 images deleted: exit 2 before anything is written."""
+    data = tmp_path / "data"
+    shutil.copytree(Path(env["CPRFL_CACHE"]) / "synthetic" / SMOKE_DATA, data / SMOKE_DATA)
+    for name in ("000002.jpg", "000050.jpg", "000299.jpg"):
+        (data / SMOKE_DATA / "images" / "train" / name).unlink()
+    done = cli(env, cwd, "train", "--recipe", "smoke", "--data-root", data, "--output-dir", tmp_path / "out")
+    cli_error(done, "3 of 300 images are missing", "images/train/000002.jpg", "images/train/000299.jpg")
+    assert files_in(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("damage", ["not an image", "truncated"])
+def test_unreadable_image_is_named(tmp_path, damage):
+    paths = write_images(tmp_path, 2)
+    bad = tmp_path / paths[1]
+    bad.write_bytes(b"this is text" if damage == "not an image" else bad.read_bytes()[:60])
+    dataset = MultiLabelImageDataset(tmp_path, split_of(paths))
+    dataset[0]  # the good one still loads
+    one_line_error(lambda: dataset[1], str(bad), "cannot read image")
+
+
+def test_unreadable_image_in_a_dataloader_worker_is_still_one_line(tmp_path):
+    """With data.num_workers > 0 torch re-raises a worker's error with its traceback as the message.
+
+    Torch's own wrapper, as its worker loop uses it (a real worker takes 5 s to shut down after an error).
+    """
+    from torch._utils import ExceptionWrapper
+
+    paths = write_images(tmp_path, 2)
+    (tmp_path / paths[1]).write_bytes(b"junk")
+    dataset = MultiLabelImageDataset(tmp_path, split_of(paths))
+    try:
+        dataset[1]
+    except CprflError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    one_line_error(wrapped.reraise, str(tmp_path / paths[1]), "cannot read image")
+
+
+@pytest.mark.parametrize("line, needle", [("img/0.jpg 0 x 2", "label 'x' is not an integer"),
+                                          ("img/0.jpg 0 3", "label 3 is out of range 0..2"),
+                                          ("img/0.jpg -1", "label -1 is out of range 0..2"),
+                                          ("7 1", "no image path")])
+def test_bad_list_line_names_file_line_and_value(tmp_path, line, needle):
+    lst = tmp_path / "train.txt"
+    lst.write_text(f"img/1.jpg 1\n\n{line}\n")
+    one_line_error(lambda: read_split(lst, 3), f"{lst}:3:", needle)
+
+
+def test_empty_list_is_named(tmp_path):
+    lst = tmp_path / "test.txt"
+    lst.write_text("\n  \n")
+    one_line_error(lambda: read_split(lst, 3), str(lst), "empty")
+
+
+def test_hand_made_labels_with_19_classes_fail_the_checksum_first(tmp_path):
+    """A voc-lt list folder whose labels.txt has 19 classes: the pinned checksum names labels.txt."""
+    names = "aeroplane bicycle bird boat bottle bus car cat chair cow diningtable dog horse motorbike person " \
+            "pottedplant sheep sofa train".split()
+    (tmp_path / "labels.txt").write_text("".join(f"{n} {i}\n" for i, n in enumerate(names)))
+    (tmp_path / "train.txt").write_text("a.jpg 0\n")
+    (tmp_path / "test.txt").write_text("b.jpg 1\n")
+    one_line_error(lambda: load_benchmark("voc-lt", list_dir=tmp_path, download=False),
+                   str(tmp_path / "labels.txt"), "sha256", "does not match the published voc_labels.txt")
+
+
+def test_generated_labels_with_19_classes_name_the_class_count(env, reference_run, tmp_path):
+    """An edited labels.txt of a generated set: named by its class count, not by a later list line."""
+    folder = tmp_path / SMOKE_DATA
+    folder.mkdir()
+    for name in ("train.txt", "test.txt", "labels.txt", "GENERATOR.json"):  # the images are not needed
+        shutil.copy(Path(env["CPRFL_CACHE"]) / "synthetic" / SMOKE_DATA / name, folder / name)
+    labels = folder / "labels.txt"
+    labels.write_text("".join(labels.read_text().splitlines(keepends=True)[:19]))
+    one_line_error(lambda: load_benchmark("synth-voc-lt", data_root=tmp_path,
+                                          synthetic_options={"image_size": 32, "limit": 300}),
+                   str(labels), "19 classes", "synth-voc-lt has 20")
+
+
+def test_split_list_with_another_checksum_is_named(shared_data, tmp_path):
+    """The published lists with one line added to the train list."""
+    shutil.copytree(shared_data / "voc_lt", tmp_path / "lists")
+    train = next(p for p in (tmp_path / "lists").iterdir() if "train" in p.name)
+    train.write_text(train.read_text() + "VOCdevkit/VOC2012/JPEGImages/extra.jpg 3\n")
+    one_line_error(lambda: fetch_split_lists("voc-lt", list_dir=tmp_path / "lists", download=False),
+                   str(train), "does not match the published voc_lt_train.txt")
+
+
+# ================================================================ semantics
+
+
+@pytest.mark.parametrize("stored", ["other class names", "other dimension"])
+def test_cached_embeddings_that_disagree_with_the_run(tmp_path, monkeypatch, stored):
+    from cprfl_lib.semantics import encode_classes
+
+    monkeypatch.setenv("CPRFL_CACHE", str(tmp_path))
+    names = ["cat", "dog", "bus"]
+    emb = encode_classes("clip-tiny", names)  # random weights, cached
+    (file,) = (tmp_path / "embeddings").glob("clip-tiny-*.pt")
+    payload = torch.load(file, weights_only=True)
+    if stored == "other class names":
+        payload["class_names"] = ["cat", "dog", "car"]
+    else:
+        payload["embeddings"], payload["dim"] = emb[:, :32].clone(), 32
+    torch.save(payload, file)
+    needle = "'car'" if stored == "other class names" else "(dim 32)"
+    one_line_error(lambda: encode_classes("clip-tiny", names), str(file), needle, "delete the file")
+
+
+def test_clip_weights_offline_fail_in_seconds(env, reference_run, tmp_path, monkeypatch):
+    """HF_HUB_OFFLINE=1 and a pretrained CLIP tag: one line saying how to pass a local file; nothing written."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # read at import: the variable alone is too late
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    out = tmp_path / "out"
+    config = smoke_config(**{"semantics.encoder": "clip-rn50", "semantics.weights": "openai", "semantics.dim": None})
+    start = time.monotonic()
+    one_line_error(lambda: engine.train(config, out, progress=False), "'openai'", "RN50", "weights=/path/to/")
+    print(f"offline CLIP error after {time.monotonic() - start:.1f} s")  # informative, not asserted
+    assert files_in(out) == []
+
+
+def test_glove_file_missing_class_words_lists_them(tmp_path):
+    from cprfl_lib.semantics import encode_classes
+
+    glove = tmp_path / "glove.txt"
+    glove.write_text("cat 0.1 0.2 0.3\ntraffic 0.5 0.5 0.5\ndog 0.3 0.2 0.1\n")
+    one_line_error(lambda: encode_classes("glove", ["cat", "traffic light", "zebra"], path=glove, cache=False),
+                   str(glove), "'traffic light': light", "'zebra': zebra")
+
+
+# ================================================================ checkpoints
+
+
+def test_resume_with_another_recipe_model_is_refused(run_copy):
+    before = digest(run_copy / "checkpoint.pt"), (run_copy / "config.yaml").read_text()
+    config = smoke_config(**{"model.dim": 64})
+    config["recipe"] = "smoke-wide"
+    one_line_error(lambda: engine.train(config, run_copy, resume=True, progress=False),
+                   str(run_copy / "checkpoint.pt"), "model.dim: 32 vs 64", "'smoke-wide'")
+    assert (digest(run_copy / "checkpoint.pt"), (run_copy / "config.yaml").read_text()) == before
+
+
+def test_synth_coco_run_refuses_a_synth_voc_checkpoint(run_copy):
+    before = digest(run_copy / "checkpoint.pt")
+    config = smoke_config(**{"data.dataset": "synth-coco-lt", "data.synthetic_limit": 40})
+    one_line_error(lambda: engine.train(config, run_copy, resume=True, progress=False),
+                   str(run_copy / "checkpoint.pt"), "20 classes (synth-voc-lt)", "80 (synth-coco-lt)")
+    assert digest(run_copy / "checkpoint.pt") == before
+
+
+def test_checkpoint_whose_weights_do_not_fit_its_model(run_copy):
+    from cprfl_lib.inference import load_model
+
+    ckpt = torch.load(run_copy / "checkpoint.pt", weights_only=True)
+    ckpt["config"]["model"]["dim"] = 48  # the config no longer describes the weights
+    bad = run_copy / "edited.pt"
+    torch.save(ckpt, bad)
+    one_line_error(lambda: load_model(bad), str(bad), "do not fit", "head.")
+
+
+@pytest.mark.parametrize("cut", [0, 100, "half"])
+def test_truncated_checkpoint_is_named(run_copy, cut):
+    path = run_copy / "checkpoint.pt"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2 if cut == "half" else cut])
+    one_line_error(lambda: load_checkpoint(path), str(path), "not a readable torch checkpoint")
+    # resuming from it says the same, and writes nothing
+    before = files_in(run_copy)
+    one_line_error(lambda: engine.train(smoke_config(), run_copy, resume=True, progress=False), str(path))
+    assert files_in(run_copy) == before
+
+
+class _Payload:
+    """Unpickling this object calls ``Path.touch(marker)``: code from the file would run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("container", ["pickle", pytest.param("torch.save", marks=pytest.mark.slow)])
+def test_checkpoint_that_would_run_code_is_refused_without_running_it(env, cwd, tmp_path, container):
+    # The payload is live: a plain unpickler runs it.
+    probe = tmp_path / "probe-ran"
+    pickle.loads(pickle.dumps(_Payload(probe)))
+    assert probe.exists()
+
+    marker, bad = tmp_path / "code-ran", tmp_path / "checkpoint.pt"
+    payload = {"format": FORMAT, "model": _Payload(marker)}
+    if container == "pickle":
+        bad.write_bytes(pickle.dumps(payload))
+    else:
+        torch.save(payload, bad)
+    one_line_error(lambda: load_checkpoint(bad), str(bad), "not a readable torch checkpoint")
+    if container == "torch.save":  # and through the command (one is enough: ~10 s of imports)
+        cli_error(cli(env, cwd, "evaluate", bad), str(bad))
+    assert not marker.exists(), "loading the checkpoint ran code from it"
+
+
+# ================================================================ notebooks
+
+
+def test_mistyped_notebook_parameter_is_rejected_by_name():
+    from cprfl_lib.reproduce import check_parameters
+
+    notebook = ROOT / "notebooks" / "04_training.ipynb"
+    if not notebook.is_file():
+        pytest.skip(f"{notebook} not found")
+    one_line_error(lambda: check_parameters(notebook, {"sedes": [0], "profile": "smoke"}),
+                   "04_training.ipynb", "'sedes'", "seeds")
+
+
+# ================================================================ runs
+
+
+def _fake_checkout(root: Path) -> Path:
+    """pyproject.toml, one notebook that writes its metrics then sleeps, and earlier results."""
+    import nbformat
+
+    (root / "notebooks").mkdir(parents=True)
+    (root / "pyproject.toml").write_text("")
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('profile = "smoke"\noutput_dir = None')
+    params.metadata["tags"] = ["parameters"]
+    work = nbformat.v4.new_code_cell(
+        "import time\nfrom cprfl_lib.notebook import setup, write_metrics\n"
+        "out, _ = setup(profile, output_dir)\nwrite_metrics(out, '01_sleep', {'done': 1})\ntime.sleep(120)")
+    nb.cells = [params, work]
+    nb.metadata["kernelspec"] = {"name": "cprfl", "display_name": "Python (cprfl)", "language": "python"}
+    nbformat.write(nb, root / "notebooks" / "01_sleep.ipynb")
+    (root / "results" / "smoke").mkdir(parents=True)
+    (root / "results" / "smoke" / "marker.txt").write_text("previous results\n")
+    return root
+
+
+@pytest.mark.slow
+def test_interrupted_reproduce_keeps_the_previous_results(env, tmp_path):
+    """SIGTERM to one `make reproduce`, SIGINT to another, while their notebook runs (both at once: the
+    kernels' start-up is what takes time). Each exits non-zero with results/smoke as it was."""
+    signals = {"SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT}
+    roots = {name: _fake_checkout(tmp_path / name) for name in signals}
+    procs = {name: subprocess.Popen([sys.executable, "-m", "cprfl_lib.reproduce", "--profile", "smoke"], cwd=root,
+                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    start_new_session=True)
+             for name, root in roots.items()}
+    stderr = {}
+    try:
+        deadline = time.monotonic() + 240
+        waiting = set(signals)
+        while waiting:  # signal each run once its notebook is running
+            for name in sorted(waiting):
+                assert procs[name].poll() is None, procs[name].communicate()
+                if list((roots[name] / "results").glob(".staging-*/metrics/01_sleep.json")):
+                    procs[name].send_signal(signals[name])
+                    waiting.discard(name)
+            assert time.monotonic() < deadline, f"the notebook never started in {sorted(waiting)}"
+            time.sleep(0.1)
+        for name, proc in procs.items():
+            stderr[name] = proc.communicate(timeout=60)[1]
+    finally:
+        for proc in procs.values():
+            try:  # the kernel is in the process group we started
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    for name, root in roots.items():
+        assert procs[name].returncode != 0, stderr[name]
+        assert "previous results are unchanged" in stderr[name], stderr[name][-2000:]
+        assert (root / "results" / "smoke" / "marker.txt").read_text() == "previous results\n"
+        assert files_in(root / "results") == ["smoke", "smoke/marker.txt"], name  # no staging or old folder
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_to_identical_metrics(env, cwd, reference_run, tmp_path, capsys):
+    """`cprfl train` killed (SIGKILL) after its first checkpoint, then resumed: the uninterrupted run's metrics.
+
+    The reference run computed its cached features; this one reads them, so the test also checks
+    that a cold and a warm feature cache give the same run.
+    """
+    out = tmp_path / "run"
+    args = ["train", "--recipe", "smoke", "--output-dir", out, *smoke_args()]
+    proc = subprocess.Popen([str(SCRIPT), *map(str, args)], env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "checkpoint.pt").is_file():
+            assert proc.poll() is None, "the run ended before its first checkpoint"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        proc.kill()  # the process we started, by its id (a no-op once it has ended)
+        proc.wait(timeout=60)
+    assert not (out / "metrics.json").exists(), "the run finished before it was killed"
+    interrupted_at = load_checkpoint(out / "checkpoint.pt")["epoch"]  # complete, thanks to the atomic write
+    assert 1 <= interrupted_at < EPOCHS
+
+    try:
+        engine.train(smoke_config(), out, resume=True, progress=True)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert f"from epoch {interrupted_at}" in capsys.readouterr().out
+    ours, reference = (json.loads((d / "metrics.json").read_text()) for d in (out, reference_run))
+    for key in ("epochs", "last_epoch", "best_on_test"):
+        assert ours[key] == reference[key], key
+
+
+def _free(n_bytes: int):
+    return lambda path: namedtuple("usage", "total used free")(10 * n_bytes, 9 * n_bytes, n_bytes)
+
+
+def test_full_disk_is_reported_before_training(env, reference_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(runinfo.shutil, "disk_usage", _free(10 * 2**20))
+    out = tmp_path / "run"
+    one_line_error(lambda: engine.train(smoke_config(), out, progress=False), str(out), "only 10 MiB free")
+    assert files_in(out) == []
+
+
+def test_unwritable_output_directory_is_reported_before_training(env, reference_run, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    out = tmp_path / "a-file" / "run"
+    one_line_error(lambda: engine.train(smoke_config(), out, progress=False), str(out), "not writable")
