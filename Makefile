@@ -37,6 +37,7 @@ help:
 # It is rebuilt only when pyproject.toml changes.
 env: $(STAMP)
 $(STAMP): pyproject.toml
+	@mkdir -p $(CPRFL_CACHE) $(TORCH_HOME) $(HF_HOME) $(MPLCONFIGDIR) $(IPYTHONDIR) $(JUPYTER_CONFIG_DIR) $(JUPYTER_DATA_DIR)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e .
