@@ -1,0 +1,31 @@
+"""Building a model from a recipe: the PI network's input width follows the text encoder."""
+
+import numpy as np
+import pytest
+import torch
+
+from cprfl_lib import factory
+from cprfl_lib.recipes import load_recipe
+
+NAMES = ["person", "dog", "traffic light", "bus", "cat"]
+
+
+def _glove_300(path):
+    rng = np.random.default_rng(0)
+    words = {"person", "dog", "traffic", "light", "bus", "cat", "photo"}
+    path.write_text("".join(f"{w} " + " ".join(f"{v:.4f}" for v in rng.normal(size=300)) + "\n" for w in sorted(words)))
+    return path
+
+
+@pytest.mark.parametrize("encoder,m", [("glove", 300), ("minilm", 384), ("clip-vit-b-16", 512), ("clip-rn50", 1024)])
+def test_prompt_initialization_input_follows_the_encoder(encoder, m, tmp_path, monkeypatch):
+    monkeypatch.setenv("CPRFL_CACHE", str(tmp_path / "cache"))
+    overrides = {"semantics.encoder": encoder, "semantics.weights": None, "semantics.dim": None}
+    if encoder == "glove":
+        overrides["semantics.path"] = str(_glove_300(tmp_path / "glove.300d.txt"))
+    config = load_recipe("smoke", overrides)
+    head = factory.head_from(config, feat_dim=64, class_names=NAMES)
+    assert head.class_embeddings.shape == (len(NAMES), m)
+    assert head.prompt_init.fc1.in_features == m
+    logits = head(torch.randn(1, 64, 4, 4))  # a batch of one
+    assert logits.shape == (1, len(NAMES)) and torch.isfinite(logits).all()
