@@ -29,6 +29,7 @@ from its own ``numpy`` Generator seeded by (seed, dataset, split, index). Both d
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -268,6 +269,12 @@ def sample_label_sets(name: str, seed: int = 0) -> tuple[list[list[int]], list[l
             _sample_split(spec, np.array(target_test_counts(name)), spec.num_test, seed, 1))
 
 
+def generator_digest() -> str:
+    """A hash of the generator's code: data made by other code are regenerated, not reused."""
+    here = Path(__file__).resolve().parent
+    return hashlib.sha256(b"".join((here / f).read_bytes() for f in ("synthetic.py", "synthetic_draw.py"))).hexdigest()[:16]
+
+
 def _manifest(spec: SyntheticSpec, seed: int, image_size: int, limit: int | None,
               splits: dict[str, list[list[int]]]) -> dict:
     counts = {}
@@ -277,8 +284,8 @@ def _manifest(spec: SyntheticSpec, seed: int, image_size: int, limit: int | None
             y[i, s] = 1
         counts[split] = {"images": len(sets), "labels_per_image": round(float(y.sum(1).mean()), 4),
                          "class_counts": y.sum(0).tolist()}
-    return {"generator": GENERATOR_NAME, "version": GENERATOR_VERSION, "dataset": spec.name,
-            "seed": seed, "image_size": image_size, "limit": limit, "counts": counts,
+    return {"generator": GENERATOR_NAME, "version": GENERATOR_VERSION, "source": generator_digest(),
+            "dataset": spec.name, "seed": seed, "image_size": image_size, "limit": limit, "counts": counts,
             "libraries": {"numpy": np.__version__, "pillow": PIL.__version__},
             "note": f"GENERATED data (drawn shapes), not {spec.mimics.split('-')[0]} images; "
                     f"numbers measured on it are never {spec.mimics} numbers."}
@@ -343,7 +350,7 @@ def ensure_synthetic(name: str, root: str | os.PathLike | None = None, seed: int
         meta = json.loads((out / "GENERATOR.json").read_text())
     except (OSError, ValueError):
         meta = {}
-    want = {"generator": GENERATOR_NAME, "version": GENERATOR_VERSION, "dataset": name,
+    want = {"generator": GENERATOR_NAME, "version": GENERATOR_VERSION, "source": generator_digest(), "dataset": name,
             "seed": seed, "image_size": image_size, "limit": limit}
     if any(meta.get(k) != v for k, v in want.items()):
         generate_dataset(name, out, seed=seed, image_size=image_size, limit=limit)
