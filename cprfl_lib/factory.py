@@ -43,6 +43,13 @@ def semantics_from(config: dict, class_names: list[str]) -> tuple[torch.Tensor |
     """(frozen class embeddings, trainable text encoder, m): exactly one of the first two is set."""
     from . import semantics
 
+    # Computing embeddings may build a model that draws from the global RNG, loading them from the
+    # cache does not: keep the RNG out of it, so a run's initialisation does not depend on the cache.
+    with torch.random.fork_rng(devices=[]):
+        return _semantics(config, class_names, semantics)
+
+
+def _semantics(config: dict, class_names: list[str], semantics) -> tuple[torch.Tensor | None, nn.Module | None, int]:
     s = config["semantics"]
     if s["trainable"]:
         if not s["encoder"].startswith("clip"):

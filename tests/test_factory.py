@@ -29,3 +29,15 @@ def test_prompt_initialization_input_follows_the_encoder(encoder, m, tmp_path, m
     assert head.prompt_init.fc1.in_features == m
     logits = head(torch.randn(1, 64, 4, 4))  # a batch of one
     assert logits.shape == (1, len(NAMES)) and torch.isfinite(logits).all()
+
+
+def test_computing_embeddings_does_not_move_the_global_rng(tmp_path, monkeypatch):
+    """A cold embedding cache (the encoder is built) and a warm one must give the same initialisation."""
+    monkeypatch.setenv("CPRFL_CACHE", str(tmp_path / "cache"))
+    config = load_recipe("smoke", {"semantics.encoder": "clip-tiny", "semantics.weights": None, "semantics.dim": None})
+    torch.manual_seed(0)
+    factory.semantics_from(config, NAMES)  # cold: builds the text tower
+    cold = torch.rand(3)
+    torch.manual_seed(0)
+    factory.semantics_from(config, NAMES)  # warm: read from the cache
+    assert torch.equal(cold, torch.rand(3))
