@@ -76,21 +76,21 @@ def _cmd_train(args) -> None:
 def _cmd_evaluate(args) -> None:
     from .checkpoint import load_checkpoint
 
-    load_checkpoint(args.checkpoint)  # a bad file fails here, before the model stack is imported
+    ckpt = load_checkpoint(args.checkpoint)  # a bad file fails here, before the model stack is imported
     from .inference import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.checkpoint, data_root=args.data_root, list_dir=args.list_dir,
-                                 device=args.device, use_ema=args.ema)
+                                 device=args.device, use_ema=args.ema, ckpt=ckpt)
     print(json.dumps(result, indent=2))
 
 
 def _cmd_predict(args) -> None:
     from .checkpoint import load_checkpoint
 
-    load_checkpoint(args.checkpoint)  # a bad file fails here, before the model stack is imported
+    ckpt = load_checkpoint(args.checkpoint)  # a bad file fails here, before the model stack is imported
     from .inference import predict
 
-    for image, top in zip(args.images, predict(args.checkpoint, args.images, args.top_k, args.device, args.ema)):
+    for image, top in zip(args.images, predict(args.checkpoint, args.images, args.top_k, args.device, args.ema, ckpt)):
         print(image)
         for name, prob in top:
             print(f"  {prob:6.3f}  {name}")

@@ -15,9 +15,12 @@ from .errors import CprflError
 from .transforms import build_transform
 
 
-def load_model(path: str | Path, use_ema: bool = False):
-    """(model in eval mode, checkpoint dict). ``use_ema`` loads the EMA weights where the run kept them."""
-    ckpt = load_checkpoint(path)
+def load_model(path: str | Path, use_ema: bool = False, ckpt: dict | None = None):
+    """(model in eval mode, checkpoint dict). ``use_ema`` loads the EMA weights where the run kept them.
+
+    ``ckpt``: the checkpoint already read from ``path`` (a paper-size one is ~600 MB: read it once).
+    """
+    ckpt = ckpt if ckpt is not None else load_checkpoint(path)
     if use_ema:
         if ckpt.get("ema") is None:
             raise CprflError(f"{path}: this run kept no EMA weights (train.ema was off)")
@@ -43,10 +46,10 @@ def eval_transform(model, config: dict):
                            mean=model.backbone.input_mean, std=model.backbone.input_std)
 
 
-def evaluate_checkpoint(path, data_root=None, list_dir=None, device: str = "auto", use_ema: bool = False,
+def evaluate_checkpoint(path, data_root=None, list_dir=None, device: str = "auto", use_ema: bool = False, ckpt=None,
                         batch_size: int | None = None) -> dict:
     """The checkpoint's test-set figures (mAP, group mAPs, OP/OR/... ) on its benchmark."""
-    model, ckpt = load_model(path, use_ema)
+    model, ckpt = load_model(path, use_ema, ckpt)
     config = ckpt["config"]
     for key, value in (("data_root", data_root), ("list_dir", list_dir)):
         if value is not None:
@@ -64,9 +67,10 @@ def evaluate_checkpoint(path, data_root=None, list_dir=None, device: str = "auto
 
 
 @torch.no_grad()
-def predict(path, images, top_k: int = 5, device: str = "auto", use_ema: bool = False) -> list[list[tuple[str, float]]]:
+def predict(path, images, top_k: int = 5, device: str = "auto", use_ema: bool = False,
+            ckpt=None) -> list[list[tuple[str, float]]]:
     """For each image file, its ``top_k`` classes with probabilities, highest first."""
-    model, ckpt = load_model(path, use_ema)
+    model, ckpt = load_model(path, use_ema, ckpt)
     dev = resolve_device(device)
     tf = eval_transform(model, ckpt["config"])
     batch = torch.stack([tf(load_image(Path(p))) for p in images]).to(dev)
