@@ -31,6 +31,7 @@ from .errors import CprflError
 from .features import cached_features
 from .io import atomic_path, atomic_write_json, atomic_write_text
 from .metrics import map_report, threshold_metrics, topk_metrics
+from .model import to_tokens
 from .optim import ModelEma, build_optimizer, build_scheduler
 from .recipes import dump
 from .runinfo import check_writable, provenance
@@ -176,10 +177,9 @@ def train(config: dict, output_dir: str | Path, resume: bool = False, progress: 
         barrier(d)
     if d.is_main:  # before any training: an unwritable or full output folder fails now, not after an epoch
         check_writable(out)
-    model = factory.model_from(config, benchmark.class_names).to(device)
-    data = Data(config, benchmark, model.backbone, device, d, progress)
+    model, data = _model_and_data(config, benchmark, device, d, progress)
     trainable = model.head if data.cached else model
-    if tr["channels_last"] and device.type == "cuda":
+    if tr["channels_last"]:  # faster convolutions on CUDA and on the CPU alike (measured 1.5x on this CPU)
         model.to(memory_format=torch.channels_last)
     loss_fn = factory.loss_from(config, benchmark).to(device)
     autocast, amp_on, amp_dtype = autocast_for(device, tr)
@@ -203,6 +203,25 @@ def train(config: dict, output_dir: str | Path, resume: bool = False, progress: 
               sampler, loader, optimizer, scheduler, ema, started)
     with cpu_threads(tr["num_threads"]):
         return _fit(run, resume)
+
+
+def _model_and_data(config: dict, benchmark, device: torch.device, d: Dist, progress: bool):
+    model = factory.model_from(config, benchmark.class_names).to(device)
+    return model, Data(config, benchmark, model.backbone, device, d, progress)
+
+
+def prepare(config: dict, progress: bool = True) -> dict:
+    """Fill what a run of ``config`` reads from the caches (generated data, class embeddings,
+    backbone features) without training; returns the sizes a scheduler orders runs by.
+
+    Several runs sharing these caches can then start in parallel instead of one filling them first.
+    """
+    device = resolve_device(config["train"]["device"])
+    benchmark = factory.benchmark_from(config)
+    _, data = _model_and_data(config, benchmark, device, Dist(), progress)
+    tokens = to_tokens(data.train[0][0][None]).shape[1] if data.cached else None
+    return {"classes": len(benchmark.class_names), "train_images": len(data.train), "tokens": tokens,
+            "cached_features": data.cached}
 
 
 @dataclass

@@ -7,6 +7,7 @@ weights offline, a GloVe file) is an :class:`~cprfl_lib.studies.Unavailable` wit
 
 from __future__ import annotations
 
+from .errors import CprflError
 from .semantics import encoder_status
 from .studies import Unavailable
 
@@ -90,3 +91,19 @@ def extra_studies() -> dict[str, dict]:
         "depth": {f"depth={d}": {"model.depth": d} for d in (1, 2)},
         "residual": {"no residual (paper, code)": {}, "residual": {"model.residual": True}},
     }
+
+
+def finetune(epochs: int) -> dict:
+    """The short end-to-end run: the backbone trains too (at a tenth of the head's learning rate)."""
+    return {"model.freeze_backbone": False, "train.cache_features": False, "optim.backbone_lr_mult": 0.1,
+            "optim.epochs": epochs, "optim.warmup_epochs": 0}
+
+
+def ablations(names, encoder_options: dict | None = None) -> dict[str, dict]:
+    """Notebook 05's studies by name (Tables 2-3, Fig. 3 and :func:`extra_studies`), in the order given."""
+    known = {"table2": table2, "table3": table3, "figure3": lambda: figure3(encoder_options),
+             **{k: (lambda v=v: v) for k, v in extra_studies().items()}}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise CprflError(f"unknown stud{'y' if len(unknown) == 1 else 'ies'} {unknown}; choose from {list(known)}")
+    return {n: known[n]() for n in names}

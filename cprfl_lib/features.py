@@ -25,7 +25,7 @@ from .io import atomic_torch_save
 from .paths import cache_dir
 from .splits import SplitList
 
-FORMAT = 1
+FORMAT = 2  # 2: computed in the channels-last memory format
 
 
 def features_key(backbone: nn.Module, transform, split: SplitList, image_root) -> str:
@@ -48,15 +48,24 @@ def features_key(backbone: nn.Module, transform, split: SplitList, image_root) -
 @torch.no_grad()
 def extract_features(backbone: nn.Module, dataset, batch_size: int = 64, device: str | torch.device = "cpu",
                      num_workers: int = 0, desc: str = "features", progress: bool = True) -> torch.Tensor:
-    """Feature maps (N, C_b, h, w) in float16, in dataset order."""
-    backbone = backbone.to(device).eval()
+    """Feature maps (N, C_b, h, w) in float16, in dataset order.
+
+    Computed in the channels-last memory format (measured 2x faster for EfficientNet-Lite0 on
+    this CPU; the maps differ from the default format's by about 1e-5); the backbone is put back
+    in the default format afterwards.
+    """
+    backbone = backbone.to(device).eval().to(memory_format=torch.channels_last)
     # A private generator: iterating a DataLoader draws its base seed from the global RNG, so a
     # cold cache would otherwise shift the run's dropout draws (a rerun with a warm cache differed).
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         generator=torch.Generator())
     chunks = []
-    for images, _ in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        chunks.append(backbone(images.to(device)).half().cpu())
+    try:
+        for images, _ in tqdm(loader, desc=desc, leave=False, disable=not progress):
+            x = images.to(device).contiguous(memory_format=torch.channels_last)
+            chunks.append(backbone(x).contiguous().half().cpu())
+    finally:
+        backbone.to(memory_format=torch.contiguous_format)
     return torch.cat(chunks)
 
 

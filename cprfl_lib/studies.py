@@ -8,6 +8,10 @@ reused: an interrupted study resumes, the same configuration in two studies (Tab
 is Table 2's ASL row) trains once, and notebook 06 gets notebook 04's runs without training.
 A variant that cannot run on this machine (an encoder without weights) is passed as
 ``Unavailable(reason)`` and comes back as a row that says so.
+
+A notebook hands all its studies to :func:`run_studies` at once: the distinct runs of every
+table then share one pool of worker processes, longest first, which keeps both cores busy to
+the end instead of waiting, table after table, for each one's slowest run.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import pandas as pd
 import yaml
 from tqdm.auto import tqdm
 
-from .engine import train
+from .engine import prepare, train
 from .io import atomic_write_json
 from .paper import COLUMNS
 from .recipes import apply_overrides, dump, load_recipe
@@ -67,13 +71,25 @@ def run_dir_for(config: dict, work_dir: str | Path) -> Path:
     return Path(work_dir) / slug(config["recipe"]) / f"seed{config['train']['seed']}-{digest}"
 
 
+def finished(config: dict, run_dir: Path) -> dict | None:
+    """The metrics of a finished run of ``config`` with the current code in ``run_dir``, else None."""
+    stamp_file, metrics_file = run_dir / "run.json", run_dir / "metrics.json"
+    if stamp_file.is_file() and metrics_file.is_file() and json.loads(stamp_file.read_text()) == _stamp(config):
+        return json.loads(metrics_file.read_text())
+    return None
+
+
+def _stamp(config: dict) -> dict:
+    return {"config": yaml.safe_load(dump(config)), "source": source_digest()}
+
+
 def run_once(config: dict, run_dir: Path, progress: bool = False) -> dict:
     """Train ``config`` into ``run_dir``; reuse a finished identical run, resume an interrupted one."""
-    stamp = {"config": yaml.safe_load(dump(config)), "source": source_digest()}
-    stamp_file, metrics_file = run_dir / "run.json", run_dir / "metrics.json"
+    done = finished(config, run_dir)
+    if done is not None:
+        return done
+    stamp, stamp_file = _stamp(config), run_dir / "run.json"
     same = stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp
-    if same and metrics_file.is_file():
-        return json.loads(metrics_file.read_text())
     if not same and run_dir.exists():  # another configuration or older code: start afresh
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -81,63 +97,114 @@ def run_once(config: dict, run_dir: Path, progress: bool = False) -> dict:
     return train(config, run_dir, resume=(run_dir / "checkpoint.pt").is_file(), progress=progress)
 
 
-def _run_job(job: tuple[dict, str, int]) -> dict:
+def _run_job(job: tuple[dict, str]) -> dict:
     """One run in a worker process (one thread each: two small runs in parallel beat one run on two threads)."""
     import torch
 
-    config, run_dir, threads = job
-    torch.set_num_threads(threads)
+    config, run_dir = job
+    torch.set_num_threads(1)
     return run_once(config, Path(run_dir))
 
 
-def run_study(study: str, recipe: str | dict, variants: dict[str, dict | Unavailable], seeds, work_dir: str | Path,
-              base_overrides: dict | None = None, progress: bool = True, workers: int = 1) -> pd.DataFrame:
-    """Train every (variant, seed); one row per run with last-epoch and best-on-test figures.
+@dataclass(frozen=True)
+class Study:
+    """What one table needs: variants of a recipe (overrides, or ``Unavailable``), each trained once per seed."""
 
-    With ``workers`` > 1 the runs go to that many processes of one thread each; the first run
-    is made alone, so that the caches it fills (generated data, embeddings, backbone
-    features) are complete before the others start.
+    recipe: str | dict
+    variants: dict[str, dict | Unavailable]
+    seeds: tuple[int, ...] = (0,)
+
+
+def cache_key(config: dict) -> str:
+    """What decides the caches a run reads: generated data, class embeddings and backbone features."""
+    m = config["model"]
+    parts = {"data": config["data"], "semantics": config["semantics"], "cache_features": config["train"]["cache_features"],
+             "backbone": [m["backbone"], m["backbone_weights"], m["freeze_backbone"]], "device": config["train"]["device"]}
+    return json.dumps(parts, sort_keys=True, default=str)
+
+
+def expected_cost(config: dict, sizes: dict) -> float:
+    """A run's training cost in rough relative units, only to start the longest runs first."""
+    m = config["model"]
+    per_image = 1.0  # a linear head on pooled features
+    if m["head"] == "cprfl":  # every visual token and class prompt goes through each VSI layer
+        per_image = ((sizes["tokens"] or 16) + sizes["classes"]) * m["depth"]
+    if not sizes["cached_features"]:  # the backbone's forward and backward dominate everything else
+        per_image *= 100
+    return sizes["train_images"] * config["optim"]["epochs"] * per_image
+
+
+def run_studies(studies: dict[str, Study], work_dir: str | Path, base_overrides: dict | None = None,
+                progress: bool = True, workers: int = 1) -> dict[str, pd.DataFrame]:
+    """Train every (variant, seed) of several studies together; one table of rows per study.
+
+    A configuration that several studies share trains once; a finished one is reused. With
+    ``workers`` > 1 the caches the runs read are filled first, in this process with all its
+    threads (each distinct data / semantics / backbone once); then the runs go to that many
+    one-thread processes, the most expensive first, so that the last runs end together.
     """
-    planned: dict[tuple[str, int], str] = {}  # (variant, seed) -> run folder
+    planned: dict[tuple[str, str, int], str] = {}  # (study, variant, seed) -> run folder
     configs: dict[str, dict] = {}  # run folder -> configuration (one entry per distinct run)
-    for name, variant in variants.items():
-        if isinstance(variant, Unavailable):
-            continue
-        for seed in seeds:
-            config = run_config(recipe, {**(base_overrides or {}), **variant}, seed)
-            planned[(name, seed)] = run_dir = str(run_dir_for(config, work_dir))
-            configs.setdefault(run_dir, config)
-    jobs = [(config, run_dir, 1) for run_dir, config in configs.items()]
-    results: dict[str, dict] = {}
-    with tqdm(total=len(jobs), desc=study, disable=not progress) as bar:
-        if workers > 1 and len(jobs) > 2:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
-
-            results[jobs[0][1]] = run_once(jobs[0][0], Path(jobs[0][1]))
-            bar.update()
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-                for job, metrics in zip(jobs[1:], pool.map(_run_job, jobs[1:])):
-                    results[job[1]] = metrics
-                    bar.update()
+    for study_name, study in studies.items():
+        for name, variant in study.variants.items():
+            if isinstance(variant, Unavailable):
+                continue
+            for seed in study.seeds:
+                config = run_config(study.recipe, {**(base_overrides or {}), **variant}, seed)
+                planned[(study_name, name, seed)] = run_dir = str(run_dir_for(config, work_dir))
+                configs.setdefault(run_dir, config)
+    results = {d: m for d, c in configs.items() if (m := finished(c, Path(d))) is not None}
+    todo = {d: c for d, c in configs.items() if d not in results}
+    with tqdm(total=len(todo), desc=", ".join(studies), disable=not progress or not todo) as bar:
+        if workers > 1 and len(todo) > 1:
+            results.update(_train_in_parallel(todo, workers, bar, progress))
         else:
-            for config, run_dir, _ in jobs:
+            for run_dir, config in todo.items():
                 results[run_dir] = run_once(config, Path(run_dir))
                 bar.update()
+    return {name: _rows(name, study, planned, results) for name, study in studies.items()}
 
+
+def _train_in_parallel(configs: dict[str, dict], workers: int, bar, progress: bool) -> dict[str, dict]:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    sizes = {}
+    for run_dir, config in configs.items():
+        key = cache_key(config)
+        if key not in sizes:
+            sizes[key] = prepare(config, progress=progress)
+    order = sorted(configs, key=lambda d: expected_cost(configs[d], sizes[cache_key(configs[d])]), reverse=True)
+    results = {}
+    with ProcessPoolExecutor(min(workers, len(order)), mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(_run_job, (configs[d], d)): d for d in order}  # started in submission order
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            bar.update()
+    return results
+
+
+def _rows(study_name: str, study: Study, planned: dict, results: dict) -> pd.DataFrame:
     rows = []
-    for name, variant in variants.items():
+    for name, variant in study.variants.items():
         if isinstance(variant, Unavailable):
             rows.append({"variant": name, "seed": None, "status": f"not available: {variant.reason}"})
             continue
-        for seed in seeds:
-            run_dir = planned[(name, seed)]
+        for seed in study.seeds:
+            run_dir = planned[(study_name, name, seed)]
             m = results[run_dir]
             last, best = m["last_epoch"]["model"], m["best_on_test"]
             rows.append({"variant": name, "seed": seed, "status": "ok", "dataset": m["dataset"], "run_dir": run_dir,
                          **{c: last[c] for c in COLUMNS}, **{f"best_{c}": best[c] for c in COLUMNS},
                          "best_epoch": best["epoch"], "wall_s": m["wall_s"]})
     return pd.DataFrame(rows)
+
+
+def run_study(study: str, recipe: str | dict, variants: dict[str, dict | Unavailable], seeds, work_dir: str | Path,
+              base_overrides: dict | None = None, progress: bool = True, workers: int = 1) -> pd.DataFrame:
+    """One study on its own: :func:`run_studies` with a single entry."""
+    return run_studies({study: Study(recipe, variants, tuple(seeds))}, work_dir, base_overrides, progress,
+                       workers)[study]
 
 
 def summarize(runs: pd.DataFrame, columns=COLUMNS, best: bool = False) -> pd.DataFrame:

@@ -143,6 +143,27 @@ def test_features_are_computed_once_and_a_warm_cache_changes_nothing(tmp_path, f
     assert len(fresh_features) == 4  # another image size: other features
 
 
+def test_features_are_the_backbone_maps_and_leave_the_backbone_in_its_format():
+    """Extraction runs channels-last for speed; the maps equal the default format's to fp16 precision."""
+    torch.manual_seed(0)
+    backbone = factory.backbone_from(smoke()).eval()
+    images = torch.rand(6, 3, 32, 32)
+    got = features.extract_features(backbone, torch.utils.data.TensorDataset(images, torch.zeros(6, 2)),
+                                    batch_size=4, progress=False)
+    with torch.no_grad():
+        want = backbone(images)
+    assert got.dtype == torch.float16 and got.shape == want.shape
+    torch.testing.assert_close(got.float(), want, atol=2e-3, rtol=2e-3)
+    assert all(p.is_contiguous() for p in backbone.parameters())
+
+
+def test_channels_last_training_matches_the_default_format(tmp_path):
+    base = {"model.freeze_backbone": False, "optim.epochs": 1, "train.max_steps_per_epoch": 2}
+    a = engine.train(smoke(**base), tmp_path / "a", progress=False)
+    b = engine.train(smoke(**base, **{"train.channels_last": True}), tmp_path / "b", progress=False)
+    assert b["last_epoch"]["model"]["mAP"] == pytest.approx(a["last_epoch"]["model"]["mAP"], abs=0.5)
+
+
 def test_a_trainable_backbone_does_not_cache(tmp_path, fresh_features):
     metrics = engine.train(smoke(**{"model.freeze_backbone": False, "optim.epochs": 1, "train.max_steps_per_epoch": 2}),
                            tmp_path / "run", progress=False)

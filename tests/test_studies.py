@@ -1,0 +1,100 @@
+"""Studies: planning runs across tables, reusing finished ones, and training them in parallel."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cprfl_lib import experiments, studies
+from cprfl_lib.errors import CprflError
+from cprfl_lib.paper import COLUMNS
+
+LINEAR = {"model.head": "linear"}
+TINY = {"data.synthetic_limit": 64, "train.device": "cpu", "train.max_steps_per_epoch": 2, "optim.epochs": 1,
+        "train.num_threads": 1}
+
+
+@pytest.fixture
+def fake_train(monkeypatch):
+    """Replace training by a stub that writes a metrics.json and records which folders it trained."""
+    trained = []
+
+    def train(config, run_dir, resume=False, progress=True):
+        trained.append(Path(run_dir))
+        value = float(config["train"]["seed"]) + (10.0 if config["model"]["head"] == "linear" else 0.0)
+        row = {c: value for c in COLUMNS}
+        metrics = {"dataset": config["data"]["dataset"], "wall_s": 0.0, "last_epoch": {"model": row},
+                   "best_on_test": {**row, "epoch": 1}}
+        (Path(run_dir) / "metrics.json").write_text(json.dumps(metrics))
+        return metrics
+
+    monkeypatch.setattr(studies, "train", train)
+    return trained
+
+
+def test_a_configuration_shared_by_two_studies_trains_once(tmp_path, fake_train):
+    plan = {"a": studies.Study("smoke", {"cprfl": {}, "linear": LINEAR}, (0, 1)),
+            "b": studies.Study("smoke", {"same cprfl": {}}, (1,))}
+    out = studies.run_studies(plan, tmp_path)
+    assert len(fake_train) == 4  # 2 variants x 2 seeds; b's run is a's (cprfl, seed 1)
+    assert list(out["a"]["variant"]) == ["cprfl", "cprfl", "linear", "linear"]
+    assert list(out["a"]["mAP"]) == [0.0, 1.0, 10.0, 11.0]
+    assert out["b"]["run_dir"].iloc[0] == out["a"]["run_dir"].iloc[1]
+
+
+def test_finished_runs_are_reused_and_a_code_change_retrains(tmp_path, fake_train, monkeypatch):
+    plan = {"a": studies.Study("smoke", {"cprfl": {}}, (0,))}
+    studies.run_studies(plan, tmp_path)
+    studies.run_studies(plan, tmp_path)
+    assert len(fake_train) == 1
+    monkeypatch.setattr(studies, "source_digest", lambda: "another version of the code")
+    studies.run_studies(plan, tmp_path)
+    assert len(fake_train) == 2
+
+
+def test_an_unavailable_variant_is_a_row_with_its_reason(tmp_path, fake_train):
+    plan = {"fig": studies.Study("smoke", {"CLIP": studies.Unavailable("no weights offline"), "randn": {}}, (0,))}
+    rows = studies.run_studies(plan, tmp_path)["fig"]
+    assert list(rows["status"]) == ["not available: no weights offline", "ok"]
+    assert len(fake_train) == 1
+
+
+def test_run_study_is_one_entry_of_run_studies(tmp_path, fake_train):
+    rows = studies.run_study("t", "smoke", {"cprfl": {}, "linear": LINEAR}, [0], tmp_path)
+    assert list(rows["variant"]) == ["cprfl", "linear"] and len(fake_train) == 2
+
+
+def test_the_most_expensive_runs_come_first():
+    def cost(overrides, classes=20, cached=True):
+        config = studies.run_config("smoke", overrides)
+        sizes = {"classes": classes, "train_images": 1000, "tokens": 16, "cached_features": cached}
+        return studies.expected_cost(config, sizes)
+
+    linear, cprfl = cost(LINEAR), cost({})
+    assert linear < cprfl < cost({}, classes=80) < cost({"model.depth": 2}, classes=80) < cost({}, cached=False)
+    assert cost({"optim.epochs": 4}) == 2 * cost({"optim.epochs": 2})
+
+
+def test_runs_sharing_data_share_one_cache_key():
+    a, b = studies.run_config("smoke", {}), studies.run_config("smoke", {"loss.name": "bce", "model.tau": 2.0}, seed=3)
+    assert studies.cache_key(a) == studies.cache_key(b)
+    assert studies.cache_key(a) != studies.cache_key(studies.run_config("smoke", {"data.image_size": 64}))
+
+
+def test_unknown_ablation_names_are_an_error():
+    assert list(experiments.ablations(["tau", "table2"])) == ["tau", "table2"]
+    with pytest.raises(CprflError, match=r"unknown study \['tabel2'\].*table2"):
+        experiments.ablations(["tabel2"])
+
+
+@pytest.mark.usefixtures("cprfl_cache")
+def test_two_worker_processes_give_the_same_metrics_as_one(tmp_path):
+    plan = {"t": studies.Study("smoke", {"cprfl": {}, "linear": LINEAR, "bce": {"loss.name": "bce"}}, (0,))}
+    one = studies.run_studies(plan, tmp_path / "one", base_overrides=TINY, progress=False)["t"]
+    two = studies.run_studies(plan, tmp_path / "two", base_overrides=TINY, progress=False, workers=2)["t"]
+    assert list(one["variant"]) == list(two["variant"]) and one["mAP"].notna().all()
+    for c in COLUMNS:
+        assert list(one[c]) == pytest.approx(list(two[c]), abs=1e-9, nan_ok=True)
+    assert all((Path(d) / "checkpoint.pt").is_file() for d in two["run_dir"])
