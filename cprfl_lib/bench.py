@@ -161,9 +161,10 @@ def section_step(device: torch.device, quick: bool, configs: list[str], out=None
     cpu = device.type == "cpu"
     plan = {"quick-e2e": [8] if quick else [16, 32, 64], "quick-head": [32] if quick else [32, 128],
             "paper": ([1] if quick else [1, 2]) if cpu else ([16] if quick else [8, 16, 32])}
-    what = {"quick-e2e": "quick-voc: frozen EfficientNet-Lite0 128 px per step + d=128 head",
-            "quick-head": "quick-voc: the d=128 head on cached tokens",
-            "paper": "paper-coco: ResNet-101 448 px fine-tuned + d=2048 VSI, 80 classes"}
+    quick_d, paper_d = load_recipe("quick-voc")["model"]["dim"], load_recipe("paper-coco")["model"]["dim"]
+    what = {"quick-e2e": f"quick-voc: frozen EfficientNet-Lite0 128 px per step + d={quick_d} head",
+            "quick-head": f"quick-voc: the d={quick_d} head on cached tokens",
+            "paper": f"paper-coco: ResNet-101 448 px fine-tuned + d={paper_d} VSI, 80 classes"}
     out("\n== training step (random weights and batches in memory; the engine's train_one_epoch)")
     if cpu:
         out("   CPU, fp32, with the recipe's train.num_threads (as a training run). AMP and channels_last are "

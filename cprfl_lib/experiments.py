@@ -1,6 +1,6 @@
 """The paper's experiments as studies: for each table or figure, its variants as recipe overrides.
 
-Notebooks 04-06 run these through :func:`cprfl_lib.studies.run_study`; a variant's name is the
+Notebooks 04-06 run these through :func:`cprfl_lib.studies.run_studies`; a variant's name is the
 row label of the paper's table. A variant that needs something this machine lacks (CLIP
 weights offline, a GloVe file) is an :class:`~cprfl_lib.studies.Unavailable` with the reason.
 """
