@@ -217,11 +217,16 @@ def prepare(config: dict, progress: bool = True) -> dict:
     Several runs sharing these caches can then start in parallel instead of one filling them first.
     """
     device = resolve_device(config["train"]["device"])
-    benchmark = factory.benchmark_from(config)
-    _, data = _model_and_data(config, benchmark, device, Dist(), progress)
+    with torch.random.fork_rng(devices=[]):  # building the model draws its initialisation: not the caller's RNG
+        benchmark = factory.benchmark_from(config)
+        model, data = _model_and_data(config, benchmark, device, Dist(), progress)
     tokens = to_tokens(data.train[0][0][None]).shape[1] if data.cached else None
-    return {"classes": len(benchmark.class_names), "train_images": len(data.train), "tokens": tokens,
-            "cached_features": data.cached}
+    sizes = {"classes": len(benchmark.class_names), "train_images": len(data.train), "tokens": tokens,
+             "cached_features": data.cached}
+    del model, data
+    if device.type == "cuda":  # the training processes need the memory, not this one
+        torch.cuda.empty_cache()
+    return sizes
 
 
 @dataclass

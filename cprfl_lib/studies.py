@@ -29,6 +29,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from .engine import prepare, train
+from .errors import CprflError
 from .io import atomic_write_json
 from .paper import COLUMNS
 from .recipes import apply_overrides, dump, load_recipe
@@ -106,6 +107,10 @@ def _run_job(job: tuple[dict, str]) -> dict:
     return run_once(config, Path(run_dir))
 
 
+ROW_COLUMNS = ["variant", "seed", "status", "dataset", "run_dir", *COLUMNS, *(f"best_{c}" for c in COLUMNS),
+               "best_epoch", "wall_s"]
+
+
 @dataclass(frozen=True)
 class Study:
     """What one table needs: variants of a recipe (overrides, or ``Unavailable``), each trained once per seed."""
@@ -118,8 +123,10 @@ class Study:
 def cache_key(config: dict) -> str:
     """What decides the caches a run reads: generated data, class embeddings and backbone features."""
     m = config["model"]
-    parts = {"data": config["data"], "semantics": config["semantics"], "cache_features": config["train"]["cache_features"],
-             "backbone": [m["backbone"], m["backbone_weights"], m["freeze_backbone"]], "device": config["train"]["device"]}
+    parts = {"data": config["data"], "cache_features": config["train"]["cache_features"],
+             "backbone": [m["backbone"], m["backbone_weights"], m["freeze_backbone"]], "device": config["train"]["device"],
+             # only the CPRFL head reads class embeddings: a linear run must not stand in for it
+             "semantics": config["semantics"] if m["head"] == "cprfl" else None}
     return json.dumps(parts, sort_keys=True, default=str)
 
 
@@ -176,11 +183,20 @@ def _train_in_parallel(configs: dict[str, dict], workers: int, bar, progress: bo
             sizes[key] = prepare(config, progress=progress)
     order = sorted(configs, key=lambda d: expected_cost(configs[d], sizes[cache_key(configs[d])]), reverse=True)
     results = {}
-    with ProcessPoolExecutor(min(workers, len(order)), mp_context=mp.get_context("spawn")) as pool:
+    pool = ProcessPoolExecutor(min(workers, len(order)), mp_context=mp.get_context("spawn"))
+    try:
         futures = {pool.submit(_run_job, (configs[d], d)): d for d in order}  # started in submission order
         for future in as_completed(futures):
-            results[futures[future]] = future.result()
+            run_dir = futures[future]
+            try:
+                results[run_dir] = future.result()
+            except CprflError as exc:
+                raise CprflError(f"run {run_dir}: {exc}") from exc
             bar.update()
+    except BaseException:  # a failed run or an interrupt: drop the queued runs instead of training them first
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     return results
 
 
@@ -197,7 +213,7 @@ def _rows(study_name: str, study: Study, planned: dict, results: dict) -> pd.Dat
             rows.append({"variant": name, "seed": seed, "status": "ok", "dataset": m["dataset"], "run_dir": run_dir,
                          **{c: last[c] for c in COLUMNS}, **{f"best_{c}": best[c] for c in COLUMNS},
                          "best_epoch": best["epoch"], "wall_s": m["wall_s"]})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=ROW_COLUMNS)  # the same columns when no variant could run
 
 
 def run_study(study: str, recipe: str | dict, variants: dict[str, dict | Unavailable], seeds, work_dir: str | Path,

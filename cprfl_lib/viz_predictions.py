@@ -18,7 +18,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from PIL import Image
@@ -81,22 +80,20 @@ def study_runs(runs: pd.DataFrame) -> dict[str, Path]:
 def finished_seed_runs(work_dir: str | Path, recipe: str | dict, overrides: dict | None = None) -> list[Path]:
     """Every seed's run folder of this configuration that finished with the current library code.
 
-    The folders are where :func:`cprfl_lib.studies.run_study` puts them, and a folder counts on
-    the test :func:`cprfl_lib.studies.run_once` uses to reuse a run, so the seeds notebook 04
+    The folders are where :func:`cprfl_lib.studies.run_studies` puts them, and a folder counts on
+    the test :func:`cprfl_lib.studies.finished` that decides whether a run is reused, so the seeds notebook 04
     trained are averaged in and stale ones (older code) are not.
     """
-    from .recipes import dump
-    from .studies import run_config, run_dir_for, source_digest
+    from .studies import finished, run_config, run_dir_for
 
     parent = run_dir_for(run_config(recipe, overrides, 0), work_dir).parent
-    found, digest = [], source_digest()
+    found = []
     for folder in parent.glob("seed*-*"):
         seed = folder.name.split("-", 1)[0][4:]
-        if not seed.isdigit() or not (folder / "metrics.json").is_file() or not (folder / "run.json").is_file():
+        if not seed.isdigit():
             continue
         config = run_config(recipe, overrides, int(seed))
-        stamp = {"config": yaml.safe_load(dump(config)), "source": digest}
-        if run_dir_for(config, work_dir) == folder and json.loads((folder / "run.json").read_text()) == stamp:
+        if run_dir_for(config, work_dir) == folder and finished(config, folder) is not None:
             found.append(folder)
     return sorted(found, key=_seed_of)
 

@@ -81,6 +81,75 @@ def test_runs_sharing_data_share_one_cache_key():
     a, b = studies.run_config("smoke", {}), studies.run_config("smoke", {"loss.name": "bce", "model.tau": 2.0}, seed=3)
     assert studies.cache_key(a) == studies.cache_key(b)
     assert studies.cache_key(a) != studies.cache_key(studies.run_config("smoke", {"data.image_size": 64}))
+    # a linear run reads no class embeddings: it cannot fill the CPRFL runs' embeddings cache
+    linear = studies.run_config("smoke", LINEAR)
+    assert studies.cache_key(linear) != studies.cache_key(a)
+    assert studies.cache_key(linear) == studies.cache_key(studies.run_config("smoke", {**LINEAR, "semantics.dim": 8}))
+
+
+class InlineExecutor:
+    """A stand-in for the process pool: runs each job at submission and records the order."""
+
+    submitted: list = []
+    cancelled: list = []
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def submit(self, fn, job):
+        from concurrent.futures import Future
+
+        model = job[0]["model"]
+        InlineExecutor.submitted.append(f"{Path(job[1]).parent.name}/{model['head']}{model['depth']}")
+        future = Future()
+        try:
+            future.set_result(fn(job))
+        except Exception as exc:  # noqa: BLE001 - handed to the caller like a worker's exception
+            future.set_exception(exc)
+        return future
+
+    def shutdown(self, wait=True, cancel_futures=False):
+        InlineExecutor.cancelled.append(cancel_futures)
+
+
+@pytest.fixture
+def inline_pool(monkeypatch, fake_train):
+    import concurrent.futures
+
+    InlineExecutor.submitted, InlineExecutor.cancelled = [], []
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", InlineExecutor)
+    classes = {"synth-coco-lt": 80, "synth-voc-lt": 20}
+    monkeypatch.setattr(studies, "prepare", lambda config, progress=True: {
+        "classes": classes[config["data"]["dataset"]], "train_images": 100, "tokens": 16, "cached_features": True})
+    monkeypatch.setattr(studies, "_run_job", lambda job: studies.run_once(job[0], Path(job[1])))
+    return InlineExecutor
+
+
+def test_runs_are_handed_to_the_workers_longest_first(tmp_path, inline_pool):
+    coco = studies.run_config("smoke", {"data.dataset": "synth-coco-lt"})
+    coco["recipe"] = "smoke-coco"
+    plan = {"voc": studies.Study("smoke", {"linear": LINEAR, "cprfl": {}, "deep": {"model.depth": 2}}, (0,)),
+            "coco": studies.Study(coco, {"cprfl": {}}, (0,))}
+    out = studies.run_studies(plan, tmp_path, workers=2, progress=False)
+    # 80 classes + 16 tokens, then 2 layers x (20 + 16), then 20 + 16, then a linear head
+    assert inline_pool.submitted == ["smoke-coco/cprfl1", "smoke/cprfl2", "smoke/cprfl1", "smoke/linear1"]
+    assert list(out["voc"]["variant"]) == ["linear", "cprfl", "deep"] and out["voc"]["status"].eq("ok").all()
+
+
+def test_a_failed_run_is_named_and_the_queued_runs_are_dropped(tmp_path, inline_pool, monkeypatch):
+    def fail(config, run_dir, resume=False, progress=True):
+        raise CprflError("the loss became nan at step 3")
+
+    monkeypatch.setattr(studies, "train", fail)
+    plan = {"t": studies.Study("smoke", {"a": {}, "b": LINEAR}, (0,))}
+    with pytest.raises(CprflError, match=r"run .*seed0-[0-9a-f]+: the loss became nan at step 3"):
+        studies.run_studies(plan, tmp_path, workers=2, progress=False)
+    assert inline_pool.cancelled == [True]
+
+
+def test_a_study_where_nothing_can_run_still_summarizes(tmp_path, fake_train):
+    rows = studies.run_studies({"f": studies.Study("smoke", {"CLIP": studies.Unavailable("offline")})}, tmp_path)["f"]
+    assert list(studies.summarize(rows)["note"]) == ["not available: offline"] and studies.means(rows).empty
 
 
 def test_unknown_ablation_names_are_an_error():
@@ -89,11 +158,12 @@ def test_unknown_ablation_names_are_an_error():
         experiments.ablations(["tabel2"])
 
 
-@pytest.mark.usefixtures("cprfl_cache")
+@pytest.mark.usefixtures("private_cache")
 def test_two_worker_processes_give_the_same_metrics_as_one(tmp_path):
+    """Two workers first, on empty caches (filled by ``prepare``), then one process on the warm caches."""
     plan = {"t": studies.Study("smoke", {"cprfl": {}, "linear": LINEAR, "bce": {"loss.name": "bce"}}, (0,))}
-    one = studies.run_studies(plan, tmp_path / "one", base_overrides=TINY, progress=False)["t"]
     two = studies.run_studies(plan, tmp_path / "two", base_overrides=TINY, progress=False, workers=2)["t"]
+    one = studies.run_studies(plan, tmp_path / "one", base_overrides=TINY, progress=False)["t"]
     assert list(one["variant"]) == list(two["variant"]) and one["mAP"].notna().all()
     for c in COLUMNS:
         assert list(one[c]) == pytest.approx(list(two[c]), abs=1e-9, nan_ok=True)
