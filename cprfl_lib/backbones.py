@@ -30,7 +30,6 @@ import functools
 import os
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
 
 import torch
 import torchvision
@@ -269,8 +268,3 @@ def lite0_key_map(path: str) -> dict[str, str]:
                 f"{timm.__version__} key {t_key} {tuple(t_val.shape)}; use timm 1.0.x")
     return dict(zip(source, target))
 
-
-def backbone_info(module: nn.Module) -> dict[str, Any]:
-    """The backbone attributes as a dict, e.g. for a cache manifest or a run's config."""
-    keys = ("name", "out_channels", "stride", "input_mean", "input_std", "weights_id")
-    return {k: getattr(module, k) for k in keys}

@@ -268,9 +268,8 @@ def section_epoch_eval(device: torch.device, quick: bool, sections: list[str], o
         out(f"   end-to-end               {_num(n_test / t['eval_e2e'])} img/s  ({t['eval_e2e']:.2f} s)")
         out(f"   head on cached features  {_num(n_test / t['eval_head'])} img/s  ({t['eval_head']:.2f} s)")
     if len(t) == 4:  # a whole run: every epoch, every evaluation the recipe makes, and the extraction once
-        tr, epochs = config["train"], config["optim"]["epochs"]
-        evals = sum(e == epochs or (e >= tr["eval_start"] and (e - tr["eval_start"]) % tr["eval_every"] == 0)
-                    for e in range(1, epochs + 1))
+        epochs = config["optim"]["epochs"]
+        evals = sum(engine.is_eval_epoch(e, config) for e in range(1, epochs + 1))
         e2e = epochs * t["e2e"] + evals * t["eval_e2e"]
         cached = extract_s + epochs * t["head"] + evals * t["eval_head"]
         out(f"\n== a whole quick-voc run ({epochs} epochs, {evals} evaluations)")

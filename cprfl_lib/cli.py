@@ -8,9 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import CprflError
+from .errors import CprflError, run_command
 
-BENCHMARKS = ("voc-lt", "coco-lt", "synth-voc-lt", "synth-coco-lt")
+BENCHMARKS = ("voc-lt", "coco-lt", "synth-voc-lt", "synth-coco-lt")  # splits.known_benchmarks(), without importing torch for --help
 
 
 def _cmd_recipes(args) -> None:
@@ -50,9 +50,9 @@ def _cmd_data(args) -> None:
 
 def _cmd_embed(args) -> None:
     from .semantics import encode_classes
-    from .splits import load_benchmark
+    from .splits import benchmark_class_names
 
-    names = load_benchmark(args.dataset, list_dir=args.list_dir, download=True).class_names
+    names = benchmark_class_names(args.dataset, list_dir=args.list_dir)
     emb = encode_classes(args.encoder, names, weights=args.weights, path=args.path, dim=args.dim)
     print(f"{args.encoder}: {tuple(emb.shape)} embeddings for {args.dataset} (cached)")
 
@@ -149,15 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except CprflError as exc:
-        print(f"cprfl: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("cprfl: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return run_command("cprfl", lambda: args.func(args))
 
 
 if __name__ == "__main__":

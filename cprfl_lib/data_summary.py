@@ -18,10 +18,10 @@ import pandas as pd
 
 from .datasets import check_images
 from .errors import CprflError
+from .metrics import GROUPS
 from .paths import cache_dir
 from .splits import Benchmark, SplitList, fetch_split_lists, load_benchmark
 
-GROUPS = ("head", "medium", "tail")
 _FAMILIES = ("voc", "coco")
 
 ListDir = str | Path | Mapping[str, str | Path] | None

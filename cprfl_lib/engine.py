@@ -134,9 +134,10 @@ def train_one_epoch(model, trainable, loader, loss_fn, optimizer, scheduler, sca
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast():
             logits = trainable(x)  # the head on cached features, else the whole model on images
-        loss = loss_fn(logits.float(), y)
-        if not torch.isfinite(loss):
-            raise CprflError(f"the loss became {loss.item()} at step {i}; lower optim.lr or check the data")
+        loss = loss_fn(logits, y)  # the losses compute in float32
+        value = loss.item()  # the step's one host sync: the check and the running mean share it
+        if not math.isfinite(value):
+            raise CprflError(f"the loss became {value} at step {i}; lower optim.lr or check the data")
         scaler.scale(loss / accum).backward()
         if (i + 1) % accum == 0 or i + 1 == len(loader):
             if cfg["optim"]["clip_grad"]:
@@ -148,8 +149,8 @@ def train_one_epoch(model, trainable, loader, loss_fn, optimizer, scheduler, sca
             scheduler.step()
             if ema is not None:
                 ema.update(trainable.module if hasattr(trainable, "module") else trainable)
-        total, count = total + loss.item(), count + 1
-        bar.set_postfix(loss=f"{total / count:.4f}")
+        total, count = total + value, count + 1
+        bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
     return total / max(count, 1)
 
 
@@ -298,7 +299,7 @@ def _fit(run: Run, resume: bool) -> dict:
         loss = train_one_epoch(model, wrapped, loader, loss_fn, optimizer, scheduler, scaler, autocast, device, config,
                                data.cached, ema, desc=f"epoch {epoch}/{oc['epochs']}", show=progress and d.is_main)
         row = {"epoch": epoch, "loss": loss, "lr": optimizer.param_groups[0]["lr"], "train_s": time.time() - t0}
-        if epoch == oc["epochs"] or (epoch >= tr["eval_start"] and (epoch - tr["eval_start"]) % tr["eval_every"] == 0):
+        if is_eval_epoch(epoch, config):
             models = {"model": model} if ema is None else {"model": model, "ema": _ema_view(model, ema, data.cached)}
             for tag, m in models.items():
                 scores = evaluate(m, data.test, device, autocast if tag == "model" else nullcontext,
@@ -333,6 +334,12 @@ def _fit(run: Run, resume: bool) -> dict:
                                     **{k: v.numpy() for k, v in last_scores.items()})
         atomic_write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def is_eval_epoch(epoch: int, config: dict) -> bool:
+    """Whether the test set is evaluated after ``epoch``: always the last, else from eval_start every eval_every."""
+    tr, last = config["train"], config["optim"]["epochs"]
+    return epoch == last or (epoch >= tr["eval_start"] and (epoch - tr["eval_start"]) % tr["eval_every"] == 0)
 
 
 def _ema_view(model, ema: ModelEma, cached: bool):

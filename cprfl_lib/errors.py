@@ -5,6 +5,11 @@ Every error caused by input (a file, a line, a value, a missing download) is rai
 there is one, what to do about it. The CLI prints it without a traceback and exits 2.
 """
 
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
 _WORKER_WRAPPED = "Caught CprflError in DataLoader worker"
 
 
@@ -17,3 +22,16 @@ class CprflError(Exception):
         if len(args) == 1 and isinstance(args[0], str) and args[0].startswith(_WORKER_WRAPPED):
             args = (args[0].rstrip().splitlines()[-1].split("CprflError: ", 1)[-1],)
         super().__init__(*args)
+
+
+def run_command(prog: str, action: Callable[[], object], interrupted: str = "interrupted") -> int:
+    """A command-line entry point's exit code: 0, or 2 with ``prog: error: <one line>``, or 130 on Ctrl-C."""
+    try:
+        action()
+    except CprflError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: {interrupted}", file=sys.stderr)
+        return 130
+    return 0

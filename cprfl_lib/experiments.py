@@ -26,7 +26,8 @@ def semantics_variant(encoder: str, options: dict | None = None) -> dict | Unava
         return Unavailable(reason)
     if not encoder.startswith("clip"):
         options["weights"] = None  # weights name CLIP checkpoints only
-    options.setdefault("dim", None)  # the encoder decides its width (a recipe's randn dim does not apply)
+    if encoder != "randn":  # a pretrained encoder decides its width; the recipe's dim is randn's
+        options.setdefault("dim", None)
     return {"semantics.encoder": encoder, **{f"semantics.{k}": v for k, v in options.items()}}
 
 
@@ -63,7 +64,7 @@ def table3() -> dict:
     focal = loss("focal")
     return {
         "Baseline": {**LINEAR, **focal},
-        "+VSI": {**focal, "semantics.encoder": "randn", "semantics.weights": None},
+        "+VSI": {**focal, **semantics_variant("randn")},
         "+VSI+PI": {**focal},
         "CPRFL (+VSI+PI+RW)": {},
     }
@@ -75,9 +76,7 @@ def figure3(options: dict | None = None) -> dict:
     encoders = ("randn", "word2vec", "glove", "clip-rn50", "clip-vit-b-16", "minilm")
     out = {}
     for enc in encoders:
-        v = {"semantics.encoder": "randn", "semantics.weights": None} if enc == "randn" else \
-            semantics_variant(enc, options.get(enc))
-        out[ENCODER_LABELS[enc]] = v
+        out[ENCODER_LABELS[enc]] = semantics_variant(enc, options.get(enc))
     return out
 
 

@@ -54,9 +54,8 @@ def extract_features(backbone: nn.Module, dataset, batch_size: int = 64, device:
     this CPU; the maps differ from the default format's by about 1e-5); the backbone is put back
     in its own format afterwards.
     """
-    convs = [p for p in backbone.parameters() if p.dim() == 4]
-    was_channels_last = bool(convs) and convs[0].is_contiguous(memory_format=torch.channels_last) \
-        and not convs[0].is_contiguous()
+    conv = next((p for p in backbone.parameters() if p.dim() == 4), None)
+    own_format = torch.channels_last if conv is not None and not conv.is_contiguous() else torch.contiguous_format
     backbone = backbone.to(device).eval().to(memory_format=torch.channels_last)
     # A private generator: iterating a DataLoader draws its base seed from the global RNG, so a
     # cold cache would otherwise shift the run's dropout draws (a rerun with a warm cache differed).
@@ -68,7 +67,7 @@ def extract_features(backbone: nn.Module, dataset, batch_size: int = 64, device:
             x = images.to(device).contiguous(memory_format=torch.channels_last)
             chunks.append(backbone(x).contiguous().half().cpu())
     finally:
-        backbone.to(memory_format=torch.channels_last if was_channels_last else torch.contiguous_format)
+        backbone.to(memory_format=own_format)
     return torch.cat(chunks)
 
 

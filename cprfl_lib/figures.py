@@ -11,6 +11,15 @@ from .io import atomic_path
 GROUP_COLORS = {"head": "#1f77b4", "medium": "#ff7f0e", "tail": "#2ca02c", "incorrect": "#d62728"}
 
 
+def group_legend(ax, groups, **kw: object) -> None:
+    """A legend of the head / medium / tail colours with each group's class count, on an axes or figure."""
+    from matplotlib.patches import Patch
+
+    from .metrics import GROUPS
+
+    ax.legend(handles=[Patch(color=GROUP_COLORS[g], label=f"{g} ({int((groups == g).sum())})") for g in GROUPS], **kw)
+
+
 def save_figure(fig: "matplotlib.figure.Figure", name: str, out_dir: str | Path, dpi: int = 150) -> dict[str, Path]:
     """Write figures/<name>.png and .pdf under ``out_dir`` atomically; returns the paths."""
     folder = Path(out_dir) / "figures"

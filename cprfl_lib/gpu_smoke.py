@@ -101,11 +101,6 @@ class Trainer:
                                            cached=False, ema=self.ema, show=False)
 
 
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def check_paper(device, tiny: bool, steps: int, eval_batches: int, say) -> list[str]:
@@ -113,9 +108,10 @@ def check_paper(device, tiny: bool, steps: int, eval_batches: int, say) -> list[
     import numpy as np
     import torch
 
-    from .bench import peak_memory
+    from .bench import _sync, peak_memory
     from .losses import build_loss
     from .metrics import map_report
+    from .model import count_parameters
 
     failures = []
     torch.manual_seed(0)  # the random weights
@@ -123,7 +119,7 @@ def check_paper(device, tiny: bool, steps: int, eval_batches: int, say) -> list[
                                                   "train.channels_last": device.type == "cuda"})
     trainer = Trainer(config, device)
     m, oc = config["model"], config["optim"]
-    params = sum(p.numel() for p in trainer.model.parameters())
+    params = count_parameters(trainer.model, trainable_only=False)
     say(f"paper-coco: {m['backbone']} {config['data']['image_size']} px, d={m['dim']} VSI ({m['heads']}x"
         f"{m['dim_head']}), {config['semantics']['encoder']} class embeddings (random weights, frozen), "
         f"{params / 1e6:.1f} M parameters, built in {trainer.build_s:.1f} s; batch {oc['batch_size']}, bf16 autocast"
@@ -178,6 +174,9 @@ def check_code(device, tiny: bool, say) -> list[str]:
     import numpy as np
     import torch
 
+    from .bench import _sync
+    from .model import count_parameters
+
     failures = []
     torch.manual_seed(0)
     config = smoke_config("code-coco", tiny, **{"train.amp_dtype": "float16",
@@ -188,7 +187,7 @@ def check_code(device, tiny: bool, say) -> list[str]:
     first = next(p for p in text.parameters() if p.requires_grad)
     first.register_hook(lambda g: reached.append(bool(g.float().abs().sum() > 0)))
     say(f"code-coco: trainable {config['semantics']['encoder']} text tower "
-        f"({sum(p.numel() for p in text.parameters()) / 1e6:.1f} M parameters), float16 autocast"
+        f"({count_parameters(text, trainable_only=False) / 1e6:.1f} M parameters), float16 autocast"
         + (" + GradScaler" if trainer.scaler.is_enabled() else "") + f", EMA {config['train']['ema']}")
     x, y = random_batch(config["optim"]["batch_size"], config["data"]["image_size"], len(trainer.class_names), seed=2)
     start = time.perf_counter()

@@ -165,7 +165,7 @@ class ResampleLoss(_Loss):
         logits = logits * (1 - targets) * self.neg_scale + logits * targets
         weight = weight / self.neg_scale * (1 - targets) + weight * targets
         loss = F.binary_cross_entropy_with_logits(logits, targets, weight=weight, reduction="none")
-        if self.focal:
+        if self.focal:  # a BCE of its own: sharing `loss`'s would reorder the gradient sums (last-digit changes)
             bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
             pt = torch.exp(-(bce.mean() if self.scalar_focal else bce))
             loss = self.balance * (1 - pt) ** self.gamma * loss
@@ -209,10 +209,6 @@ LOSSES: dict[str, Callable[..., nn.Module]] = {
     "db_nofocal": _resample("rebalance", False, 0.5),
     "db_focal": _resample("rebalance", True, 1.0),
 }
-
-# How the paper's tables name them.
-DISPLAY_NAMES = {"asl": "ASL", "bce": "BCE", "mls": "MLS", "focal": "Focal", "rw": "RW",
-                 "cb_focal": "CB Focal", "db_nofocal": "DB No-Focal", "db_focal": "DB Focal"}
 
 
 def build_loss(name: str, train_counts=None, num_train: int | None = None, family: str = "coco", **params) -> nn.Module:

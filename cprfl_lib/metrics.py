@@ -30,14 +30,14 @@ def class_groups(train_counts) -> np.ndarray:
     return np.where(counts >= HEAD_MIN, "head", np.where(counts >= MEDIUM_MIN, "medium", "tail"))
 
 
-def _as_numpy(x, name: str) -> np.ndarray:
+def _as_numpy(x) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().float().cpu().numpy()
     return np.asarray(x, dtype=np.float64)
 
 
 def _check(scores, targets) -> tuple[np.ndarray, np.ndarray]:
-    scores, targets = _as_numpy(scores, "scores"), _as_numpy(targets, "targets")
+    scores, targets = _as_numpy(scores), _as_numpy(targets)
     if scores.ndim != 2 or scores.shape != targets.shape:
         raise CprflError(f"scores and targets must both be (N, C); got {scores.shape} and {targets.shape}")
     if not np.isfinite(scores).all():

@@ -46,7 +46,7 @@ def setup(profile: str, output_dir: str | None = None, work_dir: str | None = No
 def describe_data(name: str) -> str:
     """One line that says what data a number comes from (generated data is never called VOC or COCO)."""
     if name.startswith("synth-"):
-        real = name.removeprefix("synth-").replace("-lt", "-LT").upper().replace("-LT", "-LT")
+        real = name.removeprefix("synth-").upper()
         return f"{name}: generated data shaped like {real} (drawn scenes, not photographs; not a {real} result)"
     return f"{name}: the published {name.upper()} split lists on real images"
 

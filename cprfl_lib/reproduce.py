@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import CprflError
+from .errors import CprflError, run_command
 from .io import atomic_write_json
 from .notebook import PROFILES, project_root
 from .runinfo import provenance
@@ -49,9 +49,7 @@ def notebooks(root: Path) -> list[Path]:
 
 def check_parameters(notebook: Path, params: dict) -> None:
     """Reject a parameter the notebook does not declare, by name (papermill would silently add it)."""
-    import papermill
-
-    declared = papermill.inspect_notebook(str(notebook))
+    declared = _declared(notebook)
     unknown = sorted(set(params) - set(declared))
     if unknown:
         raise CprflError(f"{notebook.name}: unknown parameter(s) {', '.join(map(repr, unknown))}; "
@@ -161,22 +159,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="*", help="run only these notebooks (e.g. 01 04); merges into existing results")
     p.add_argument("--refresh-notebooks", action="store_true", help="re-execute notebooks/ in place at smoke scale")
     args = p.parse_args(argv)
-    try:
-        if args.refresh_notebooks:
-            refresh_notebooks()
-            return 0
+    if args.refresh_notebooks:
+        return run_command("reproduce", refresh_notebooks)
+
+    def run() -> None:
         start = time.time()
         out = reproduce(args.profile, args.data_root, args.list_dir, args.only)
-    except CprflError as exc:
-        print(f"reproduce: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("reproduce: interrupted; the previous results are unchanged", file=sys.stderr)
-        return 130
-    tables = len(list((out / "tables").glob("*.csv")))
-    figures = len(list((out / "figures").glob("*.png")))
-    print(f"reproduce: {out} now holds {tables} tables and {figures} figures ({time.time() - start:.0f} s)")
-    return 0
+        tables = len(list((out / "tables").glob("*.csv")))
+        figures = len(list((out / "figures").glob("*.png")))
+        print(f"reproduce: {out} now holds {tables} tables and {figures} figures ({time.time() - start:.0f} s)")
+
+    return run_command("reproduce", run, interrupted="interrupted; the previous results are unchanged")
 
 
 if __name__ == "__main__":

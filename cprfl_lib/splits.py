@@ -80,6 +80,15 @@ def known_benchmarks() -> tuple[str, ...]:
     return (*SPECS, *SYNTHETIC)
 
 
+def benchmark_class_names(name: str, list_dir=None, download: bool = True) -> list[str]:
+    """A benchmark's class names; a generated one's without drawing its images."""
+    if name in SYNTHETIC:
+        from .synthetic import class_names
+
+        return class_names(name)
+    return load_benchmark(name, list_dir=list_dir, download=download).class_names
+
+
 def _get_spec(name: str) -> BenchmarkSpec:
     if name not in SPECS:
         raise CprflError(f"unknown benchmark {name!r}; known: {', '.join(known_benchmarks())}")

@@ -72,29 +72,34 @@ def run_dir_for(config: dict, work_dir: str | Path) -> Path:
     return Path(work_dir) / slug(config["recipe"]) / f"seed{config['train']['seed']}-{digest}"
 
 
+def _stamp(config: dict) -> dict:
+    """What a run folder's run.json must hold for its run to be reused: the configuration and the code."""
+    return {"config": yaml.safe_load(dump(config)), "source": source_digest()}
+
+
+def _has_stamp(run_dir: Path, stamp: dict) -> bool:
+    stamp_file = run_dir / "run.json"
+    return stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp
+
+
 def finished(config: dict, run_dir: Path) -> dict | None:
     """The metrics of a finished run of ``config`` with the current code in ``run_dir``, else None."""
-    stamp_file, metrics_file = run_dir / "run.json", run_dir / "metrics.json"
-    if stamp_file.is_file() and metrics_file.is_file() and json.loads(stamp_file.read_text()) == _stamp(config):
+    metrics_file = run_dir / "metrics.json"
+    if metrics_file.is_file() and _has_stamp(run_dir, _stamp(config)):
         return json.loads(metrics_file.read_text())
     return None
 
 
-def _stamp(config: dict) -> dict:
-    return {"config": yaml.safe_load(dump(config)), "source": source_digest()}
-
-
 def run_once(config: dict, run_dir: Path, progress: bool = False) -> dict:
     """Train ``config`` into ``run_dir``; reuse a finished identical run, resume an interrupted one."""
-    done = finished(config, run_dir)
-    if done is not None:
-        return done
-    stamp, stamp_file = _stamp(config), run_dir / "run.json"
-    same = stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp
+    stamp = _stamp(config)
+    same, metrics_file = _has_stamp(run_dir, stamp), run_dir / "metrics.json"
+    if same and metrics_file.is_file():
+        return json.loads(metrics_file.read_text())
     if not same and run_dir.exists():  # another configuration or older code: start afresh
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(stamp_file, stamp)
+    atomic_write_json(run_dir / "run.json", stamp)
     return train(config, run_dir, resume=(run_dir / "checkpoint.pt").is_file(), progress=progress)
 
 
@@ -176,12 +181,12 @@ def _train_in_parallel(configs: dict[str, dict], workers: int, bar, progress: bo
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
+    keys = {d: cache_key(c) for d, c in configs.items()}
     sizes = {}
-    for run_dir, config in configs.items():
-        key = cache_key(config)
+    for run_dir, key in keys.items():  # each distinct set of caches filled once, here, before the workers start
         if key not in sizes:
-            sizes[key] = prepare(config, progress=progress)
-    order = sorted(configs, key=lambda d: expected_cost(configs[d], sizes[cache_key(configs[d])]), reverse=True)
+            sizes[key] = prepare(configs[run_dir], progress=progress)
+    order = sorted(configs, key=lambda d: expected_cost(configs[d], sizes[keys[d]]), reverse=True)
     results = {}
     pool = ProcessPoolExecutor(min(workers, len(order)), mp_context=mp.get_context("spawn"))
     try:

@@ -13,19 +13,13 @@ from collections.abc import Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
 
-from .data_summary import GROUPS, DataChoice, conditional_cooccurrence, labels_per_image
+from .data_summary import DataChoice, conditional_cooccurrence, labels_per_image
 from .datasets import load_image
-from .figures import GROUP_COLORS
+from .figures import GROUP_COLORS, group_legend
 from .metrics import HEAD_MIN, MEDIUM_MIN
 from .notebook import describe_data
 from .splits import Benchmark
-
-
-def _group_legend(ax: plt.Axes | Figure, groups: np.ndarray, **kw: object) -> None:
-    handles = [Patch(color=GROUP_COLORS[g], label=f"{g} ({int((groups == g).sum())})") for g in GROUPS]
-    ax.legend(handles=handles, **kw)
 
 
 def _small(n: int) -> float:
@@ -48,7 +42,7 @@ def plot_longtail(bench: Benchmark) -> Figure:
     ax.set_xlim(-0.6, n - 0.4)
     ax.set_ylabel("training images (log)")
     ax.set_title(describe_data(bench.name), fontsize=8)
-    _group_legend(ax, groups, fontsize=8, loc="upper center")  # sorted bars leave the top middle free
+    group_legend(ax, groups, fontsize=8, loc="upper center")  # sorted bars leave the top middle free
     fig.tight_layout()
     return fig
 
@@ -67,7 +61,7 @@ def plot_labels_per_image(choices: Mapping[str, DataChoice]) -> Figure:
         ax.set_xticks(bins)
         ax.set_xlabel("labels per image")
         ax.set_ylabel("% of images")
-        ax.set_title(describe_data(b.name).split(":")[0], fontsize=9)
+        ax.set_title(b.name, fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -95,7 +89,7 @@ def plot_cooccurrence(bench: Benchmark) -> Figure:
         ax.axhline(e, color="white", lw=0.8)
         ax.axvline(e, color="white", lw=0.8)
     ax.set_title(describe_data(bench.name), fontsize=8)
-    _group_legend(fig, groups, fontsize=7, loc="upper right")
+    group_legend(fig, groups, fontsize=7, loc="upper right")
     fig.tight_layout()
     return fig
 

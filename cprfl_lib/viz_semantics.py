@@ -19,16 +19,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
 
 from . import semantics, synthetic
 from .errors import CprflError
-from .figures import GROUP_COLORS
+from .figures import GROUP_COLORS, group_legend
 from .metrics import class_groups
 from .notebook import describe_data
 from .semantics_clip import CLIP_MODELS
 
-GROUPS = ("head", "medium", "tail")
 
 
 @dataclass
@@ -230,11 +228,6 @@ def _head_to_tail(info: ClassInfo) -> np.ndarray:
     return np.argsort(-np.asarray(info.train_counts), kind="stable")
 
 
-def _legend(ax: plt.Axes | Figure, groups: np.ndarray, **kw: object) -> None:
-    handles = [Patch(color=GROUP_COLORS[g], label=f"{g} ({int((groups == g).sum())})") for g in GROUPS]
-    ax.legend(handles=handles, **kw)
-
-
 def plot_similarity(result: EncoderResult, info: ClassInfo) -> Figure:
     """Cosine similarity heatmap, classes sorted head → tail, names coloured by group."""
     order = _head_to_tail(info)
@@ -255,7 +248,7 @@ def plot_similarity(result: EncoderResult, info: ClassInfo) -> Figure:
         ax.axhline(edge, color="white", lw=0.8)
         ax.axvline(edge, color="white", lw=0.8)
     ax.set_title(f"{result.encoder} (m = {result.dim}) — {info.dataset}", fontsize=9)
-    _legend(fig, groups, fontsize=7, loc="upper right")
+    group_legend(fig, groups, fontsize=7, loc="upper right")
     fig.tight_layout()
     return fig
 
@@ -281,7 +274,7 @@ def plot_projection(results: Mapping[str, EncoderResult], info: ClassInfo) -> Fi
         ax.set_title(f"{r.encoder} (m = {r.dim})", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    _legend(axes.flat[0], info.groups, fontsize=7, loc="best")
+    group_legend(axes.flat[0], info.groups, fontsize=7, loc="best")
     fig.suptitle(f"PCA of the class-name embeddings — {describe_data(info.dataset)}", fontsize=8)
     fig.tight_layout()
     return fig

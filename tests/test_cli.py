@@ -183,3 +183,16 @@ def test_resume_with_another_model_is_refused_and_leaves_the_run_alone(cli_env, 
     done = cprfl(cli_env, workdir, "train", "--recipe", "smoke", "--resume", "--output-dir", run, "model.dim=64")
     assert_one_line_error(done, "model.dim", "32", "64", str(run / "checkpoint.pt"))
     assert (_digest(run / "checkpoint.pt"), (run / "config.yaml").read_text()) == before
+
+
+def test_the_cli_offers_every_known_benchmark():
+    from cprfl_lib import cli, splits
+
+    assert cli.BENCHMARKS == splits.known_benchmarks()
+
+
+def test_embed_names_a_generated_benchmark_without_drawing_it(monkeypatch):
+    from cprfl_lib import splits, synthetic
+
+    monkeypatch.setattr(synthetic, "ensure_synthetic", lambda *a, **k: pytest.fail("images drawn for class names"))
+    assert splits.benchmark_class_names("synth-coco-lt") == synthetic.class_names("synth-coco-lt")
