@@ -62,6 +62,7 @@ def execute(notebook: Path, out_path: Path, params: dict) -> float:
     from papermill.exceptions import PapermillExecutionError
 
     check_parameters(notebook, params)
+    out_path.parent.mkdir(parents=True, exist_ok=True)  # papermill writes into an existing folder only
     start = time.time()
     try:
         papermill.execute_notebook(str(notebook), str(out_path), parameters=params, kernel_name=KERNEL,

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from . import semantics, synthetic
 from .errors import CprflError
 from .figures import GROUP_COLORS, group_legend
-from .metrics import class_groups
+from .metrics import GROUPS, class_groups  # GROUPS: notebook 02 reads it as vs.GROUPS
 from .notebook import describe_data
 from .semantics_clip import CLIP_MODELS
 
