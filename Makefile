@@ -45,7 +45,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 reproduce: $(STAMP)
-	$(PY) -m cprfl_lib.reproduce --profile $(PROFILE) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) $(if $(LIST_DIR),--list-dir $(LIST_DIR))
+	$(PY) -m cprfl_repro.reproduce --profile $(PROFILE) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) $(if $(LIST_DIR),--list-dir $(LIST_DIR))
 
 # The stored notebooks (executed at smoke scale) run first under nbval and record their metrics in
 # .cache/nbval-results; tests/test_notebook_metrics.py then checks those against tests/notebook_metrics/.
@@ -57,13 +57,13 @@ test: $(STAMP)
 
 # Re-execute the stored notebooks at smoke scale and refresh their reference metrics (before committing them).
 notebooks: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m cprfl_lib.reproduce --refresh-notebooks
+	HF_HUB_OFFLINE=1 $(PY) -m cprfl_repro.reproduce --refresh-notebooks
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
 
 bench: $(STAMP)
-	$(PY) -m cprfl_lib.bench
+	$(PY) -m tools.bench
 
 clean-env:
 	rm -rf $(VENV)

@@ -8,13 +8,13 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import CprflError, run_command
+from cprfl_lib.errors import CprflError, run_command
 
 BENCHMARKS = ("voc-lt", "coco-lt", "synth-voc-lt", "synth-coco-lt")  # splits.known_benchmarks(), without importing torch for --help
 
 
 def _cmd_recipes(args) -> None:
-    from .recipes import available_recipes, dump, load_recipe
+    from cprfl_lib.train.recipes import available_recipes, dump, load_recipe
 
     if args.name:
         print(dump(load_recipe(args.name, args.overrides)), end="")
@@ -24,7 +24,7 @@ def _cmd_recipes(args) -> None:
 
 
 def _cmd_data(args) -> None:
-    from .splits import fetch_split_lists, load_benchmark
+    from cprfl_lib.data.lists import fetch_split_lists, load_benchmark
 
     if args.action == "fetch":
         for role, path in fetch_split_lists(args.dataset, list_dir=args.list_dir).items():
@@ -39,7 +39,7 @@ def _cmd_data(args) -> None:
         for name, count, group in sorted(zip(bench.class_names, bench.train_counts, groups), key=lambda t: -t[1]):
             print(f"  {name:16s} {count:5d}  {group}")
     elif args.action == "check":
-        from .datasets import check_images
+        from cprfl_lib.data.datasets import check_images
 
         if bench.image_root is None:
             raise CprflError(f"{bench.name}: give --data-root, the folder that holds the images")
@@ -49,8 +49,8 @@ def _cmd_data(args) -> None:
 
 
 def _cmd_embed(args) -> None:
-    from .semantics import encode_classes
-    from .splits import benchmark_class_names
+    from cprfl_lib.semantics import encode_classes
+    from cprfl_lib.data.lists import benchmark_class_names
 
     names = benchmark_class_names(args.dataset, list_dir=args.list_dir)
     emb = encode_classes(args.encoder, names, weights=args.weights, path=args.path, dim=args.dim)
@@ -58,10 +58,10 @@ def _cmd_embed(args) -> None:
 
 
 def _cmd_train(args) -> None:
-    from .recipes import apply_overrides, load_recipe
+    from cprfl_lib.train.recipes import apply_overrides, load_recipe
 
     config = load_recipe(args.recipe, args.overrides)
-    from .engine import train  # after the recipe check: a mistyped recipe fails without importing torch
+    from cprfl_lib.train.engine import train  # after the recipe check: a mistyped recipe fails without importing torch
     apply_overrides(config, {k: v for k, v in (("data.data_root", args.data_root), ("data.list_dir", args.list_dir))
                              if v is not None})
     out = Path(args.output_dir or f"runs/{config['recipe']}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
@@ -74,10 +74,10 @@ def _cmd_train(args) -> None:
 
 
 def _cmd_evaluate(args) -> None:
-    from .checkpoint import load_checkpoint
+    from cprfl_lib.train.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint)  # a bad file fails here, before the model stack is imported
-    from .inference import evaluate_checkpoint
+    from cprfl_lib.inference import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.checkpoint, data_root=args.data_root, list_dir=args.list_dir,
                                  device=args.device, use_ema=args.ema, ckpt=ckpt)
@@ -85,10 +85,10 @@ def _cmd_evaluate(args) -> None:
 
 
 def _cmd_predict(args) -> None:
-    from .checkpoint import load_checkpoint
+    from cprfl_lib.train.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint)  # a bad file fails here, before the model stack is imported
-    from .inference import predict
+    from cprfl_lib.inference import predict
 
     for image, top in zip(args.images, predict(args.checkpoint, args.images, args.top_k, args.device, args.ema, ckpt)):
         print(image)

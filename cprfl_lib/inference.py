@@ -7,12 +7,12 @@ from pathlib import Path
 
 import torch
 
-from . import factory
-from .checkpoint import load_checkpoint
-from .datasets import MultiLabelImageDataset, load_image
-from .engine import report_scores, autocast_for, evaluate, resolve_device
-from .errors import CprflError
-from .transforms import build_transform
+from cprfl_lib.train import factory
+from cprfl_lib.train.checkpoint import load_checkpoint
+from cprfl_lib.data.datasets import MultiLabelImageDataset, load_image
+from cprfl_lib.train.engine import report_scores, autocast_for, evaluate, resolve_device
+from cprfl_lib.errors import CprflError
+from cprfl_lib.data.transforms import build_transform
 
 
 def load_model(path: str | Path, use_ema: bool = False, ckpt: dict | None = None):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import CprflError
+from cprfl_lib.errors import CprflError
 
 REDUCTIONS = ("sum", "mean", "batchmean")
 

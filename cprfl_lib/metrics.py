@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from sklearn.metrics import average_precision_score
 
-from .errors import CprflError
+from cprfl_lib.errors import CprflError
 
 GROUPS = ("head", "medium", "tail")
 HEAD_MIN, MEDIUM_MIN = 100, 20  # the official code's >= rule; only it gives 6/6/8 and 22/33/25

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .errors import CprflError
+from cprfl_lib.errors import CprflError
 
 
 def to_tokens(features: torch.Tensor) -> torch.Tensor:

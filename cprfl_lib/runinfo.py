@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import CprflError
+from cprfl_lib.errors import CprflError
 
 MIN_FREE_BYTES = 200 * 2**20  # a run writes checkpoints and predictions; refuse to start on an almost full disk
 

@@ -20,9 +20,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .errors import CprflError
-from .semantics import encoder_status
-from .semantics_clip import CLIP_MODELS, DEFAULT_TEMPLATE, load_clip, tokenize_prompts
+from cprfl_lib.errors import CprflError
+from cprfl_lib.semantics import encoder_status
+from cprfl_lib.semantics.clip import CLIP_MODELS, DEFAULT_TEMPLATE, load_clip, tokenize_prompts
 
 ACTIVATIONS = ("softmax", "sigmoid", "none")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cprfl_lib import bench
+from tools import bench
 
 
 def test_quick_bench_of_the_head_step_prints_its_table(capsys):

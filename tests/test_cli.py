@@ -55,7 +55,7 @@ def assert_one_line_error(done: subprocess.CompletedProcess, *needles: str) -> s
 # --- recipes (no torch import: fast) -----------------------------------------------------------
 
 def test_recipes_lists_every_recipe(cli_env, workdir):
-    from cprfl_lib.recipes import available_recipes
+    from cprfl_lib.train.recipes import available_recipes
 
     done = cprfl(cli_env, workdir, "recipes")
     assert done.returncode == 0, done.stderr
@@ -186,13 +186,14 @@ def test_resume_with_another_model_is_refused_and_leaves_the_run_alone(cli_env, 
 
 
 def test_the_cli_offers_every_known_benchmark():
-    from cprfl_lib import cli, splits
+    from cprfl_lib import cli
+    from cprfl_lib.data import lists as splits
 
     assert cli.BENCHMARKS == splits.known_benchmarks()
 
 
 def test_embed_names_a_generated_benchmark_without_drawing_it(monkeypatch):
-    from cprfl_lib import splits, synthetic
+    from cprfl_lib.data import lists as splits, synthetic
 
     monkeypatch.setattr(synthetic, "ensure_synthetic", lambda *a, **k: pytest.fail("images drawn for class names"))
     assert splits.benchmark_class_names("synth-coco-lt") == synthetic.class_names("synth-coco-lt")

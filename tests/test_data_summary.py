@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cprfl_lib import data_summary as ds
+from cprfl_repro.analysis import data as ds
 from cprfl_lib.errors import CprflError
-from cprfl_lib.splits import Benchmark, SplitList
+from cprfl_lib.data.lists import Benchmark, SplitList
 
 # Generated data kept tiny so every choice that falls back costs well under a second.
 TINY = {"seed": 0, "image_size": 16, "limit": 12}

@@ -11,10 +11,10 @@ import torch
 from PIL import Image, ImageFile
 from torch.utils.data import DataLoader
 
-from cprfl_lib.datasets import MultiLabelImageDataset, check_images
+from cprfl_lib.data.datasets import MultiLabelImageDataset, check_images
 from cprfl_lib.errors import CprflError
-from cprfl_lib.splits import read_split
-from cprfl_lib.transforms import CutoutPIL, build_transform
+from cprfl_lib.data.lists import read_split
+from cprfl_lib.data.transforms import CutoutPIL, build_transform
 
 JPEG_DIR = "VOCdevkit/VOC2012/JPEGImages"
 

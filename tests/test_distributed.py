@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from cprfl_lib.distributed import Dist, GlobalBatchSampler, gather_predictions, shard_indices
-from cprfl_lib.recipes import load_recipe
+from cprfl_lib.train.distributed import Dist, GlobalBatchSampler, gather_predictions, shard_indices
+from cprfl_lib.train.recipes import load_recipe
 
 pytestmark = pytest.mark.usefixtures("cprfl_cache")
 
@@ -101,7 +101,7 @@ def _worker(rank: int, world: int, port: int, config: dict, out_dirs: list[str],
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    from cprfl_lib import engine
+    from cprfl_lib.train import engine
 
     try:
         metrics = engine.train(config, out_dirs[rank], progress=False)
@@ -117,7 +117,7 @@ def _worker(rank: int, world: int, port: int, config: dict, out_dirs: list[str],
 
 @pytest.mark.slow
 def test_two_processes_train_as_one(tmp_path):
-    from cprfl_lib import engine
+    from cprfl_lib.train import engine
 
     config = ddp_config()
     single = engine.train(config, tmp_path / "single", progress=False)

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from cprfl_lib import engine, factory, features
-from cprfl_lib.checkpoint import load_checkpoint
+from cprfl_lib.train import engine, factory, features
+from cprfl_lib.train.checkpoint import load_checkpoint
 from cprfl_lib.errors import CprflError
-from cprfl_lib.recipes import load_recipe
+from cprfl_lib.train.recipes import load_recipe
 
 GROUPS = ("mAP", "head", "medium", "tail")
 
@@ -383,7 +383,7 @@ def test_use_ema_on_a_run_without_ema_is_an_error(smoke_run):
 
 
 def test_predict_returns_the_top_k_class_names(smoke_run):
-    from cprfl_lib import factory
+    from cprfl_lib.train import factory
     from cprfl_lib.inference import predict
 
     out, _ = smoke_run

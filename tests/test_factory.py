@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from cprfl_lib import factory
-from cprfl_lib.recipes import load_recipe
+from cprfl_lib.train import factory
+from cprfl_lib.train.recipes import load_recipe
 
 NAMES = ["person", "dog", "traffic light", "bus", "cat"]
 

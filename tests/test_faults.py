@@ -30,12 +30,13 @@ import pytest
 import torch
 from PIL import Image
 
-from cprfl_lib import engine, runinfo
-from cprfl_lib.checkpoint import FORMAT, load_checkpoint
-from cprfl_lib.datasets import MultiLabelImageDataset, check_images
+from cprfl_lib.train import engine
+from cprfl_lib import runinfo
+from cprfl_lib.train.checkpoint import FORMAT, load_checkpoint
+from cprfl_lib.data.datasets import MultiLabelImageDataset, check_images
 from cprfl_lib.errors import CprflError
-from cprfl_lib.recipes import load_recipe
-from cprfl_lib.splits import SplitList, fetch_split_lists, load_benchmark, read_split
+from cprfl_lib.train.recipes import load_recipe
+from cprfl_lib.data.lists import SplitList, fetch_split_lists, load_benchmark, read_split
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).parent / "cprfl"
@@ -369,7 +370,7 @@ def test_checkpoint_that_would_run_code_is_refused_without_running_it(env, cwd, 
 
 
 def test_mistyped_notebook_parameter_is_rejected_by_name():
-    from cprfl_lib.reproduce import check_parameters
+    from cprfl_repro.reproduce import check_parameters
 
     notebook = ROOT / "notebooks" / "04_training.ipynb"
     if not notebook.is_file():
@@ -391,7 +392,7 @@ def _fake_checkout(root: Path) -> Path:
     params = nbformat.v4.new_code_cell('profile = "smoke"\noutput_dir = None')
     params.metadata["tags"] = ["parameters"]
     work = nbformat.v4.new_code_cell(
-        "import time\nfrom cprfl_lib.notebook import setup, write_metrics\n"
+        "import time\nfrom cprfl_repro.notebook import setup, write_metrics\n"
         "out, _ = setup(profile, output_dir)\nwrite_metrics(out, '01_sleep', {'done': 1})\ntime.sleep(120)")
     nb.cells = [params, work]
     nb.metadata["kernelspec"] = {"name": "cprfl", "display_name": "Python (cprfl)", "language": "python"}
@@ -407,7 +408,7 @@ def test_interrupted_reproduce_keeps_the_previous_results(env, tmp_path):
     kernels' start-up is what takes time). Each exits non-zero with results/smoke as it was."""
     signals = {"SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT}
     roots = {name: _fake_checkout(tmp_path / name) for name in signals}
-    procs = {name: subprocess.Popen([sys.executable, "-m", "cprfl_lib.reproduce", "--profile", "smoke"], cwd=root,
+    procs = {name: subprocess.Popen([sys.executable, "-m", "cprfl_repro.reproduce", "--profile", "smoke"], cwd=root,
                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                     start_new_session=True)
              for name, root in roots.items()}

@@ -30,7 +30,7 @@ def _results_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def fresh_metrics() -> dict[str, dict]:
-    from cprfl_lib.reproduce import execute
+    from cprfl_repro.reproduce import execute
 
     results = _results_dir()
     out = {}

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from cprfl_lib.errors import CprflError
-from cprfl_lib.optim import ModelEma, build_optimizer, build_scheduler, param_groups
-from cprfl_lib.recipes import load_recipe
+from cprfl_lib.train.optim import ModelEma, build_optimizer, build_scheduler, param_groups
+from cprfl_lib.train.recipes import load_recipe
 
 
 class Toy(nn.Module):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cprfl_lib import paper
+from cprfl_repro import reported as paper
 
 
 @pytest.mark.parametrize("family", ["voc", "coco"])

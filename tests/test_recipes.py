@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from cprfl_lib.errors import CprflError
-from cprfl_lib.recipes import apply_overrides, available_recipes, defaults, dump, load_recipe
+from cprfl_lib.train.recipes import apply_overrides, available_recipes, defaults, dump, load_recipe
 
 ASL_PAPER = {"gamma_neg": 4, "gamma_pos": 0, "clip": 0.05}
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from cprfl_lib.errors import CprflError
-from cprfl_lib.notebook import PROFILES
-from cprfl_lib.reproduce import _swap_in, check_parameters, notebooks, profile_parameters
+from cprfl_repro.notebook import PROFILES
+from cprfl_repro.reproduce import _swap_in, check_parameters, notebooks, profile_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,8 @@ import time
 import pytest
 import torch
 
-from cprfl_lib import semantics, semantics_clip
+from cprfl_lib import semantics
+from cprfl_lib.semantics import clip as semantics_clip
 from cprfl_lib.errors import CprflError
 from cprfl_lib.semantics import (
     CLIPTextEncoder, FixedEmbedding, build_text_encoder, embedding_dim, encode_classes, encoder_status,

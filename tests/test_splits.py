@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cprfl_lib import splits
+from cprfl_lib.data import lists as splits
 from cprfl_lib.errors import CprflError
-from cprfl_lib.splits import fetch_split_lists, load_benchmark, read_labels, read_split
+from cprfl_lib.data.lists import fetch_split_lists, load_benchmark, read_labels, read_split
 
 VOC_COUNTS = [6, 34, 8, 14, 154, 17, 249, 29, 479, 4, 240, 48, 11, 20, 775, 100, 5, 82, 7, 64]
 VOC_HEAD = {"bottle", "car", "chair", "diningtable", "person", "pottedplant"}
@@ -270,9 +270,9 @@ def test_synthetic_uses_generated_folder(tmp_path: Path, monkeypatch: pytest.Mon
         seen.append((name, root, options))
         return folder
 
-    fake = types.ModuleType("cprfl_lib.synthetic")
+    fake = types.ModuleType("cprfl_lib.data.synthetic")
     fake.ensure_synthetic = ensure_synthetic
-    monkeypatch.setitem(sys.modules, "cprfl_lib.synthetic", fake)
+    monkeypatch.setitem(sys.modules, "cprfl_lib.data.synthetic", fake)
     bench = load_benchmark("synth-voc-lt", data_root=tmp_path, synthetic_options={"seed": 3})
     assert seen == [("synth-voc-lt", tmp_path, {"seed": 3})]
     assert bench.is_synthetic and bench.image_root == folder and bench.list_dir == folder

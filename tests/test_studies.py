@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cprfl_lib import experiments, studies
+from cprfl_repro import experiments, studies
 from cprfl_lib.errors import CprflError
-from cprfl_lib.paper import COLUMNS
+from cprfl_repro.reported import COLUMNS
 
 LINEAR = {"model.head": "linear"}
 TINY = {"data.synthetic_limit": 64, "train.device": "cpu", "train.max_steps_per_epoch": 2, "optim.epochs": 1,

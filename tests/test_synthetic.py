@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cprfl_lib import synthetic
+from cprfl_lib.data import synthetic
 from cprfl_lib.errors import CprflError
-from cprfl_lib.splits import read_labels, read_split
-from cprfl_lib.synthetic_draw import class_looks
+from cprfl_lib.data.lists import read_labels, read_split
+from cprfl_lib.data.synthetic_draw import class_looks
 
 VOC, COCO = "synth-voc-lt", "synth-coco-lt"
 # name -> (train images, labels per image, head/medium/tail sizes)

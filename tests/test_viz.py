@@ -12,7 +12,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from cprfl_lib import data_summary, viz_data, viz_semantics as vs  # noqa: E402
+from cprfl_repro.analysis import data as data_summary, semantics as vs
+from cprfl_repro.plots import data as viz_data  # noqa: E402
 from cprfl_lib.errors import CprflError  # noqa: E402
 
 

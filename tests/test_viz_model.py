@@ -17,7 +17,10 @@ import yaml  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from cprfl_lib import factory, recipes, semantics, studies, viz_model as vm, viz_predictions as vp  # noqa: E402
+from cprfl_lib.train import factory, recipes
+from cprfl_lib import semantics, model_analysis as vm
+from cprfl_repro import studies
+from cprfl_repro.analysis import predictions as vp  # noqa: E402
 from cprfl_lib.errors import CprflError  # noqa: E402
 from cprfl_lib.losses import build_loss  # noqa: E402
 from cprfl_lib.model import count_parameters  # noqa: E402

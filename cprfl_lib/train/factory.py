@@ -1,0 +1,134 @@
+"""Build the pieces of a run from a resolved configuration (see recipes.py).
+
+One entry per piece: the benchmark, the class-name semantics, the model and the loss. The
+training engine, the CLI and the notebooks all build through here, so a recipe means the
+same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cprfl_lib.backbones import build_backbone
+from cprfl_lib.errors import CprflError
+from cprfl_lib.losses import build_loss
+from cprfl_lib.model import CPRFLHead, LinearHead, MultiLabelClassifier
+from cprfl_lib.data.lists import Benchmark, load_benchmark
+
+HEADS = ("cprfl", "linear")
+HEAD_KEYS = ("dim", "tau", "depth", "heads", "dim_head", "mlp_dim", "dropout", "residual", "cut_p1", "cut_p2",
+             "no_feature_grad")
+
+
+def benchmark_from(config: dict, download: bool = True) -> Benchmark:
+    data = config["data"]
+    kw = {}
+    if data["dataset"].startswith("synth-"):
+        kw = dict(synthetic_options={"seed": data["synthetic_seed"], "image_size": data["image_size"],
+                                     "limit": data["synthetic_limit"]})
+    return load_benchmark(data["dataset"], list_dir=data["list_dir"], data_root=data["data_root"],
+                          download=download, **kw)
+
+
+def dataset_family(config: dict) -> str:
+    """'voc' or 'coco': which of the official per-dataset DB-loss settings apply."""
+    family = config["loss"]["family"] or ("voc" if "voc" in config["data"]["dataset"] else "coco")
+    if family not in ("voc", "coco"):
+        raise CprflError(f"loss.family must be 'voc' or 'coco', got {family!r}")
+    return family
+
+
+def semantics_from(config: dict, class_names: list[str]) -> tuple[torch.Tensor | None, nn.Module | None, int]:
+    """(frozen class embeddings, trainable text encoder, m): exactly one of the first two is set."""
+    from cprfl_lib import semantics
+
+    # Computing embeddings may build a model that draws from the global RNG, loading them from the
+    # cache does not: keep the RNG out of it, so a run's initialisation does not depend on the cache.
+    with torch.random.fork_rng(devices=[]):
+        return _semantics(config, class_names, semantics)
+
+
+def _semantics(config: dict, class_names: list[str], semantics) -> tuple[torch.Tensor | None, nn.Module | None, int]:
+    s = config["semantics"]
+    if s["trainable"]:
+        if not s["encoder"].startswith("clip"):
+            raise CprflError(f"semantics.trainable needs a CLIP encoder, got {s['encoder']!r}")
+        text = semantics.build_text_encoder(s["encoder"], class_names, frozen=False, weights=s["weights"],
+                                            template=s["template"], normalize=s["normalize"],
+                                            quick_gelu=s["quick_gelu"])
+        return None, text, semantics.embedding_dim(s["encoder"])
+    emb = semantics.encode_classes(s["encoder"], class_names, template=s["template"], weights=s["weights"],
+                                   normalize=s["normalize"], dim=s["dim"], seed=s["seed"], path=s["path"],
+                                   quick_gelu=s["quick_gelu"])
+    return emb, None, emb.shape[1]
+
+
+def backbone_from(config: dict) -> nn.Module:
+    m = config["model"]
+    backbone = build_backbone(m["backbone"], weights=m["backbone_weights"])
+    if m["freeze_backbone"]:
+        backbone.requires_grad_(False)
+        backbone.eval()
+    return backbone
+
+
+def head_from(config: dict, feat_dim: int, class_names: list[str],
+              class_embeddings: torch.Tensor | None = None) -> nn.Module:
+    """The head of the recipe; ``class_embeddings`` skips the text encoder (e.g. when loading a checkpoint)."""
+    m = config["model"]
+    if m["head"] == "linear":
+        return LinearHead(feat_dim, len(class_names))
+    if m["head"] != "cprfl":
+        raise CprflError(f"unknown head {m['head']!r}; choose one of {HEADS}")
+    if class_embeddings is not None:
+        emb, text, embed_dim = class_embeddings, None, class_embeddings.shape[1]
+    else:
+        emb, text, embed_dim = semantics_from(config, class_names)
+    return CPRFLHead(feat_dim, len(class_names), class_embeddings=emb, text_encoder=text, embed_dim=embed_dim,
+                     **{k: m[k] for k in HEAD_KEYS})
+
+
+def model_from(config: dict, class_names: list[str], backbone: nn.Module | None = None) -> MultiLabelClassifier:
+    backbone = backbone if backbone is not None else backbone_from(config)
+    return MultiLabelClassifier(backbone, head_from(config, backbone.out_channels, class_names))
+
+
+def loss_from(config: dict, benchmark: Benchmark) -> nn.Module:
+    lc = config["loss"]
+    return build_loss(lc["name"], train_counts=benchmark.train_counts.tolist(), num_train=len(benchmark.train),
+                      family=dataset_family(config), **(lc["params"] or {}))
+
+
+def model_from_checkpoint(ckpt: dict) -> MultiLabelClassifier:
+    """Rebuild a checkpoint's model without any download: structure first, then its weights.
+
+    Frozen class embeddings and backbone weights live in the state dict, so the text encoder
+    and the pretrained backbone are not needed to evaluate or predict.
+    """
+    import copy
+
+    config, state = copy.deepcopy(ckpt["config"]), ckpt["model"]
+    config["model"]["backbone_weights"] = None
+    class_names = list(ckpt["class_names"])
+    backbone = backbone_from(config)
+    emb = None
+    if config["model"]["head"] == "cprfl" and not config["semantics"]["trainable"]:
+        emb = torch.zeros_like(state["head.class_embeddings"])  # filled by load_state_dict below
+    if config["semantics"]["trainable"] and config["semantics"]["quick_gelu"] is None:
+        # the activation is not in the weights: rebuild with the one the run resolved
+        from cprfl_lib.semantics.clip import default_quick_gelu
+
+        weights = config["semantics"]["weights"]
+        config["semantics"]["quick_gelu"] = default_quick_gelu(config["semantics"]["encoder"], weights)
+    config["semantics"]["weights"] = None
+    head = head_from(config, backbone.out_channels, class_names, class_embeddings=emb)
+    model = MultiLabelClassifier(backbone, head)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # the first line only says "Error(s) in loading state_dict": name the first error
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        first = (lines[1] if len(lines) > 1 else lines[0])[:300] if lines else type(exc).__name__
+        more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+        raise CprflError(f"checkpoint weights do not fit the model of its recipe: {first}{more}") from None
+    return model.eval()
