@@ -1,0 +1,89 @@
+"""Content keys: the one scheme by which every cache and every finished run is keyed.
+
+A cache entry (backbone features, decoded images, class embeddings, generated data, a
+finished run) is valid only for the exact inputs that made it. :func:`content_key` hashes a
+description of *everything* that changes the content, and an input file enters that
+description by the sha256 of its bytes (:func:`file_digest`, :func:`files_digest`), never by
+its path, size or modification time: images replaced under the same names, or a weights file
+copied over with its old time, give another key.
+
+Hashing is memoised within a process by (path, size, mtime, ctime, inode); the ctime changes
+on every write and cannot be set back by a user, so a file rewritten while the process runs
+is hashed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from cprfl_lib.errors import CprflError
+
+KEY_CHARS = 20  # hex characters of a cache key: 80 bits
+_BLOCK = 1 << 20
+_memo: dict[tuple, str] = {}
+
+
+def _identity(path: Path) -> tuple:
+    st = os.stat(path)
+    return str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """The sha256 (hex) of a file's bytes."""
+    path = Path(path)
+    try:
+        ident = _identity(path)
+        if ident in _memo:
+            return _memo[ident]
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(_BLOCK), b""):
+                h.update(block)
+    except FileNotFoundError:
+        raise CprflError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise CprflError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    _memo[ident] = h.hexdigest()
+    return _memo[ident]
+
+
+def files_digest(root: str | os.PathLike, rel_paths: Iterable[str], workers: int = 8) -> str:
+    """One sha256 over the relative paths and the contents of many files, in the given order."""
+    root = Path(root)
+    rel_paths = list(rel_paths)
+    with ThreadPoolExecutor(max(1, min(workers, len(rel_paths)))) as pool:  # hashlib releases the GIL
+        digests = list(pool.map(lambda p: file_digest(root / p), rel_paths))
+    h = hashlib.sha256()
+    for rel, d in zip(rel_paths, digests):
+        h.update(f"{rel}\0{d}\n".encode())
+    return h.hexdigest()
+
+
+def source_digest(folder: str | os.PathLike, suffixes: tuple[str, ...] = (".py", ".yaml")) -> str:
+    """A sha256 over every source file under ``folder`` (relative names and bytes), in sorted order."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.suffix in suffixes and "__pycache__" not in p.parts):
+        h.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def weights_identity(weights: object) -> object:
+    """A weights argument as it enters a key: a file by its content, anything else (a tag, None) as it is."""
+    if weights is None:
+        return None
+    path = Path(str(weights)).expanduser()
+    if path.is_file():
+        return {"file_sha256": file_digest(path)}
+    return str(weights)
+
+
+def content_key(kind: str, parts: Mapping, version: int = 1) -> str:
+    """The key of a cache entry of ``kind``: a hash of ``parts`` (JSON-able) and the scheme's ``version``."""
+    text = json.dumps({"kind": kind, "version": version, "parts": parts}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:KEY_CHARS]
