@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cprfl_repro.analysis import data as ds
+from cprfl_lib.data.benchmarks import Benchmark
+from cprfl_lib.data.lists import SplitList
 from cprfl_lib.errors import CprflError
-from cprfl_lib.data.lists import Benchmark, SplitList
+from cprfl_repro.analysis import data as ds
 
 # Generated data kept tiny so every choice that falls back costs well under a second.
 TINY = {"seed": 0, "image_size": 16, "limit": 12}
@@ -29,7 +30,7 @@ def _bench(train_rows: list[list[int]], test_rows: list[list[int]], names: list[
         return SplitList(paths=[f"{tag}/{i}.jpg" for i in range(len(rows))], targets=y, source=Path(f"{tag}.txt"))
 
     return Benchmark(name="toy", class_names=names, train=split(train_rows, "train"),
-                     test=split(test_rows, "test"), image_root=None, list_dir=Path("."))
+                     test=split(test_rows, "test"), image_root=None, list_files={})
 
 
 # ---------------------------------------------------------------- statistics
@@ -142,7 +143,7 @@ def test_a_parent_folder_without_one_benchmark_falls_back_for_that_one(shared_da
     (parent / "voc_lt").symlink_to(shared_data / "voc_lt")
     choices = ds.choose_all(["voc", "coco"], list_dir=parent, **TINY)
     assert choices["voc"].source == "real"
-    assert choices["coco"].source == "generated" and "coco_lt" in choices["coco"].reason
+    assert choices["coco"].source == "generated" and "holds no COCO-LT lists" in choices["coco"].reason
 
 
 @pytest.mark.shared_data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -10,11 +11,13 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 from torch.utils.data import DataLoader
+from torchvision import transforms as T
 
-from cprfl_lib.data.datasets import MultiLabelImageDataset, check_images
-from cprfl_lib.errors import CprflError
+from cprfl_lib.data.datasets import MultiLabelImageDataset, check_images, find_unreadable
+from cprfl_lib.data.decoded import decoded_images
 from cprfl_lib.data.lists import read_split
-from cprfl_lib.data.transforms import CutoutPIL, build_transform
+from cprfl_lib.data.transforms import IMAGENET_MEAN, IMAGENET_STD, CutoutPIL, build_transform, preprocessing
+from cprfl_lib.errors import CprflError
 
 JPEG_DIR = "VOCdevkit/VOC2012/JPEGImages"
 
@@ -43,16 +46,85 @@ def voc_tree(tmp_path: Path) -> tuple[Path, Path]:
 def test_dataset_and_loader(voc_tree: tuple[Path, Path]) -> None:
     root, lst = voc_tree
     split = read_split(lst, 3)
-    ds = MultiLabelImageDataset(root, split, transform=build_transform("imagenet", 32, train=False))
+    ds = MultiLabelImageDataset(root, split, preprocessing("imagenet", 32))
     assert len(ds) == 6
     image, target = ds[0]
-    assert image.shape == (3, 32, 32) and image.dtype == torch.float32
+    assert image.shape == (3, 32, 32) and image.dtype == torch.uint8  # normalised later, on the device
     assert target.dtype == torch.float32 and target.tolist() == [1.0, 0.0, 1.0]
     images, targets = next(iter(DataLoader(ds, batch_size=4, shuffle=False)))
     assert images.shape == (4, 3, 32, 32) and targets.shape == (4, 3)
     assert torch.equal(targets, torch.from_numpy(split.targets[:4]).float())
-    raw = MultiLabelImageDataset(root, split)[5][0]  # greyscale file comes back RGB
-    assert isinstance(raw, Image.Image) and raw.mode == "RGB"
+    grey = ds[5][0]  # the greyscale file comes back with three equal channels
+    assert grey.shape == (3, 32, 32) and torch.equal(grey[0], grey[1])
+
+
+def test_the_decode_stage_is_torchvisions_resize() -> None:
+    """decode + resize + normalise here equals the PIL pipeline it replaces (Resize, ToTensor, Normalize)."""
+    img = Image.fromarray(np.random.default_rng(2).integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    old = T.Compose([T.Resize((24, 24)), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])(img)
+    assert torch.equal(build_transform("imagenet", 24, train=False)(img), old)
+
+
+def test_decoded_cache_holds_the_decoded_images_and_is_keyed_by_content(voc_tree, tmp_path) -> None:
+    root, lst = voc_tree
+    split, prep = read_split(lst, 3), preprocessing("imagenet", 32)
+    folder = tmp_path / "decoded"
+    path = decoded_images(root, split, prep, progress=False, folder=folder)
+    pixels = np.load(path, mmap_mode="r")
+    assert pixels.shape == (6, 3, 32, 32) and pixels.dtype == np.uint8
+    plain = MultiLabelImageDataset(root, split, prep)
+    cached = MultiLabelImageDataset(root, split, prep, decoded=path)
+    assert all(torch.equal(plain[i][0], cached[i][0]) for i in range(6))
+    assert decoded_images(root, split, prep, progress=False, folder=folder) == path  # reused
+    assert decoded_images(root, split, preprocessing("imagenet", 40), progress=False, folder=folder) != path
+    # other images under the same name (even with the old time stamp) give another entry
+    victim = root / JPEG_DIR / "2008_000003.jpg"
+    stat = victim.stat()
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(victim)
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    other = decoded_images(root, split, prep, progress=False, folder=folder)
+    assert other != path and np.load(other)[3].max() == 0
+
+
+def test_augmentation_depends_on_seed_epoch_and_index_only(voc_tree) -> None:
+    """An augmented item indexed (epoch, index) is the same in any process, after any other draws."""
+    root, lst = voc_tree
+    ds = MultiLabelImageDataset(root, read_split(lst, 3), preprocessing("official", 32), train=True, seed=7)
+    first = ds[(1, 2)][0]
+    torch.rand(100)  # the caller's random numbers move on
+    assert torch.equal(ds[(1, 2)][0], first)
+    assert not torch.equal(ds[(2, 2)][0], first)  # another epoch, another augmentation
+    state = torch.get_rng_state()
+    ds[(3, 1)]
+    assert torch.equal(torch.get_rng_state(), state)  # and the caller's stream is left alone
+
+
+def test_tensor_augmentation_equals_the_pil_one_in_distribution() -> None:
+    """The official train pipeline on tensors (Cutout, RandAugment) against the PIL pipeline it replaces,
+    from the same random numbers: the same ops and rectangles, pixels within the kernels' differences."""
+    rng = np.random.default_rng(3)
+    pil_pipe = T.Compose([T.Resize((48, 48)), CutoutPIL(0.5), T.RandAugment(), T.ToTensor()])
+    ours = build_transform("official", 48, train=True)
+    diffs = []
+    for i in range(60):
+        img = Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))
+        torch.manual_seed(i)
+        a = pil_pipe(img)
+        torch.manual_seed(i)
+        b = ours(img)
+        diffs.append(float((a - b).abs().mean()))
+    diffs = np.array(diffs)
+    print(f"mean |PIL - tensor| per image: median {np.median(diffs) * 255:.2f}/255, max {diffs.max() * 255:.2f}/255")
+    assert np.median(diffs) < 0.1 / 255 and diffs.max() < 1 / 255  # measured: median 0.00, max 0.34 (of 255)
+
+
+def test_unreadable_images_are_all_listed(voc_tree) -> None:
+    root, lst = voc_tree
+    split = read_split(lst, 3)
+    (root / split.paths[1]).write_bytes(b"<html>not an image</html>")
+    (root / split.paths[4]).write_bytes((root / split.paths[4]).read_bytes()[:300])
+    bad = find_unreadable(root, split.paths)
+    assert [p for p, _ in bad] == [split.paths[1], split.paths[4]] and all(why for _, why in bad)
 
 
 def test_missing_images_reported_up_front(voc_tree: tuple[Path, Path]) -> None:
@@ -61,7 +133,7 @@ def test_missing_images_reported_up_front(voc_tree: tuple[Path, Path]) -> None:
         (root / JPEG_DIR / f"2008_00000{i}.jpg").unlink()
     split = read_split(lst, 3)
     with pytest.raises(CprflError) as info:
-        MultiLabelImageDataset(root, split)
+        MultiLabelImageDataset(root, split, preprocessing("imagenet", 32))
     msg = str(info.value)
     first = f"{JPEG_DIR}/2008_000001.jpg, {JPEG_DIR}/2008_000003.jpg"
     assert f"3 of 6 images are missing under {root} (first: {first}" in msg
@@ -75,7 +147,7 @@ def test_missing_data_root(tmp_path: Path, voc_tree: tuple[Path, Path]) -> None:
     with pytest.raises(CprflError, match=f"data root {tmp_path / 'nowhere'} does not exist"):
         check_images(tmp_path / "nowhere", ["a.jpg"])
     with pytest.raises(CprflError, match="no image folder given; pass --data-root"):
-        MultiLabelImageDataset(None, read_split(lst, 3))
+        MultiLabelImageDataset(None, read_split(lst, 3), preprocessing("imagenet", 32))
 
 
 def test_corrupt_and_truncated_images(voc_tree: tuple[Path, Path]) -> None:
@@ -85,10 +157,11 @@ def test_corrupt_and_truncated_images(voc_tree: tuple[Path, Path]) -> None:
     corrupt.write_bytes(random.Random(0).randbytes(2000))
     truncated = root / JPEG_DIR / "2008_000002.jpg"
     truncated.write_bytes(truncated.read_bytes()[:600])
-    ds = MultiLabelImageDataset(root, read_split(lst, 3))  # both exist, so the up-front check passes
+    ds = MultiLabelImageDataset(root, read_split(lst, 3), preprocessing("imagenet", 32))  # both exist
     for index, path in [(1, corrupt), (2, truncated)]:
-        with pytest.raises(CprflError, match=f"{path}: cannot read image"):
+        with pytest.raises(CprflError, match=f"{path}: cannot read image .*replace the file") as info:
             ds[index]
+        assert "remove it from the list" not in str(info.value)
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
 
 
@@ -120,8 +193,8 @@ def test_normalisation_values() -> None:
 
 
 def test_official_train_pipeline_order() -> None:
-    steps = [type(t).__name__ for t in build_transform("official", 16, train=True).transforms]
-    assert steps == ["Resize", "CutoutPIL", "RandAugment", "ToTensor"]
+    steps = [type(t).__name__ for t in preprocessing("official", 16).augmentation(train=True).steps]
+    assert steps == ["Cutout", "RandAugment"] and preprocessing("official", 16).mean is None
 
 
 def test_bad_presets() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 import urllib.error
 from pathlib import Path
@@ -11,8 +10,9 @@ import numpy as np
 import pytest
 
 from cprfl_lib.data import lists as splits
+from cprfl_lib.data.benchmarks import Benchmark, load_benchmark
+from cprfl_lib.data.lists import BenchmarkSpec, fetch_split_lists, read_labels, read_split
 from cprfl_lib.errors import CprflError
-from cprfl_lib.data.lists import fetch_split_lists, load_benchmark, read_labels, read_split
 
 VOC_COUNTS = [6, 34, 8, 14, 154, 17, 249, 29, 479, 4, 240, 48, 11, 20, 775, 100, 5, 82, 7, 64]
 VOC_HEAD = {"bottle", "car", "chair", "diningtable", "person", "pottedplant"}
@@ -23,12 +23,12 @@ VOC_MEDIUM = {"bicycle", "cat", "dog", "motorbike", "sofa", "tvmonitor"}
 
 
 @pytest.fixture
-def voc(shared_data: Path) -> splits.Benchmark:
+def voc(shared_data: Path) -> Benchmark:
     return load_benchmark("voc-lt", list_dir=shared_data / "voc_lt", download=False)
 
 
 @pytest.fixture
-def coco(shared_data: Path) -> splits.Benchmark:
+def coco(shared_data: Path) -> Benchmark:
     return load_benchmark("coco-lt", list_dir=shared_data / "coco_lt", download=False)
 
 
@@ -46,7 +46,7 @@ def test_fetch_accepts_official_names(shared_data: Path, tmp_path: Path) -> None
     assert files["labels"] == tmp_path / "coco_labels.txt"
 
 
-def test_voc_lt_facts(voc: splits.Benchmark) -> None:
+def test_voc_lt_facts(voc: Benchmark) -> None:
     assert (len(voc.train), len(voc.test), voc.num_classes) == (1142, 4952, 20)
     assert voc.train.targets.shape == (1142, 20) and voc.train.targets.dtype == np.uint8
     assert voc.train_counts.dtype == np.int64
@@ -60,7 +60,7 @@ def test_voc_lt_facts(voc: splits.Benchmark) -> None:
     assert voc.image_root is None and not voc.is_synthetic
 
 
-def test_coco_lt_facts(coco: splits.Benchmark) -> None:
+def test_coco_lt_facts(coco: Benchmark) -> None:
     assert (len(coco.train), len(coco.test), coco.num_classes) == (1909, 5000, 80)
     assert coco.class_names[9] == "traffic light"
     assert coco.class_names[38] == "tennis racket"
@@ -71,7 +71,7 @@ def test_coco_lt_facts(coco: splits.Benchmark) -> None:
     assert counts[24] == 100 and counts[8] == 20 and counts[38] == 20 and counts[14] == 19
 
 
-def test_groups_voc(voc: splits.Benchmark) -> None:
+def test_groups_voc(voc: Benchmark) -> None:
     groups = voc.groups
     assert [int((groups == g).sum()) for g in ("head", "medium", "tail")] == [6, 6, 8]
     names = np.array(voc.class_names)
@@ -79,7 +79,7 @@ def test_groups_voc(voc: splits.Benchmark) -> None:
     assert set(names[groups == "medium"]) == VOC_MEDIUM
 
 
-def test_groups_coco(coco: splits.Benchmark) -> None:
+def test_groups_coco(coco: Benchmark) -> None:
     groups = coco.groups
     assert [int((groups == g).sum()) for g in ("head", "medium", "tail")] == [22, 33, 25]
     names = coco.class_names
@@ -89,25 +89,84 @@ def test_groups_coco(coco: splits.Benchmark) -> None:
     assert groups[names.index("bird")] == "tail"
 
 
-def test_tampered_copy_fails_checksum(shared_data: Path, tmp_path: Path) -> None:
+def _copy_lists(shared_data: Path, folder: Path, benchmark: str = "voc_lt") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
     for role in ("train", "test", "labels"):
-        shutil.copy(shared_data / "voc_lt" / f"{role}.txt", tmp_path / f"{role}.txt")
+        shutil.copy(shared_data / benchmark / f"{role}.txt", folder / f"{role}.txt")
+    return folder
+
+
+def test_tampered_copy_fails_checksum_and_is_left_alone(shared_data: Path, tmp_path: Path) -> None:
+    _copy_lists(shared_data, tmp_path)
     train = tmp_path / "train.txt"
     train.write_text(train.read_text().replace(" 14 4 19", " 14 4", 1))
-    with pytest.raises(CprflError, match=r"train\.txt: sha256 .* does not match") as info:
+    before = train.read_bytes()
+    with pytest.raises(CprflError, match=r"train\.txt: sha256 .* is not that of the published voc_lt_train\.txt") as info:
         fetch_split_lists("voc-lt", list_dir=tmp_path, download=False)
-    assert "voc_lt_train.txt" in str(info.value)
+    assert "replace it with the published file" in str(info.value) and "delete" not in str(info.value)
+    assert train.read_bytes() == before
     # read_split itself never checks sums: a hand-edited list still parses.
     assert len(read_split(train, 20)) == 1142
+
+
+def test_the_other_benchmarks_lists_are_named_for_what_they_are(shared_data: Path, tmp_path: Path) -> None:
+    """A COCO-LT list folder given for VOC-LT: both sides named, no advice to delete a verified file."""
+    coco = _copy_lists(shared_data, tmp_path / "coco", "coco_lt")
+    with pytest.raises(CprflError, match=r"holds the coco-lt lists, not voc-lt's") as info:
+        fetch_split_lists("voc-lt", list_dir=coco, download=False)  # short names, told apart by content
+    assert "delete" not in str(info.value)
+    official = tmp_path / "official"
+    official.mkdir()
+    for role, name in (("train", "coco_lt_train.txt"), ("test", "coco_lt_test.txt"), ("labels", "coco_labels.txt")):
+        shutil.copy(coco / f"{role}.txt", official / name)
+    with pytest.raises(CprflError, match=r"holds the coco-lt lists, not voc-lt's"):
+        fetch_split_lists("voc-lt", list_dir=official, download=False)
+    mixed = _copy_lists(shared_data, tmp_path / "mixed")
+    shutil.copy(coco / "train.txt", mixed / "train.txt")
+    with pytest.raises(CprflError, match=r"train\.txt is the published coco-lt train list, not voc-lt's train list"):
+        fetch_split_lists("voc-lt", list_dir=mixed, download=False)
+
+
+@pytest.mark.parametrize("names", [("voc_lt", "coco_lt"), ("voc", "coco"), ("voc-lt", "coco-lt")])
+def test_a_parent_folder_holds_both_benchmarks(shared_data: Path, tmp_path: Path, names) -> None:
+    _copy_lists(shared_data, tmp_path / names[0], "voc_lt")
+    _copy_lists(shared_data, tmp_path / names[1], "coco_lt")
+    assert fetch_split_lists("voc-lt", list_dir=tmp_path)["train"] == tmp_path / names[0] / "train.txt"
+    assert fetch_split_lists("coco-lt", list_dir=tmp_path)["labels"] == tmp_path / names[1] / "labels.txt"
+    assert splits.list_folder("coco-lt", tmp_path / names[1]) == tmp_path / names[1]
+
+
+def test_a_folder_without_the_lists_says_where_it_looked(tmp_path: Path) -> None:
+    with pytest.raises(CprflError, match=r"holds no voc-lt lists .*voc_lt_train\.txt or train\.txt.*voc_lt/"):
+        fetch_split_lists("voc-lt", list_dir=tmp_path)
+    with pytest.raises(CprflError, match="does not exist"):
+        fetch_split_lists("voc-lt", list_dir=tmp_path / "nope")
+    (tmp_path / "labels.txt").write_text("x 0\n")
+    with pytest.raises(CprflError, match=r"lacks the voc-lt list\(s\) voc_lt_train\.txt, voc_lt_test\.txt"):
+        fetch_split_lists("voc-lt", list_dir=tmp_path)
+
+
+def test_install_copies_a_verified_user_copy_into_the_cache(shared_data: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CPRFL_CACHE", str(tmp_path / "cache"))
+    user = _copy_lists(shared_data, tmp_path / "lists" / "coco_lt", "coco_lt")
+    before = {p.name: p.read_bytes() for p in user.iterdir()}
+    calls = _offline(monkeypatch)
+    installed = splits.install_split_lists("coco-lt", tmp_path / "lists")
+    assert installed["train"] == tmp_path / "cache" / "lists" / "coco-lt" / "coco_lt_train.txt"
+    assert fetch_split_lists("coco-lt", download=False) == installed  # later runs need no --list-dir
+    assert {p.name: p.read_bytes() for p in user.iterdir()} == before and calls == []
 
 
 def test_labels_count_must_match_spec(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Pretend the COCO labels are VOC's: checksums pass, the class count does not.
     spec = splits.SPECS["voc-lt"]
     coco_sums = {r: splits.SPECS["coco-lt"].files[r].sha256 for r in ("train", "test", "labels")}
-    fake = splits.BenchmarkSpec("voc-lt", 20, {r: splits.ListFile(f.url, coco_sums[r], f.filename, f.alias)
-                                               for r, f in spec.files.items()})
+    fake = BenchmarkSpec("voc-lt", 20, {r: splits.ListFile(f.url, coco_sums[r], f.filename, f.alias)
+                                        for r, f in spec.files.items()}, spec.folders)
     monkeypatch.setitem(splits.SPECS, "voc-lt", fake)
+    for sha in coco_sums.values():
+        monkeypatch.setitem(splits.PUBLISHED, sha, ("voc-lt", "?"))
     with pytest.raises(CprflError, match=r"labels\.txt: 80 classes, but voc-lt has 20"):
         load_benchmark("voc-lt", list_dir=shared_data / "coco_lt", download=False)
 
@@ -126,23 +185,17 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-def test_no_network_says_where_to_put_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_network_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CPRFL_CACHE", str(tmp_path))
     calls = _offline(monkeypatch)
     with pytest.raises(CprflError) as info:
-        fetch_split_lists("voc-lt", list_dir=tmp_path, download=True)
-    msg = str(info.value)
-    url = "https://raw.githubusercontent.com/jiexuanyan/CPRFL/main/data/voc/voc_labels.txt"
-    assert calls == [url]
-    assert f"download {url} and put it at {tmp_path / 'voc_labels.txt'}" in msg
-    assert "--list-dir" in msg and "Name or service not known" in msg
-    assert list(tmp_path.iterdir()) == []  # nothing half-written
-
-
-def test_no_network_default_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CPRFL_CACHE", str(tmp_path))
-    _offline(monkeypatch)
-    with pytest.raises(CprflError, match=re.escape(str(tmp_path / "lists" / "coco-lt" / "coco_labels.txt"))):
         fetch_split_lists("coco-lt")
+    msg = str(info.value)
+    url = "https://raw.githubusercontent.com/jiexuanyan/CPRFL/main/data/coco/coco_labels.txt"
+    assert calls == [url]
+    assert f"could not download {url}" in msg and "Name or service not known" in msg
+    assert "--list-dir" in msg and str(tmp_path / "lists" / "coco-lt" / "coco_labels.txt") in msg
+    assert list((tmp_path / "lists" / "coco-lt").iterdir()) == []  # nothing half-written
 
 
 def test_refused_connection(tmp_path: Path) -> None:
@@ -153,39 +206,47 @@ def test_refused_connection(tmp_path: Path) -> None:
     assert not (tmp_path / "voc_labels.txt").exists()
 
 
-def test_download_verifies_and_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_data: Path) -> None:
-    class Response:
-        def __init__(self, data: bytes) -> None:
-            self.data = data
+class _Response:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
-        def __enter__(self):
-            return self
+    def __enter__(self):
+        return self
 
-        def __exit__(self, *exc) -> None:
-            pass
+    def __exit__(self, *exc) -> None:
+        pass
 
-        def read(self) -> bytes:
-            return self.data
+    def read(self) -> bytes:
+        return self.data
 
+
+def test_download_verifies_and_writes_into_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     shared_data: Path) -> None:
+    monkeypatch.setenv("CPRFL_CACHE", str(tmp_path))
     sources = {f.url: shared_data / "voc_lt" / f"{r}.txt" for r, f in splits.SPECS["voc-lt"].files.items()}
-    monkeypatch.setattr(splits.urllib.request, "urlopen", lambda url, timeout=None: Response(sources[url].read_bytes()))
-    files = fetch_split_lists("voc-lt", list_dir=tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["voc_labels.txt", "voc_lt_test.txt", "voc_lt_train.txt"]
+    monkeypatch.setattr(splits.urllib.request, "urlopen", lambda url, timeout=None: _Response(sources[url].read_bytes()))
+    files = fetch_split_lists("voc-lt")
+    folder = tmp_path / "lists" / "voc-lt"
+    assert sorted(p.name for p in folder.iterdir()) == ["voc_labels.txt", "voc_lt_test.txt", "voc_lt_train.txt"]
     assert files["train"].read_bytes() == (shared_data / "voc_lt" / "train.txt").read_bytes()
 
-    # A server that returns something else is refused and leaves nothing behind.
-    other = tmp_path / "other"
-    other.mkdir()
-    monkeypatch.setattr(splits.urllib.request, "urlopen", lambda url, timeout=None: Response(b"nope\n"))
+    # A damaged cached copy is fetched again; a server that returns something else is refused.
+    files["test"].write_text("damaged\n")
+    assert fetch_split_lists("voc-lt")["test"].read_bytes() == (shared_data / "voc_lt" / "test.txt").read_bytes()
+    files["test"].write_text("damaged\n")
+    with pytest.raises(CprflError, match=r"cached copy of voc_lt_test\.txt is damaged.*cprfl data fetch"):
+        fetch_split_lists("voc-lt", download=False)
+    monkeypatch.setattr(splits.urllib.request, "urlopen", lambda url, timeout=None: _Response(b"nope\n"))
     with pytest.raises(CprflError, match="gave sha256"):
-        fetch_split_lists("voc-lt", list_dir=other)
-    assert not any(other.iterdir())
+        fetch_split_lists("voc-lt")
+    assert files["test"].read_text() == "damaged\n"  # the refused download did not replace anything
 
 
 def test_download_false_missing_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CPRFL_CACHE", str(tmp_path))
     calls = _offline(monkeypatch)
-    with pytest.raises(CprflError, match=r"voc-lt labels list not found in .*voc_labels\.txt, labels\.txt"):
-        fetch_split_lists("voc-lt", list_dir=tmp_path, download=False)
+    with pytest.raises(CprflError, match=r"voc-lt labels list is not in the cache .*cprfl data fetch"):
+        fetch_split_lists("voc-lt", download=False)
     assert calls == []
 
 
@@ -256,8 +317,7 @@ def test_missing_file_is_a_cprfl_error(tmp_path: Path) -> None:
 
 
 def test_synthetic_uses_generated_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
-    import types
+    from cprfl_lib.data import synthetic
 
     folder = tmp_path / "synth"
     folder.mkdir()
@@ -266,17 +326,15 @@ def test_synthetic_uses_generated_folder(tmp_path: Path, monkeypatch: pytest.Mon
     (folder / "test.txt").write_text("img/3.jpg 1\n")
     seen: list[tuple] = []
 
-    def ensure_synthetic(name: str, root=None, **options) -> Path:
-        seen.append((name, root, options))
+    def generated_folder(name: str, data_root=None, **options) -> Path:
+        seen.append((name, data_root, options))
         return folder
 
-    fake = types.ModuleType("cprfl_lib.data.synthetic")
-    fake.ensure_synthetic = ensure_synthetic
-    monkeypatch.setitem(sys.modules, "cprfl_lib.data.synthetic", fake)
+    monkeypatch.setattr(synthetic, "generated_folder", generated_folder)
     bench = load_benchmark("synth-voc-lt", data_root=tmp_path, synthetic_options={"seed": 3})
     assert seen == [("synth-voc-lt", tmp_path, {"seed": 3})]
-    assert bench.is_synthetic and bench.image_root == folder and bench.list_dir == folder
-    assert bench.train_counts.tolist() == [3, 1]
+    assert bench.is_synthetic and bench.image_root == folder and bench.list_files["labels"] == folder / "labels.txt"
+    assert bench.train_counts.tolist() == [3, 1] and bench.val is None
     with pytest.raises(CprflError, match="drop --list-dir"):
         load_benchmark("synth-coco-lt", list_dir=tmp_path)
     with pytest.raises(CprflError, match="apply only to synth"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,9 @@ import pytest
 from PIL import Image
 
 from cprfl_lib.data import synthetic
-from cprfl_lib.errors import CprflError
 from cprfl_lib.data.lists import read_labels, read_split
 from cprfl_lib.data.synthetic_draw import class_looks
+from cprfl_lib.errors import CprflError
 
 VOC, COCO = "synth-voc-lt", "synth-coco-lt"
 # name -> (train images, labels per image, head/medium/tail sizes)
@@ -63,7 +64,7 @@ def test_class_names_and_super_categories() -> None:
 def test_unknown_name_lists_the_known_ones(tmp_path: Path) -> None:
     for call in (lambda: synthetic.class_names("voc"),
                  lambda: synthetic.generate_dataset("voc", tmp_path / "x"),
-                 lambda: synthetic.ensure_synthetic("voc", root=tmp_path)):
+                 lambda: synthetic.generated_folder("voc")):
         with pytest.raises(CprflError, match=r"'voc'.*synth-voc-lt, synth-coco-lt"):
             call()
     assert not any(tmp_path.iterdir())
@@ -160,9 +161,9 @@ def test_coco_images_render(tmp_path: Path) -> None:
     assert len(parsed) == 5 and Image.open(out / parsed.paths[4]).size == (48, 48)
 
 
-def test_ensure_synthetic_caches_and_regenerates(tmp_path: Path, monkeypatch) -> None:
+def test_generated_folder_caches_and_regenerates(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("CPRFL_CACHE", str(tmp_path / "cache"))
-    out = synthetic.ensure_synthetic(VOC, seed=3, image_size=32, limit=4)
+    out = synthetic.generated_folder(VOC, seed=3, image_size=32, limit=4)
     assert out == tmp_path / "cache" / "synthetic" / f"{VOC}-s3-32px-limit4"
     assert (out / "GENERATOR.json").is_file()
 
@@ -171,12 +172,12 @@ def test_ensure_synthetic_caches_and_regenerates(tmp_path: Path, monkeypatch) ->
 
     with monkeypatch.context() as m:
         m.setattr(synthetic, "generate_dataset", fail)
-        assert synthetic.ensure_synthetic(VOC, seed=3, image_size=32, limit=4) == out
+        assert synthetic.generated_folder(VOC, seed=3, image_size=32, limit=4) == out
 
     meta = json.loads((out / "GENERATOR.json").read_text())
     (out / "GENERATOR.json").write_text(json.dumps({**meta, "version": "0"}))
     (out / "stale.txt").write_text("from an older generator")
-    synthetic.ensure_synthetic(VOC, seed=3, image_size=32, limit=4)
+    synthetic.generated_folder(VOC, seed=3, image_size=32, limit=4)
     assert json.loads((out / "GENERATOR.json").read_text())["version"] == synthetic.GENERATOR_VERSION
     assert not (out / "stale.txt").exists()
 
@@ -207,3 +208,17 @@ def test_embedded_numbers_match_the_real_lists(name: str, folder: str, shared_da
     assert train.targets.sum(0).tolist() == synthetic.target_train_counts(name)
     assert len(train) == spec.num_train
     assert test.targets.sum(0).tolist() == list(spec.real_test_counts) and len(test) == spec.real_num_test
+
+
+def test_a_data_root_is_read_never_written(tmp_path: Path, monkeypatch) -> None:
+    """A folder the user names must already hold the generated set: nothing is generated into it."""
+    monkeypatch.setenv("CPRFL_CACHE", str(tmp_path / "cache"))
+    user = tmp_path / "user-folder"
+    (user / "VOCdevkit").mkdir(parents=True)
+    with pytest.raises(CprflError, match=r"holds no generated synth-voc-lt.*never in a folder you give"):
+        synthetic.generated_folder(VOC, user, seed=3, image_size=32, limit=4)
+    assert [p.name for p in user.iterdir()] == ["VOCdevkit"] and not (tmp_path / "cache").exists()
+    made = synthetic.generated_folder(VOC, seed=3, image_size=32, limit=4)  # in the cache
+    shutil.copytree(made, user / made.name)
+    assert synthetic.generated_folder(VOC, user, seed=3, image_size=32, limit=4) == user / made.name
+    assert synthetic.generated_folder(VOC, user / made.name, seed=3, image_size=32, limit=4) == user / made.name

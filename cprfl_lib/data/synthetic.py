@@ -40,9 +40,10 @@ from pathlib import Path
 import numpy as np
 import PIL
 
-from cprfl_lib.errors import CprflError
-from cprfl_lib.paths import cache_dir
 from cprfl_lib.data.synthetic_draw import render_split
+from cprfl_lib.errors import CprflError
+from cprfl_lib.io import replace_dir, temp_dir_for
+from cprfl_lib.paths import cache_dir
 
 GENERATOR_NAME = "cprfl_lib.data.synthetic"
 GENERATOR_VERSION = "1"
@@ -272,7 +273,8 @@ def sample_label_sets(name: str, seed: int = 0) -> tuple[list[list[int]], list[l
 def generator_digest() -> str:
     """A hash of the generator's code: data made by other code are regenerated, not reused."""
     here = Path(__file__).resolve().parent
-    return hashlib.sha256(b"".join((here / f).read_bytes() for f in ("synthetic.py", "synthetic_draw.py"))).hexdigest()[:16]
+    code = b"".join((here / f).read_bytes() for f in ("synthetic.py", "synthetic_draw.py"))
+    return hashlib.sha256(code).hexdigest()[:16]
 
 
 def _manifest(spec: SyntheticSpec, seed: int, image_size: int, limit: int | None,
@@ -297,8 +299,8 @@ def generate_dataset(name: str, out_dir: str | os.PathLike, seed: int = 0,
     """Write the dataset to ``out_dir`` (replacing an earlier generated one) and return it.
 
     ``limit`` keeps only the first ``limit`` images of each split (for fast tests; the
-    per-class counts then no longer match). Everything is written into a temporary sibling
-    folder that is renamed at the end, so an interrupted run leaves nothing half-written.
+    per-class counts then no longer match). Everything is written into a staging folder that is
+    swapped in at the end, so an interrupted run leaves nothing half-written.
     """
     spec = get_spec(name)
     out_dir = Path(out_dir)
@@ -313,11 +315,8 @@ def generate_dataset(name: str, out_dir: str | os.PathLike, seed: int = 0,
                          "choose an empty or new folder")
     train, test = sample_label_sets(name, seed)
     splits = {"train": train[:limit], "test": test[:limit]}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_dir_for(out_dir)
     try:
-        tmp.mkdir()
         (tmp / "labels.txt").write_text("".join(f"{n} {i}\n" for i, n in enumerate(spec.class_names)))
         for split_id, (split, sets) in enumerate(splits.items()):
             (tmp / "images" / split).mkdir(parents=True)
@@ -329,29 +328,44 @@ def generate_dataset(name: str, out_dir: str | os.PathLike, seed: int = 0,
                          image_size, workers)
         (tmp / "GENERATOR.json").write_text(json.dumps(
             _manifest(spec, seed, image_size, limit, splits), indent=2, sort_keys=True) + "\n")
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        if out_dir.exists():
-            out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
-def ensure_synthetic(name: str, root: str | os.PathLike | None = None, seed: int = 0,
-                     image_size: int = 128, limit: int | None = None) -> Path:
-    """``<root>/<name>-s<seed>-<size>px``, generated only when missing or out of date."""
-    get_spec(name)
-    root = Path(root) if root is not None else cache_dir("synthetic")
-    suffix = f"-limit{limit}" if limit is not None else ""
-    out = root / f"{name}-s{seed}-{image_size}px{suffix}"
+def folder_name(name: str, seed: int = 0, image_size: int = 128, limit: int | None = None) -> str:
+    return f"{name}-s{seed}-{image_size}px" + (f"-limit{limit}" if limit is not None else "")
+
+
+def _is_current(folder: Path, want: dict) -> bool:
     try:
-        meta = json.loads((out / "GENERATOR.json").read_text())
+        meta = json.loads((folder / "GENERATOR.json").read_text())
     except (OSError, ValueError):
-        meta = {}
+        return False
+    return all(meta.get(k) == v for k, v in want.items())
+
+
+def generated_folder(name: str, data_root: str | os.PathLike | None = None, seed: int = 0,
+                     image_size: int = 128, limit: int | None = None) -> Path:
+    """The folder of a generated dataset: made in the cache when missing or out of date.
+
+    ``data_root`` (a folder the user names) is only read: it must already hold this generated set
+    (itself, or its ``<name>-s<seed>-<size>px`` sub-folder); the package never writes there.
+    """
+    get_spec(name)
     want = {"generator": GENERATOR_NAME, "version": GENERATOR_VERSION, "source": generator_digest(), "dataset": name,
             "seed": seed, "image_size": image_size, "limit": limit}
-    if any(meta.get(k) != v for k, v in want.items()):
+    sub = folder_name(name, seed, image_size, limit)
+    if data_root is not None:
+        root = Path(data_root).expanduser()
+        found = next((f for f in (root, root / sub) if _is_current(f, want)), None)
+        if found is None:
+            raise CprflError(f"--data-root {root} holds no generated {name} ({sub}, made by this version of the "
+                             f"generator); generated data are made in the cache, never in a folder you give: "
+                             f"drop --data-root")
+        return found
+    out = cache_dir("synthetic") / sub
+    if not _is_current(out, want):
         generate_dataset(name, out, seed=seed, image_size=image_size, limit=limit)
     return out

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cprfl_lib.data.benchmarks import Benchmark, load_benchmark
 from cprfl_lib.data.datasets import check_images
+from cprfl_lib.data.lists import SplitList, fetch_split_lists, find_list_folder, list_folder
 from cprfl_lib.errors import CprflError
 from cprfl_lib.metrics import GROUPS
 from cprfl_lib.paths import cache_dir
-from cprfl_lib.data.lists import Benchmark, SplitList, fetch_split_lists, load_benchmark
 
 _FAMILIES = ("voc", "coco")
 
@@ -55,18 +56,13 @@ def benchmark_names(key: str) -> tuple[str | None, str]:
                      "or synth-voc-lt / synth-coco-lt (always generated)")
 
 
-def _holds_lists(folder: Path, real: str) -> bool:
-    stem = real.split("-")[0]
-    return any((folder / n).is_file() for n in ("labels.txt", f"{stem}_labels.txt"))
-
-
 def find_real_lists(real: str, list_dir: ListDir) -> tuple[Path | None, str]:
     """The folder with ``real``'s verified lists, or None and why not.
 
     ``list_dir``: None (lists fetched earlier into the cache), a dict ``{"voc": folder, ...}``,
-    a folder holding the lists, or a parent folder holding ``voc_lt/`` and ``coco_lt/``.
-    A folder named for this benchmark must hold the right files (else CprflError); a
-    benchmark without a folder falls back to generated data.
+    a folder holding the lists, or a parent folder holding ``voc_lt/`` and ``coco_lt/``
+    (:func:`cprfl_lib.data.lists.find_list_folder`). Wrong files are an error; a benchmark
+    without lists falls back to generated data.
     """
     family = real.split("-")[0]
     if list_dir is None:
@@ -80,16 +76,11 @@ def find_real_lists(real: str, list_dir: ListDir) -> tuple[Path | None, str]:
         named = next((list_dir[k] for k in (family, real, f"{family}_lt") if k in list_dir), None)
         if named is None:
             return None, f"list_dir names no folder for {family!r} (keys: {sorted(list_dir)})"
-        folder = Path(named).expanduser()
+        folder = list_folder(real, named)
     else:
-        parent = Path(list_dir).expanduser()
-        if not parent.is_dir():
-            raise CprflError(f"list_dir {parent} is not a folder; give the folder with the split lists "
-                             "or a parent folder holding voc_lt/ and coco_lt/")
-        subs = [parent / n for n in (f"{family}_lt", real, family)]
-        folder = parent if _holds_lists(parent, real) else next((s for s in subs if s.is_dir()), None)
+        folder = find_list_folder(real, list_dir)
         if folder is None:
-            return None, f"{parent} holds no {family}_lt/ folder"
+            return None, f"{Path(list_dir).expanduser()} holds no {real.upper()} lists"
     files = fetch_split_lists(real, list_dir=folder, download=False)  # wrong or missing files: CprflError
     return files["labels"].parent, f"the published {real.upper()} lists in {folder}"
 

@@ -1,0 +1,164 @@
+"""The benchmarks ready to use: class names, splits, training counts, groups, where the images are.
+
+``voc-lt`` and ``coco-lt`` are the published lists (:mod:`cprfl_lib.data.lists`) over the
+user's images; ``synth-voc-lt`` and ``synth-coco-lt`` are generated look-alikes
+(:mod:`cprfl_lib.data.synthetic`) written in exactly the same file format, always into the
+cache (a folder the user names is only read). A generated benchmark also has a validation
+split, drawn like its training split; the real ones have none (the paper has none).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cprfl_lib.data.lists import ROLES, SPECS, SplitList, fetch_split_lists, get_spec, read_labels, read_split
+from cprfl_lib.errors import CprflError
+
+SYNTHETIC = ("synth-voc-lt", "synth-coco-lt")
+
+
+def known_benchmarks() -> tuple[str, ...]:
+    return (*SPECS, *SYNTHETIC)
+
+
+@dataclass
+class Benchmark:
+    """A benchmark ready to use: names, its splits, where its images and lists live."""
+
+    name: str
+    class_names: list[str]
+    train: SplitList
+    test: SplitList
+    image_root: Path | None
+    list_files: dict[str, Path]  # by role: the files the splits were read from
+    val: SplitList | None = None  # generated benchmarks only
+    _identity: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def train_counts(self) -> np.ndarray:
+        """Training images per class, (C,) int64: what decides head / medium / tail."""
+        return self.train.targets.sum(axis=0, dtype=np.int64)
+
+    @property
+    def groups(self) -> np.ndarray:
+        """(C,) array of "head" / "medium" / "tail" (defined once, in metrics.class_groups)."""
+        from cprfl_lib.metrics import class_groups
+
+        return class_groups(self.train_counts)
+
+    @property
+    def is_synthetic(self) -> bool:
+        return self.name in SYNTHETIC
+
+    @property
+    def eval_splits(self) -> dict[str, SplitList]:
+        """The splits a run evaluates: the validation split where there is one, and the test split."""
+        return {**({"val": self.val} if self.val is not None else {}), "test": self.test}
+
+    def split_identity(self, split: str) -> dict:
+        """What a split's content is: the images (by content) and their labels, for cache keys."""
+        if split not in self._identity:
+            from cprfl_lib.data.datasets import check_images
+            from cprfl_lib.digest import files_digest
+
+            s = getattr(self, split)
+            check_images(self.image_root, s.paths)
+            labels = hashlib.sha256(np.ascontiguousarray(s.targets).tobytes()).hexdigest()
+            self._identity[split] = {"images": files_digest(self.image_root, s.paths), "labels": labels,
+                                     "n": len(s)}
+        return self._identity[split]
+
+
+def select_subset(targets: np.ndarray, n: int) -> list[int]:
+    """``n`` image indices, the same every time: greedily the image that shows the most classes not yet shown
+    (the lowest index on ties), then the lowest remaining indices; returned in list order."""
+    y = np.asarray(targets, dtype=bool)
+    if n >= len(y):
+        return list(range(len(y)))
+    chosen: list[int] = []
+    covered = np.zeros(y.shape[1], dtype=bool)
+    available = np.ones(len(y), dtype=bool)
+    while len(chosen) < n:
+        gain = np.where(available, (y & ~covered).sum(1), -1)
+        best = int(np.argmax(gain))
+        if gain[best] <= 0:
+            break
+        chosen.append(best)
+        available[best] = False
+        covered |= y[best]
+    rest = np.flatnonzero(available)[: n - len(chosen)]
+    return sorted([*chosen, *rest.tolist()])
+
+
+def _generated_class_count(folder: Path) -> int | None:
+    """How many classes the generator wrote into ``folder`` (its GENERATOR.json), where it says."""
+    try:
+        return len(json.loads((folder / "GENERATOR.json").read_text())["counts"]["train"]["class_counts"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def load_benchmark(
+    name: str,
+    list_dir: str | Path | None = None,
+    data_root: str | Path | None = None,
+    download: bool = True,
+    synthetic_options: dict[str, Any] | None = None,
+    test_subset: int | None = None,
+) -> Benchmark:
+    """Load a benchmark by name: ``voc-lt``, ``coco-lt``, ``synth-voc-lt``, ``synth-coco-lt``.
+
+    For the real ones, ``data_root`` is the image root (``VOCdevkit/`` or ``train2017/`` and
+    ``val2017/`` inside it) and may be None while only the lists are needed. For the generated
+    ones, the data live in the cache (``synthetic_options``: seed, image_size, limit); a
+    ``data_root`` must already hold that generated set, which is then read, never written.
+    ``test_subset`` keeps a fixed subset of that many test images (:func:`select_subset`).
+    """
+    if name in SYNTHETIC:
+        from cprfl_lib.data import synthetic
+
+        if list_dir is not None:
+            raise CprflError(f"{name} is generated with its own lists; drop --list-dir")
+        folder = synthetic.generated_folder(name, data_root, **(synthetic_options or {}))
+        files = {role: folder / f"{role}.txt" for role in ROLES}
+        image_root: Path | None = folder
+        expected = _generated_class_count(folder)  # an edited labels.txt is named, not a later list line
+        val_file = folder / "val.txt"
+    else:
+        spec = get_spec(name)
+        if synthetic_options:
+            raise CprflError(f"{name} is a published benchmark; options {sorted(synthetic_options)} apply only "
+                             "to synth-*")
+        files = fetch_split_lists(name, list_dir=list_dir, download=download)
+        image_root = Path(data_root).expanduser() if data_root is not None else None
+        expected, val_file = spec.num_classes, None
+    class_names = read_labels(files["labels"])
+    if expected is not None and len(class_names) != expected:
+        raise CprflError(f"{files['labels']}: {len(class_names)} classes, but {name} has {expected}")
+    test = read_split(files["test"], len(class_names))
+    if test_subset is not None:
+        test = test.take(select_subset(test.targets, test_subset), f"{test_subset} images chosen by select_subset")
+    val = read_split(val_file, len(class_names)) if val_file is not None and val_file.is_file() else None
+    if val is not None:
+        files["val"] = val_file
+    return Benchmark(name=name, class_names=class_names, train=read_split(files["train"], len(class_names)),
+                     test=test, image_root=image_root, list_files=files, val=val)
+
+
+def benchmark_class_names(name: str, list_dir=None, download: bool = True) -> list[str]:
+    """A benchmark's class names; a generated one's without drawing its images."""
+    if name in SYNTHETIC:
+        from cprfl_lib.data.synthetic import class_names
+
+        return class_names(name)
+    return load_benchmark(name, list_dir=list_dir, download=download).class_names
