@@ -151,8 +151,10 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _file_weights_id(path: Path) -> str:
-    st = path.stat()
-    return f"file:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    """A weights file by its content (the features cache is keyed by it): another file under the same name differs."""
+    from cprfl_lib.digest import file_digest
+
+    return f"file-sha256:{file_digest(path)}"
 
 
 def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 from cprfl_lib.errors import CprflError, run_command
 
-BENCHMARKS = ("voc-lt", "coco-lt", "synth-voc-lt", "synth-coco-lt")  # splits.known_benchmarks(), without importing torch for --help
+# data.benchmarks.known_benchmarks(), without importing torch for --help
+BENCHMARKS = ("voc-lt", "coco-lt", "synth-voc-lt", "synth-coco-lt")
 
 
 def _cmd_recipes(args) -> None:
@@ -24,10 +26,17 @@ def _cmd_recipes(args) -> None:
 
 
 def _cmd_data(args) -> None:
-    from cprfl_lib.data.lists import fetch_split_lists, load_benchmark
+    from cprfl_lib.data.benchmarks import SYNTHETIC, load_benchmark
+    from cprfl_lib.data.lists import fetch_split_lists, install_split_lists
 
     if args.action == "fetch":
-        for role, path in fetch_split_lists(args.dataset, list_dir=args.list_dir).items():
+        if args.dataset in SYNTHETIC:
+            raise CprflError(f"{args.dataset} is generated, not fetched; `cprfl data info --dataset {args.dataset}`")
+        if args.list_dir:  # a user's copy: verified, then copied into the cache for later runs
+            files = install_split_lists(args.dataset, args.list_dir)
+        else:
+            files = fetch_split_lists(args.dataset)
+        for role, path in files.items():
             print(f"{role:6s} {path}")
         return
     bench = load_benchmark(args.dataset, list_dir=args.list_dir, data_root=args.data_root)
@@ -39,18 +48,28 @@ def _cmd_data(args) -> None:
         for name, count, group in sorted(zip(bench.class_names, bench.train_counts, groups), key=lambda t: -t[1]):
             print(f"  {name:16s} {count:5d}  {group}")
     elif args.action == "check":
-        from cprfl_lib.data.datasets import check_images
+        from cprfl_lib.data.datasets import check_images, find_unreadable
 
         if bench.image_root is None:
             raise CprflError(f"{bench.name}: give --data-root, the folder that holds the images")
-        for split in (bench.train, bench.test):
-            check_images(bench.image_root, split.paths)
-        print(f"all {len(bench.train) + len(bench.test)} images of {bench.name} are present under {bench.image_root}")
+        paths = [p for split in (bench.train, *bench.eval_splits.values()) for p in split.paths]
+        check_images(bench.image_root, paths)
+        if not args.deep:
+            print(f"all {len(paths)} images of {bench.name} are present under {bench.image_root} "
+                  "(--deep also decodes every one)")
+            return
+        bad = find_unreadable(bench.image_root, paths, workers=args.workers, progress=sys.stderr.isatty())
+        for path, why in bad:
+            print(f"{bench.image_root / path}: {why}")
+        if bad:
+            raise CprflError(f"{len(bad)} of {len(paths)} images of {bench.name} under {bench.image_root} cannot be "
+                             "decoded (listed above); replace each with the readable original")
+        print(f"all {len(paths)} images of {bench.name} under {bench.image_root} decode")
 
 
 def _cmd_embed(args) -> None:
+    from cprfl_lib.data.benchmarks import benchmark_class_names
     from cprfl_lib.semantics import encode_classes
-    from cprfl_lib.data.lists import benchmark_class_names
 
     names = benchmark_class_names(args.dataset, list_dir=args.list_dir)
     emb = encode_classes(args.encoder, names, weights=args.weights, path=args.path, dim=args.dim)
@@ -58,12 +77,12 @@ def _cmd_embed(args) -> None:
 
 
 def _cmd_train(args) -> None:
-    from cprfl_lib.train.recipes import apply_overrides, load_recipe
+    from cprfl_lib.train.recipes import load_recipe, parse_overrides
 
-    config = load_recipe(args.recipe, args.overrides)
+    paths = {k: v for k, v in (("data.data_root", args.data_root), ("data.list_dir", args.list_dir)) if v is not None}
+    config = load_recipe(args.recipe, {**parse_overrides(args.overrides), **paths})  # validated once, here
     from cprfl_lib.train.engine import train  # after the recipe check: a mistyped recipe fails without importing torch
-    apply_overrides(config, {k: v for k, v in (("data.data_root", args.data_root), ("data.list_dir", args.list_dir))
-                             if v is not None})
+
     out = Path(args.output_dir or f"runs/{config['recipe']}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     metrics = train(config, out, resume=args.resume)
     last = metrics["last_epoch"]["model"]
@@ -96,8 +115,15 @@ def _cmd_predict(args) -> None:
             print(f"  {prob:6.3f}  {name}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad argument as one line (no usage block) and exit code 2, like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cprfl", description="CPRFL: category-prompt refined feature learning "
+    p = _Parser(prog="cprfl", description="CPRFL: category-prompt refined feature learning "
                                 "for long-tailed multi-label classification (reproducibility package).")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -109,8 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="fetch split lists, show a benchmark, check that its images are present")
     d.add_argument("action", choices=("fetch", "info", "check"))
     d.add_argument("--dataset", choices=BENCHMARKS, default="synth-voc-lt")
-    d.add_argument("--list-dir", help="folder with the split lists (default: fetched into the cache)")
-    d.add_argument("--data-root", help="image root (real) or folder of the generated data")
+    d.add_argument("--list-dir", help="the split lists: one benchmark's folder or a parent with voc_lt/ and coco_lt/ "
+                   "(fetch: verified and copied into the cache)")
+    d.add_argument("--data-root", help="the image root (VOCdevkit/, train2017/, val2017/ inside it)")
+    d.add_argument("--deep", action="store_true", help="check: decode every image and list the unreadable ones")
+    d.add_argument("--workers", type=_count, default=min(8, os.cpu_count() or 1), help="check --deep: processes")
     d.set_defaults(func=_cmd_data)
 
     e = sub.add_parser("embed", help="compute and cache class-name embeddings")
@@ -134,10 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, helptext in (("evaluate", _cmd_evaluate, "evaluate a checkpoint on its test set"),
                                  ("predict", _cmd_predict, "top-k classes of images")):
         c = sub.add_parser(name, help=helptext)
-        c.add_argument("checkpoint")
+        c.add_argument("checkpoint", help="a run folder, or its weights.pt / checkpoint.pt")
         if name == "predict":
             c.add_argument("images", nargs="+")
-            c.add_argument("--top-k", type=int, default=5)
+            c.add_argument("--top-k", type=_positive, default=5)
         else:
             c.add_argument("--data-root")
             c.add_argument("--list-dir")
@@ -147,9 +176,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _positive(text: str) -> int:
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command("cprfl", lambda: args.func(args))
+    # overrides may stand on both sides of an option: `cprfl train optim.lr=1e-4 --recipe quick-voc train.seed=1`
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    hint = "; the run continues from its last checkpoint with --resume" if args.command == "train" else ""
+    return run_command("cprfl", lambda: args.func(args), interrupted=f"interrupted{hint}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ there is one, what to do about it. The CLI prints it without a traceback and exi
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 
@@ -24,14 +25,30 @@ class CprflError(Exception):
         super().__init__(*args)
 
 
+class NonFiniteError(CprflError):
+    """Logits or a loss that are NaN or infinite: the engine says at which step, or skips it under fp16."""
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def run_command(prog: str, action: Callable[[], object], interrupted: str = "interrupted") -> int:
-    """A command-line entry point's exit code: 0, or 2 with ``prog: error: <one line>``, or 130 on Ctrl-C."""
+    """A command-line entry point's exit code: 0, or 2 with ``prog: error: <one line>``, or 130 on Ctrl-C.
+
+    SIGTERM (what a scheduler or ``kill`` sends) is handled like Ctrl-C: the work stops where it
+    is, atomic writes leave the previous files whole, and one line says so.
+    """
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         action()
     except CprflError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: {interrupted}", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        how = f" by {exc.args[0]}" if exc.args and str(exc.args[0]).startswith("SIG") else ""
+        print(f"{prog}: {interrupted}{how}", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0

@@ -1,25 +1,28 @@
-"""Use a trained checkpoint: evaluate it on its benchmark, or predict the classes of images."""
+"""Use a trained run: evaluate its weights on its benchmark, or predict the classes of images."""
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+import copy
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader, Subset
 
-from cprfl_lib.train import factory
-from cprfl_lib.train.checkpoint import load_checkpoint
 from cprfl_lib.data.datasets import MultiLabelImageDataset, load_image
-from cprfl_lib.train.engine import report_scores, autocast_for, evaluate, resolve_device
 from cprfl_lib.errors import CprflError
-from cprfl_lib.data.transforms import build_transform
+from cprfl_lib.train import factory
+from cprfl_lib.train.checkpoint import check_compatible, find_run_file, load_checkpoint
+from cprfl_lib.train.engine import evaluate, report_scores, resolve_device, worker_count
+from cprfl_lib.train.state import autocast_for
 
 
 def load_model(path: str | Path, use_ema: bool = False, ckpt: dict | None = None):
-    """(model in eval mode, checkpoint dict). ``use_ema`` loads the EMA weights where the run kept them.
+    """(model in eval mode, checkpoint dict) of a run's ``weights.pt`` / ``checkpoint.pt`` (or its folder).
 
-    ``ckpt``: the checkpoint already read from ``path`` (a paper-size one is ~600 MB: read it once).
+    ``use_ema`` loads the EMA weights where the run kept them. ``ckpt``: the file already read
+    (a paper-size one is ~400 MB: read it once).
     """
+    path = find_run_file(path)
     ckpt = ckpt if ckpt is not None else load_checkpoint(path)
     if use_ema:
         if ckpt.get("ema") is None:
@@ -40,30 +43,40 @@ def _ema_state(ckpt: dict) -> dict:
             **{f"head.{k}": v for k, v in ema.items()}}
 
 
-def eval_transform(model, config: dict):
-    data = config["data"]
-    return build_transform(data["transform"], data["image_size"], train=False,
-                           mean=model.backbone.input_mean, std=model.backbone.input_std)
+def preprocess(model, config: dict):
+    """The run's test-time preprocessing: PIL image → uint8 (3, S, S) (the model normalises)."""
+    return factory.preprocessing_from(config, model.backbone)
 
 
 def evaluate_checkpoint(path, data_root=None, list_dir=None, device: str = "auto", use_ema: bool = False, ckpt=None,
                         batch_size: int | None = None) -> dict:
-    """The checkpoint's test-set figures (mAP, group mAPs, OP/OR/... ) on its benchmark."""
+    """The run's test-set figures (mAP, group mAPs, OP/OR/... ) on its benchmark.
+
+    ``data_root`` / ``list_dir`` say where the images and lists are here; for a run on generated
+    data, ``data_root`` must hold that generated set (it is read, never written).
+    """
+    path = find_run_file(path)
     model, ckpt = load_model(path, use_ema, ckpt)
-    config = ckpt["config"]
+    config = copy.deepcopy(ckpt["config"])
     for key, value in (("data_root", data_root), ("list_dir", list_dir)):
         if value is not None:
             config["data"][key] = str(value)
     bench = factory.benchmark_from(config)
-    if list(bench.class_names) != list(ckpt["class_names"]):
-        raise CprflError(f"{path}: trained on {len(ckpt['class_names'])} classes, {bench.name} has {bench.num_classes}")
+    check_compatible(ckpt, path, class_names=bench.class_names)
     dev = resolve_device(device)
     autocast, _, _ = autocast_for(dev, config["train"])
-    dataset = MultiLabelImageDataset(bench.image_root, bench.test, eval_transform(model, config))
-    scores = evaluate(model.to(dev), dataset, dev, autocast if not use_ema else nullcontext, cached=False,
-                      batch_size=batch_size or config["train"]["eval_batch_size"])
+    prep = preprocess(model, config)
+    dataset = MultiLabelImageDataset(bench.image_root, bench.test, prep)
+    from cprfl_lib.train.distributed import Dist
+
+    loader = DataLoader(Subset(dataset, list(range(len(dataset)))), batch_size=batch_size or config["train"][
+        "eval_batch_size"], num_workers=worker_count(config["data"]["num_workers"], dev, Dist(), False),
+                        pin_memory=dev.type == "cuda")
+    tag = "ema" if use_ema else "model"
+    scores = evaluate({tag: model.to(dev)}, loader, len(dataset), dev, autocast,
+                      channels_last=config["train"]["channels_last"])[tag]
     return {"checkpoint": str(path), "dataset": bench.name, "synthetic": bench.is_synthetic, "epoch": ckpt["epoch"],
-            "weights": "ema" if use_ema else "model", **report_scores(scores, bench, config["train"]["threshold"])}
+            "weights": tag, **report_scores(scores, bench, config["train"]["threshold"])}
 
 
 @torch.no_grad()
@@ -71,11 +84,13 @@ def predict(path, images, top_k: int = 5, device: str = "auto", use_ema: bool = 
             ckpt=None) -> list[list[tuple[str, float]]]:
     """For each image file, its ``top_k`` classes with probabilities, highest first."""
     model, ckpt = load_model(path, use_ema, ckpt)
-    dev = resolve_device(device)
-    tf = eval_transform(model, ckpt["config"])
-    batch = torch.stack([tf(load_image(Path(p))) for p in images]).to(dev)
-    probs = torch.sigmoid(model.to(dev)(batch).float()).cpu()
     names = ckpt["class_names"]
+    if not 1 <= top_k:
+        raise CprflError(f"--top-k must be at least 1, got {top_k}")
+    dev = resolve_device(device)
+    prep = preprocess(model, ckpt["config"])
+    batch = torch.stack([prep.resize(load_image(Path(p))) for p in images]).to(dev)
+    probs = torch.sigmoid(model.to(dev).eval()(batch).float()).cpu()
     k = min(top_k, len(names))
     top = probs.topk(k, dim=1)
     return [[(names[i], float(s)) for s, i in zip(row_s, row_i)] for row_s, row_i in zip(top.values, top.indices)]

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cprfl_lib.errors import CprflError
+from cprfl_lib.errors import CprflError, NonFiniteError
 
 REDUCTIONS = ("sum", "mean", "batchmean")
 
@@ -39,7 +39,7 @@ def _check_inputs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Te
             f"and targets {tuple(targets.shape)}"
         )
     if not torch.isfinite(logits).all():
-        raise CprflError(f"logits contain NaN or inf ({int((~torch.isfinite(logits)).sum())} values)")
+        raise NonFiniteError(f"logits contain NaN or inf ({int((~torch.isfinite(logits)).sum())} values)")
     return logits.float(), targets.float()
 
 
@@ -141,7 +141,8 @@ class ResampleLoss(_Loss):
         super().__init__(reduction)
         counts = torch.as_tensor(train_counts, dtype=torch.float32)
         if counts.dim() != 1 or (counts <= 0).any() or (counts >= num_train).any():
-            raise CprflError(f"ResampleLoss needs 0 < count < num_train ({num_train}) for every class, got {counts.tolist()}")
+            raise CprflError(f"ResampleLoss needs 0 < count < num_train ({num_train}) for every class, "
+                             f"got {counts.tolist()}")
         if reweight not in (None, "CB", "rebalance"):
             raise CprflError(f"unknown reweight {reweight!r}; choose None, 'CB' or 'rebalance'")
         self.register_buffer("freq_inv", 1.0 / counts)
@@ -209,6 +210,12 @@ LOSSES: dict[str, Callable[..., nn.Module]] = {
     "db_nofocal": _resample("rebalance", False, 0.5),
     "db_focal": _resample("rebalance", True, 1.0),
 }
+
+
+# The class each registry entry builds: the parameters a recipe's loss.params may set.
+LOSS_CLASSES: dict[str, type] = {"asl": AsymmetricLoss, "bce": BCELoss, "mls": MultiLabelSoftMarginLoss,
+                                 "focal": FocalLoss, "rw": BCELoss, "cb_focal": ResampleLoss,
+                                 "db_nofocal": ResampleLoss, "db_focal": ResampleLoss}
 
 
 def build_loss(name: str, train_counts=None, num_train: int | None = None, family: str = "coco", **params) -> nn.Module:

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score
 
 from cprfl_lib.errors import CprflError
 
 GROUPS = ("head", "medium", "tail")
+COLUMNS = ("mAP", *GROUPS)  # the figures every table reports
 HEAD_MIN, MEDIUM_MIN = 100, 20  # the official code's >= rule; only it gives 6/6/8 and 22/33/25
 
 
@@ -50,6 +50,9 @@ def _check(scores, targets) -> tuple[np.ndarray, np.ndarray]:
 
 def average_precision(scores, targets) -> np.ndarray:
     """Per-class non-interpolated AP in [0, 1]; NaN for a class without positives."""
+    # imported here: scikit-learn imports pandas when it is installed, which the library itself never needs
+    from sklearn.metrics import average_precision_score
+
     scores, targets = _check(scores, targets)
     ap = np.full(scores.shape[1], np.nan)
     for c in range(scores.shape[1]):
@@ -88,7 +91,7 @@ def map_report(scores, targets, train_counts, class_names=None) -> Report:
     names = list(class_names) if class_names is not None else [str(i) for i in range(len(ap))]
     missing = [names[i] for i in np.flatnonzero(np.isnan(ap))]
     if missing:
-        warnings.warn(f"no positive test image for {len(missing)} class(es), left out of mAP: {missing}")
+        warnings.warn(f"no positive test image for {len(missing)} class(es), left out of mAP: {missing}", stacklevel=2)
     return Report(
         mAP=_mean_pct(ap),
         head=_mean_pct(ap[groups == "head"]),
@@ -120,14 +123,20 @@ def threshold_metrics(scores, targets, threshold: float = 0.5, logits: bool = Tr
     return _prf((pred & (targets == 1)).sum(0), pred.sum(0), targets.sum(0))
 
 
-def topk_metrics(scores, targets, k: int = 3) -> dict[str, float]:
-    """OP/OR/OF1/CP/CR/CF1 when each image predicts its k highest-scoring classes."""
+def topk_metrics(scores, targets, k: int = 3, threshold: float | None = None) -> dict[str, float]:
+    """OP/OR/OF1/CP/CR/CF1 when each image predicts its k highest-scoring classes.
+
+    ``threshold``: keep a top-k class only if sigmoid(score) >= threshold, as the official code's
+    meter does; None keeps all k (the usual top-k protocol, this package's default).
+    """
     scores, targets = _check(scores, targets)
     if not 1 <= k <= scores.shape[1]:
         raise CprflError(f"top-k needs 1 <= k <= {scores.shape[1]}, got k={k}")
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     pred = np.zeros_like(targets, dtype=bool)
     np.put_along_axis(pred, top, True, axis=1)
+    if threshold is not None:
+        pred &= 1 / (1 + np.exp(-scores)) >= threshold
     return _prf((pred & (targets == 1)).sum(0), pred.sum(0), targets.sum(0))
 
 

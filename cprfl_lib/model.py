@@ -129,6 +129,7 @@ class CPRFLHead(nn.Module):
         self.visual_proj = nn.Linear(feat_dim, dim)  # φ, Eq. 1
         self.prompt_init = PromptInitialization(embed_dim, dim, tau)  # Eq. 2
         self.vsi = nn.ModuleList(VSILayer(dim, heads, dim_head, mlp_dim, dropout, residual) for _ in range(depth))
+        self._frozen_prompts: torch.Tensor | None = None
 
     def semantic_embeddings(self) -> torch.Tensor:
         """W (c, m): the text encoder's class-name embeddings."""
@@ -136,7 +137,19 @@ class CPRFLHead(nn.Module):
 
     def prompts(self) -> torch.Tensor:
         """P (c, d), Eq. 2."""
+        if self._frozen_prompts is not None:
+            return self._frozen_prompts
         return self.prompt_init(self.semantic_embeddings().float())
+
+    @torch.no_grad()
+    def freeze_prompts(self) -> None:
+        """Compute P once and reuse it until :meth:`release_prompts` (an evaluation: the weights do not change,
+        and a trainable text tower would otherwise run again for every batch)."""
+        self._frozen_prompts = None
+        self._frozen_prompts = self.prompts()
+
+    def release_prompts(self) -> None:
+        self._frozen_prompts = None
 
     def forward(self, features: torch.Tensor, return_attention: bool = False):
         f = self.visual_proj(to_tokens(features))  # F, Eq. 1                     (B, v, d)
@@ -150,7 +163,7 @@ class CPRFLHead(nn.Module):
             z = z.detach()
         p_refined = z[:, v:]  # P', the category-specific features                (B, c, d)
         p_cls = p.detach() if self.cut_p1 else p  # path P1: P as the classifier
-        logits = (p_refined * p_cls.to(p_refined.dtype)).sum(-1)  # Eq. 6: p'_i · p_i   (B, c)
+        logits = (p_refined.float() * p_cls.float()).sum(-1)  # Eq. 6: p'_i · p_i, in float32    (B, c)
         if not return_attention:
             return logits
         # Where each class looks: the first layer's attention of prompt i over the visual tokens.
@@ -167,20 +180,46 @@ class LinearHead(nn.Module):
         self.fc = nn.Linear(feat_dim, num_classes)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.fc(to_tokens(features).mean(1))
+        pooled = to_tokens(features).mean(1).float()
+        kind = pooled.device.type
+        if kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind):  # float32 logits: bf16 would create AP ties
+            with torch.autocast(kind, enabled=False):
+                return self.fc(pooled)
+        return self.fc(pooled)
 
 
 class MultiLabelClassifier(nn.Module):
-    """A backbone (images → feature map) followed by a head (feature map → logits)."""
+    """Images → logits: input normalisation, a backbone (images → feature map), a head (feature map → logits).
 
-    def __init__(self, backbone: nn.Module, head: nn.Module):
+    Images are uint8 (B, 3, H, W) (or floats in [0, 1]); they are normalised here, on their device,
+    with the ``mean``/``std`` the recipe's transform preset gives (None: none, as the official code).
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, mean=None, std=None):
         super().__init__()
         self.backbone, self.head = backbone, head
+        if (mean is None) != (std is None):
+            raise CprflError("give both mean and std, or neither")
+        for name, value in (("input_mean", mean), ("input_std", std)):  # not in the state dict: from the recipe
+            self.register_buffer(name, None if value is None else torch.tensor(value, dtype=torch.float32),
+                                 persistent=False)
 
-    def forward(self, images: torch.Tensor, return_attention: bool = False):
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() != 4 or images.shape[1] != 3:
             raise CprflError(f"expected images (B, 3, H, W), got shape {tuple(images.shape)}")
-        features = self.backbone(images)
+        x = images.float()
+        if images.dtype == torch.uint8:
+            x = x / 255
+        if self.input_mean is not None:
+            x = (x - self.input_mean.view(1, 3, 1, 1)) / self.input_std.view(1, 3, 1, 1)
+        return x
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's feature map (B, C_b, h, w) of (normalised) images."""
+        return self.backbone(self.normalize(images))
+
+    def forward(self, images: torch.Tensor, return_attention: bool = False):
+        features = self.features(images)
         return self.head(features, return_attention=True) if return_attention else self.head(features)
 
 

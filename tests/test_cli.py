@@ -122,8 +122,9 @@ def test_train_smoke_writes_every_output(smoke_run):
     run, done = smoke_run
     assert done.returncode == 0, done.stderr[-3000:]
     assert "generated data" in done.stdout
-    for name in ("config.yaml", "summary.csv", "checkpoint.pt", "metrics.json", "predictions.npz"):
+    for name in ("config.yaml", "summary.csv", "weights.pt", "metrics.json", "predictions.npz"):
         assert (run / name).is_file(), f"{name} missing from {run}"
+    assert not (run / "checkpoint.pt").exists()  # no optimizer state once the run has finished
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["recipe"] == "smoke" and config["data"]["dataset"] == "synth-voc-lt"
     rows = (run / "summary.csv").read_text().splitlines()
@@ -137,7 +138,7 @@ def test_train_smoke_writes_every_output(smoke_run):
 @pytest.mark.slow
 def test_evaluate_reproduces_the_run_map(cli_env, workdir, smoke_run):
     run, _ = smoke_run
-    done = cprfl(cli_env, workdir, "evaluate", run / "checkpoint.pt")
+    done = cprfl(cli_env, workdir, "evaluate", run)  # the run folder: its weights.pt
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
     trained = json.loads((run / "metrics.json").read_text())["last_epoch"]["model"]
@@ -153,7 +154,7 @@ def test_predict_prints_class_names_with_scores(cli_env, workdir, smoke_run):
     assert images, "the smoke run generated no images in the cache"
     with np.load(run / "predictions.npz") as pred:
         class_names = set(pred["class_names"].tolist())
-    done = cprfl(cli_env, workdir, "predict", run / "checkpoint.pt", images[0], "--top-k", "3")
+    done = cprfl(cli_env, workdir, "predict", run / "weights.pt", images[0], "--top-k", "3")
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert lines[0] == str(images[0]) and len(lines) == 4, done.stdout
@@ -171,7 +172,7 @@ def test_a_file_that_is_not_a_checkpoint_is_a_one_line_error(cli_env, workdir, s
     if kind == "text":
         bad.write_text("this is not a checkpoint\n")
     else:
-        bad.write_bytes((run / "checkpoint.pt").read_bytes()[:4096])
+        bad.write_bytes((run / "weights.pt").read_bytes()[:4096])
     extra = [sorted(Path(cli_env["CPRFL_CACHE"]).rglob("*.jpg"))[0]] if command == "predict" else []
     assert_one_line_error(cprfl(cli_env, workdir, command, bad, *extra), str(bad))
 
@@ -179,21 +180,44 @@ def test_a_file_that_is_not_a_checkpoint_is_a_one_line_error(cli_env, workdir, s
 @pytest.mark.slow
 def test_resume_with_another_model_is_refused_and_leaves_the_run_alone(cli_env, workdir, smoke_run):
     run, _ = smoke_run
-    before = _digest(run / "checkpoint.pt"), (run / "config.yaml").read_text()
+    before = _digest(run / "weights.pt"), (run / "config.yaml").read_text()
     done = cprfl(cli_env, workdir, "train", "--recipe", "smoke", "--resume", "--output-dir", run, "model.dim=64")
-    assert_one_line_error(done, "model.dim", "32", "64", str(run / "checkpoint.pt"))
-    assert (_digest(run / "checkpoint.pt"), (run / "config.yaml").read_text()) == before
+    assert_one_line_error(done, "model.dim", "32", "64", str(run / "weights.pt"))
+    assert (_digest(run / "weights.pt"), (run / "config.yaml").read_text()) == before
+
+
+def test_overrides_on_both_sides_of_an_option_are_one_command(monkeypatch):
+    from cprfl_lib import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_cmd_train", seen.append)
+    assert cli.main(["train", "optim.lr=0.5", "--recipe", "smoke", "train.seed=3", "--resume"]) == 0
+    assert seen[0].recipe == "smoke" and seen[0].overrides == ["optim.lr=0.5", "train.seed=3"] and seen[0].resume
+
+
+@pytest.mark.parametrize("args, needle", [(["predict", "x.pt", "a.jpg", "--top-k", "-1"], "--top-k"),
+                                          (["predict", "x.pt", "a.jpg", "--top-k", "two"], "two"),
+                                          (["train", "--recipe", "smoke", "--bogus"], "--bogus"),
+                                          (["data", "check", "--workers", "-2"], "--workers")])
+def test_bad_arguments_are_one_line(capsys, args, needle):
+    from cprfl_lib.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert exc.value.code == 2 and len(err) == 1 and err[0].startswith("cprfl") and needle in err[0], err
 
 
 def test_the_cli_offers_every_known_benchmark():
     from cprfl_lib import cli
-    from cprfl_lib.data import lists as splits
+    from cprfl_lib.data import benchmarks as splits
 
     assert cli.BENCHMARKS == splits.known_benchmarks()
 
 
 def test_embed_names_a_generated_benchmark_without_drawing_it(monkeypatch):
-    from cprfl_lib.data import lists as splits, synthetic
+    from cprfl_lib.data import benchmarks as splits
+    from cprfl_lib.data import synthetic
 
-    monkeypatch.setattr(synthetic, "ensure_synthetic", lambda *a, **k: pytest.fail("images drawn for class names"))
+    monkeypatch.setattr(synthetic, "generated_folder", lambda *a, **k: pytest.fail("images drawn for class names"))
     assert splits.benchmark_class_names("synth-coco-lt") == synthetic.class_names("synth-coco-lt")

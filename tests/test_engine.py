@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from cprfl_lib.train import engine, factory, features
-from cprfl_lib.train.checkpoint import load_checkpoint
 from cprfl_lib.errors import CprflError
+from cprfl_lib.train import engine, factory, features
+from cprfl_lib.train import state as state_module
+from cprfl_lib.train.checkpoint import load_checkpoint
 from cprfl_lib.train.recipes import load_recipe
 
 GROUPS = ("mAP", "head", "medium", "tail")
@@ -70,14 +71,14 @@ def ema_run(tmp_path_factory):
 
 def test_a_smoke_run_writes_its_five_files(smoke_run):
     out, metrics = smoke_run
-    assert {p.name for p in out.iterdir()} >= {"config.yaml", "summary.csv", "checkpoint.pt", "metrics.json",
-                                                 "predictions.npz"}
+    assert {p.name for p in out.iterdir()} == {"config.yaml", "summary.csv", "weights.pt", "metrics.json",
+                                                "predictions.npz"}  # the resumable checkpoint is gone
     assert load_recipe(str(out / "config.yaml")) == smoke()  # the resolved config, usable as a recipe
 
     rows = read_summary(out / "summary.csv")
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     for r in rows:
-        assert set(GROUPS) | {"loss", "lr"} <= set(r)
+        assert set(GROUPS) | {"loss", "lr", "steps", "train_s", "wait_s"} <= set(r)
         assert math.isfinite(float(r["loss"])) and 0 <= float(r["mAP"]) <= 100
         assert "ema_mAP" not in r
 
@@ -90,9 +91,10 @@ def test_a_smoke_run_writes_its_five_files(smoke_run):
     assert best["mAP"] == pytest.approx(max(float(r["mAP"]) for r in rows), rel=1e-5)
     assert metrics["epochs"] == 2 and metrics["synthetic"] is True and metrics["recipe"] == "smoke"
 
-    ckpt = load_checkpoint(out / "checkpoint.pt")  # weights_only=True inside
+    ckpt = load_checkpoint(out / "weights.pt")  # weights_only=True inside
     assert ckpt["epoch"] == 2 and len(ckpt["history"]) == 2 and ckpt["ema"] is None
     assert ckpt["config"] == smoke() and len(ckpt["class_names"]) == 20
+    assert "optimizer" not in ckpt and ckpt["format"] == "cprfl-weights/1"  # no optimizer state once finished
 
     with np.load(out / "predictions.npz") as npz:
         assert npz["model"].shape == npz["targets"].shape == (64, 20)
@@ -101,7 +103,7 @@ def test_a_smoke_run_writes_its_five_files(smoke_run):
 
 def test_the_checkpoint_is_read_with_weights_only(smoke_run):
     out, _ = smoke_run
-    torch.load(out / "checkpoint.pt", weights_only=True)  # no pickled objects beyond tensors and containers
+    torch.load(out / "weights.pt", weights_only=True)  # no pickled objects beyond tensors and containers
 
 
 def test_with_ema_the_summary_and_metrics_have_the_ema(ema_run):
@@ -111,7 +113,7 @@ def test_with_ema_the_summary_and_metrics_have_the_ema(ema_run):
     assert set(metrics["last_epoch"]) == {"model", "ema"}
     assert metrics["last_epoch"]["ema"]["mAP"] == pytest.approx(float(rows[-1]["ema_mAP"]), rel=1e-5)
     assert metrics["best_on_test"]["model"] in ("model", "ema")
-    assert load_checkpoint(out / "checkpoint.pt")["ema"] is not None
+    assert load_checkpoint(out / "weights.pt")["ema"] is not None
     with np.load(out / "predictions.npz") as npz:
         assert npz["ema"].shape == npz["model"].shape and not np.allclose(npz["ema"], npz["model"])
 
@@ -145,11 +147,14 @@ def test_features_are_computed_once_and_a_warm_cache_changes_nothing(tmp_path, f
 
 def test_features_are_the_backbone_maps_and_leave_the_backbone_in_its_format():
     """Extraction runs channels-last for speed; the maps equal the default format's to fp16 precision."""
+    from cprfl_lib.model import MultiLabelClassifier
+
     torch.manual_seed(0)
     backbone = factory.backbone_from(smoke()).eval()
     images = torch.rand(6, 3, 32, 32)
-    got = features.extract_features(backbone, torch.utils.data.TensorDataset(images, torch.zeros(6, 2)),
-                                    batch_size=4, progress=False)
+    got = features.extract_features(MultiLabelClassifier(backbone, torch.nn.Identity()),
+                                    torch.utils.data.TensorDataset(images, torch.zeros(6, 2)), batch_size=4,
+                                    progress=False)
     with torch.no_grad():
         want = backbone(images)
     assert got.dtype == torch.float16 and got.shape == want.shape
@@ -158,10 +163,31 @@ def test_features_are_the_backbone_maps_and_leave_the_backbone_in_its_format():
 
 
 def test_channels_last_training_matches_the_default_format(tmp_path):
-    base = {"model.freeze_backbone": False, "optim.epochs": 1, "train.max_steps_per_epoch": 2}
-    a = engine.train(smoke(**base), tmp_path / "a", progress=False)
-    b = engine.train(smoke(**base, **{"train.channels_last": True}), tmp_path / "b", progress=False)
-    assert b["last_epoch"]["model"]["mAP"] == pytest.approx(a["last_epoch"]["model"]["mAP"], abs=0.01)
+    """One training step in each memory format from the same weights: the same loss and gradients.
+
+    (Whole runs are not compared: Adam turns float-noise gradients of exactly-zero ones into full
+    lr-sized steps, so two formats drift apart by more than their arithmetic does.)"""
+    import copy
+
+    from cprfl_lib.losses import build_loss
+
+    torch.manual_seed(0)
+    a = factory.model_from(smoke(**{"model.freeze_backbone": False, "model.dropout": 0.0}),
+                           [f"c{i}" for i in range(20)]).train()
+    b = copy.deepcopy(a).to(memory_format=torch.channels_last)
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    y = (torch.rand(8, 20) < 0.2).float()
+    loss = build_loss("asl")
+    la, lb = loss(a(x), y), loss(b(x.contiguous(memory_format=torch.channels_last)), y)
+    la.backward()
+    lb.backward()
+    assert lb.item() == pytest.approx(la.item(), rel=1e-5)
+    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-3, atol=1e-5 * pa.grad.abs().max().item() + 1e-8,
+                                   msg=name)
+    metrics = engine.train(smoke(**{"model.freeze_backbone": False, "optim.epochs": 1, "train.max_steps_per_epoch": 2,
+                                    "train.channels_last": True}), tmp_path / "cl", progress=False)
+    assert math.isfinite(metrics["last_epoch"]["model"]["mAP"])
 
 
 def test_the_first_run_in_a_process_trains_like_any_later_one(tmp_path):
@@ -263,13 +289,14 @@ def test_resume_with_another_model_is_refused(uninterrupted):
     a, _ = uninterrupted
     with pytest.raises(CprflError, match="model.dim") as info:
         engine.train(resumable(**{"model.dim": 48}), a, resume=True, progress=False)
-    assert "checkpoint.pt" in str(info.value)
+    assert "weights.pt" in str(info.value)  # a finished run: its final weights
 
 
 # --- gradient accumulation -----------------------------------------------------------------------
 
 def scheduler_steps(out: Path) -> int:
-    return load_checkpoint(out / "checkpoint.pt")["scheduler"]["last_epoch"]
+    """Optimizer (and schedule) steps of a finished run, from its summary."""
+    return sum(int(r["steps"]) for r in read_summary(out / "summary.csv"))
 
 
 def test_gradient_accumulation_halves_the_optimizer_steps(tmp_path):
@@ -316,7 +343,8 @@ def test_paper_and_code_recipes_run_at_smoke_scale(recipe, tmp_path, monkeypatch
         "model.backbone_weights": None, "semantics.weights": None, "data.dataset": dataset,
         "data.synthetic_limit": 24, "data.image_size": 32, "train.max_steps_per_epoch": 2, "optim.epochs": 1,
         "optim.batch_size": 4, "train.eval_batch_size": 24, "train.amp": False, "train.device": "cpu",
-        "train.num_threads": 1, "train.save_checkpoint": False, **reduce})  # a checkpoint of these models is gigabytes
+        "train.num_threads": 1, "train.save_checkpoint": False, "train.save_weights": False,
+        **reduce})  # a checkpoint of these models is gigabytes
     built = {}
 
     def keep(module, name):
@@ -327,8 +355,8 @@ def test_paper_and_code_recipes_run_at_smoke_scale(recipe, tmp_path, monkeypatch
             return built[name]
         monkeypatch.setattr(module, name, wrapper)
 
-    keep(engine, "build_optimizer")
-    keep(engine, "build_scheduler")
+    keep(state_module, "build_optimizer")
+    keep(state_module, "build_scheduler")
     keep(factory, "model_from")
     metrics = engine.train(config, tmp_path / recipe, progress=False)
 
@@ -348,7 +376,7 @@ def test_paper_and_code_recipes_run_at_smoke_scale(recipe, tmp_path, monkeypatch
     for tag in expected:
         for key in ("mAP", "OF1@0.5", "CF1@top3"):
             assert math.isfinite(metrics["last_epoch"][tag][key]), (tag, key)
-    assert not (tmp_path / recipe / "checkpoint.pt").exists()
+    assert not (tmp_path / recipe / "checkpoint.pt").exists() and not (tmp_path / recipe / "weights.pt").exists()
 
 
 # --- using a checkpoint ----------------------------------------------------------------------------
@@ -357,7 +385,7 @@ def test_evaluate_checkpoint_reproduces_the_last_epoch(smoke_run):
     from cprfl_lib.inference import evaluate_checkpoint
 
     out, metrics = smoke_run
-    got = evaluate_checkpoint(out / "checkpoint.pt", device="cpu")
+    got = evaluate_checkpoint(out / "weights.pt", device="cpu")
     assert got["epoch"] == 2 and got["weights"] == "model" and got["dataset"] == "synth-voc-lt"
     # the run evaluated cached float16 features, the checkpoint runs the backbone in float32
     assert got["mAP"] == pytest.approx(metrics["last_epoch"]["model"]["mAP"], abs=0.1)  # seen: 0.005
@@ -367,7 +395,7 @@ def test_evaluate_checkpoint_with_the_ema_weights(ema_run):
     from cprfl_lib.inference import evaluate_checkpoint
 
     out, metrics = ema_run
-    got = evaluate_checkpoint(out / "checkpoint.pt", device="cpu", use_ema=True)
+    got = evaluate_checkpoint(out / "weights.pt", device="cpu", use_ema=True)
     assert got["weights"] == "ema"
     assert got["mAP"] == pytest.approx(metrics["last_epoch"]["ema"]["mAP"], abs=0.1)
 
@@ -377,26 +405,26 @@ def test_use_ema_on_a_run_without_ema_is_an_error(smoke_run):
 
     out, _ = smoke_run
     with pytest.raises(CprflError, match="EMA"):
-        evaluate_checkpoint(out / "checkpoint.pt", device="cpu", use_ema=True)
+        evaluate_checkpoint(out / "weights.pt", device="cpu", use_ema=True)
     with pytest.raises(CprflError, match="EMA"):
-        predict(out / "checkpoint.pt", [], device="cpu", use_ema=True)
+        predict(out / "weights.pt", [], device="cpu", use_ema=True)
 
 
 def test_predict_returns_the_top_k_class_names(smoke_run):
-    from cprfl_lib.train import factory
     from cprfl_lib.inference import predict
+    from cprfl_lib.train import factory
 
     out, _ = smoke_run
-    ckpt = load_checkpoint(out / "checkpoint.pt")
+    ckpt = load_checkpoint(out / "weights.pt")
     bench = factory.benchmark_from(ckpt["config"])
     images = [Path(bench.image_root) / p for p in bench.test.paths[:3]]
-    result = predict(out / "checkpoint.pt", images, top_k=4, device="cpu")
+    result = predict(out / "weights.pt", images, top_k=4, device="cpu")
     assert len(result) == 3
     for row in result:
         assert len(row) == 4 and all(name in ckpt["class_names"] for name, _ in row)
         probs = [p for _, p in row]
         assert probs == sorted(probs, reverse=True) and all(0 <= p <= 1 for p in probs)
-    assert len(predict(out / "checkpoint.pt", images[:1], top_k=100, device="cpu")[0]) == 20
+    assert len(predict(out / "weights.pt", images[:1], top_k=100, device="cpu")[0]) == 20
 
 
 def test_a_missing_or_foreign_checkpoint_is_an_error(tmp_path):

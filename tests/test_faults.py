@@ -30,13 +30,15 @@ import pytest
 import torch
 from PIL import Image
 
-from cprfl_lib.train import engine
 from cprfl_lib import runinfo
-from cprfl_lib.train.checkpoint import FORMAT, load_checkpoint
+from cprfl_lib.data.benchmarks import load_benchmark
 from cprfl_lib.data.datasets import MultiLabelImageDataset, check_images
+from cprfl_lib.data.lists import SplitList, fetch_split_lists, read_split
+from cprfl_lib.data.transforms import preprocessing
 from cprfl_lib.errors import CprflError
+from cprfl_lib.train import engine
+from cprfl_lib.train.checkpoint import FORMAT, load_checkpoint
 from cprfl_lib.train.recipes import load_recipe
-from cprfl_lib.data.lists import SplitList, fetch_split_lists, load_benchmark, read_split
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).parent / "cprfl"
@@ -95,6 +97,9 @@ def write_images(root: Path, n: int) -> list[str]:
     return paths
 
 
+PREP = preprocessing("imagenet", 12)
+
+
 def split_of(paths: list[str], num_classes: int = 3) -> SplitList:
     return SplitList(paths=paths, targets=np.zeros((len(paths), num_classes), np.uint8), source=Path("list.txt"))
 
@@ -151,7 +156,7 @@ def run_copy(reference_run, tmp_path) -> Path:
 
 def test_missing_data_root_is_named(tmp_path):
     absent = tmp_path / "no-such-root"
-    one_line_error(lambda: MultiLabelImageDataset(absent, split_of(["a.jpg"])), str(absent), "--data-root")
+    one_line_error(lambda: MultiLabelImageDataset(absent, split_of(["a.jpg"]), PREP), str(absent), "--data-root")
 
 
 def test_missing_images_are_counted_and_listed_before_training(tmp_path):
@@ -179,7 +184,7 @@ def test_unreadable_image_is_named(tmp_path, damage):
     paths = write_images(tmp_path, 2)
     bad = tmp_path / paths[1]
     bad.write_bytes(b"this is text" if damage == "not an image" else bad.read_bytes()[:60])
-    dataset = MultiLabelImageDataset(tmp_path, split_of(paths))
+    dataset = MultiLabelImageDataset(tmp_path, split_of(paths), PREP)
     dataset[0]  # the good one still loads
     one_line_error(lambda: dataset[1], str(bad), "cannot read image")
 
@@ -193,7 +198,7 @@ def test_unreadable_image_in_a_dataloader_worker_is_still_one_line(tmp_path):
 
     paths = write_images(tmp_path, 2)
     (tmp_path / paths[1]).write_bytes(b"junk")
-    dataset = MultiLabelImageDataset(tmp_path, split_of(paths))
+    dataset = MultiLabelImageDataset(tmp_path, split_of(paths), PREP)
     try:
         dataset[1]
     except CprflError:
@@ -225,7 +230,7 @@ def test_hand_made_labels_with_19_classes_fail_the_checksum_first(tmp_path):
     (tmp_path / "train.txt").write_text("a.jpg 0\n")
     (tmp_path / "test.txt").write_text("b.jpg 1\n")
     one_line_error(lambda: load_benchmark("voc-lt", list_dir=tmp_path, download=False),
-                   str(tmp_path / "labels.txt"), "sha256", "does not match the published voc_labels.txt")
+                   str(tmp_path / "labels.txt"), "sha256", "is not that of the published voc_labels.txt")
 
 
 def test_generated_labels_with_19_classes_name_the_class_count(env, reference_run, tmp_path):
@@ -247,7 +252,7 @@ def test_split_list_with_another_checksum_is_named(shared_data, tmp_path):
     train = next(p for p in (tmp_path / "lists").iterdir() if "train" in p.name)
     train.write_text(train.read_text() + "VOCdevkit/VOC2012/JPEGImages/extra.jpg 3\n")
     one_line_error(lambda: fetch_split_lists("voc-lt", list_dir=tmp_path / "lists", download=False),
-                   str(train), "does not match the published voc_lt_train.txt")
+                   str(train), "is not that of the published voc_lt_train.txt")
 
 
 # ================================================================ semantics
@@ -298,26 +303,26 @@ def test_glove_file_missing_class_words_lists_them(tmp_path):
 
 
 def test_resume_with_another_recipe_model_is_refused(run_copy):
-    before = digest(run_copy / "checkpoint.pt"), (run_copy / "config.yaml").read_text()
+    before = digest(run_copy / "weights.pt"), (run_copy / "config.yaml").read_text()
     config = smoke_config(**{"model.dim": 64})
     config["recipe"] = "smoke-wide"
     one_line_error(lambda: engine.train(config, run_copy, resume=True, progress=False),
-                   str(run_copy / "checkpoint.pt"), "model.dim: 32 vs 64", "'smoke-wide'")
-    assert (digest(run_copy / "checkpoint.pt"), (run_copy / "config.yaml").read_text()) == before
+                   str(run_copy / "weights.pt"), "model.dim: 32 vs 64", "'smoke-wide'")
+    assert (digest(run_copy / "weights.pt"), (run_copy / "config.yaml").read_text()) == before
 
 
 def test_synth_coco_run_refuses_a_synth_voc_checkpoint(run_copy):
-    before = digest(run_copy / "checkpoint.pt")
+    before = digest(run_copy / "weights.pt")
     config = smoke_config(**{"data.dataset": "synth-coco-lt", "data.synthetic_limit": 40})
     one_line_error(lambda: engine.train(config, run_copy, resume=True, progress=False),
-                   str(run_copy / "checkpoint.pt"), "20 classes (synth-voc-lt)", "80 (synth-coco-lt)")
-    assert digest(run_copy / "checkpoint.pt") == before
+                   str(run_copy / "weights.pt"), "20 classes (synth-voc-lt)", "80 (synth-coco-lt)")
+    assert digest(run_copy / "weights.pt") == before
 
 
 def test_checkpoint_whose_weights_do_not_fit_its_model(run_copy):
     from cprfl_lib.inference import load_model
 
-    ckpt = torch.load(run_copy / "checkpoint.pt", weights_only=True)
+    ckpt = torch.load(run_copy / "weights.pt", weights_only=True)
     ckpt["config"]["model"]["dim"] = 48  # the config no longer describes the weights
     bad = run_copy / "edited.pt"
     torch.save(ckpt, bad)
@@ -326,10 +331,10 @@ def test_checkpoint_whose_weights_do_not_fit_its_model(run_copy):
 
 @pytest.mark.parametrize("cut", [0, 100, "half"])
 def test_truncated_checkpoint_is_named(run_copy, cut):
-    path = run_copy / "checkpoint.pt"
+    path = run_copy / "weights.pt"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2 if cut == "half" else cut])
-    one_line_error(lambda: load_checkpoint(path), str(path), "not a readable torch checkpoint")
+    one_line_error(lambda: load_checkpoint(path), str(path), "not a readable cprfl checkpoint", "was not loaded")
     # resuming from it says the same, and writes nothing
     before = files_in(run_copy)
     one_line_error(lambda: engine.train(smoke_config(), run_copy, resume=True, progress=False), str(path))
@@ -360,7 +365,8 @@ def test_checkpoint_that_would_run_code_is_refused_without_running_it(env, cwd, 
         bad.write_bytes(pickle.dumps(payload))
     else:
         torch.save(payload, bad)
-    one_line_error(lambda: load_checkpoint(bad), str(bad), "not a readable torch checkpoint")
+    message = one_line_error(lambda: load_checkpoint(bad), str(bad), "not a cprfl checkpoint", "it was not loaded")
+    assert "weights_only" not in message and "Re-running" not in message  # no advice to load it unsafely
     if container == "torch.save":  # and through the command (one is enough: ~10 s of imports)
         cli_error(cli(env, cwd, "evaluate", bad), str(bad))
     assert not marker.exists(), "loading the checkpoint ran code from it"
@@ -392,8 +398,8 @@ def _fake_checkout(root: Path) -> Path:
     params = nbformat.v4.new_code_cell('profile = "smoke"\noutput_dir = None')
     params.metadata["tags"] = ["parameters"]
     work = nbformat.v4.new_code_cell(
-        "import time\nfrom cprfl_repro.notebook import setup, write_metrics\n"
-        "out, _ = setup(profile, output_dir)\nwrite_metrics(out, '01_sleep', {'done': 1})\ntime.sleep(120)")
+        "import time\nfrom cprfl_repro.context import resolve\n"
+        "resolve(profile, output_dir).metrics('01_sleep', {'done': 1})\ntime.sleep(120)")
     nb.cells = [params, work]
     nb.metadata["kernelspec"] = {"name": "cprfl", "display_name": "Python (cprfl)", "language": "python"}
     nbformat.write(nb, root / "notebooks" / "01_sleep.ipynb")
@@ -419,7 +425,7 @@ def test_interrupted_reproduce_keeps_the_previous_results(env, tmp_path):
         while waiting:  # signal each run once its notebook is running
             for name in sorted(waiting):
                 assert procs[name].poll() is None, procs[name].communicate()
-                if list((roots[name] / "results").glob(".staging-*/metrics/01_sleep.json")):
+                if list((roots[name] / "results").glob(".smoke.*.tmp-dir/metrics/01_sleep.json")):
                     procs[name].send_signal(signals[name])
                     waiting.discard(name)
             assert time.monotonic() < deadline, f"the notebook never started in {sorted(waiting)}"

@@ -6,8 +6,14 @@ import torch
 from sklearn.metrics import average_precision_score
 
 from cprfl_lib.errors import CprflError
-from cprfl_lib.metrics import (average_precision, class_groups, map_report, threshold_metrics, topk_metrics,
-                               weighted_group_mean)
+from cprfl_lib.metrics import (
+    average_precision,
+    class_groups,
+    map_report,
+    threshold_metrics,
+    topk_metrics,
+    weighted_group_mean,
+)
 
 VOC_COUNTS = [6, 34, 8, 14, 154, 17, 249, 29, 479, 4, 240, 48, 11, 20, 775, 100, 5, 82, 7, 64]
 
@@ -69,6 +75,17 @@ def test_threshold_and_topk_metrics_by_hand():
     t = topk_metrics(probs, targets, k=1)
     assert t["OP"] == pytest.approx(50) and t["OR"] == pytest.approx(100 / 3)
     assert threshold_metrics(np.log(probs / (1 - probs)), targets)["OF1"] == pytest.approx(m["OF1"])
+
+
+def test_the_official_top_k_keeps_a_class_only_above_the_threshold():
+    """The official meter's top-3: a top class below the threshold is not predicted (docs/DIFFERENCES.md)."""
+    targets = np.array([[1, 0, 1], [0, 1, 0]])
+    logits = np.log(np.array([[0.9, 0.6, 0.2], [0.1, 0.7, 0.45]]) / (1 - np.array([[0.9, 0.6, 0.2],
+                                                                                  [0.1, 0.7, 0.45]])))
+    ours, official = topk_metrics(logits, targets, k=2), topk_metrics(logits, targets, k=2, threshold=0.5)
+    # ours: {0, 1} and {1, 2} (2 of 4 right); official: {0, 1} and {1} (2 of 3 right)
+    assert ours["OP"] == pytest.approx(50) and official["OP"] == pytest.approx(200 / 3)
+    assert ours["OR"] == official["OR"] == pytest.approx(200 / 3)
 
 
 def test_bad_inputs():

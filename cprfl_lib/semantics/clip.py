@@ -102,14 +102,14 @@ def default_quick_gelu(encoder: str, weights: str | os.PathLike | None) -> bool:
 
 
 def weights_identity(weights: str | os.PathLike | None) -> dict:
-    """What identifies the weights for the embedding cache: the tag, or file path + size + mtime."""
+    """What identifies the weights for the embedding cache: the tag, or a file's content."""
     if is_random(weights):
         return {"tag": RANDOM_WEIGHTS}
     if not is_weights_file(weights):
         return {"tag": str(weights)}
-    path = Path(weights).expanduser().resolve()
-    stat = path.stat() if path.is_file() else None
-    return {"file": str(path), "size": stat.st_size if stat else None, "mtime_ns": stat.st_mtime_ns if stat else None}
+    from cprfl_lib.digest import file_digest
+
+    return {"file_sha256": file_digest(Path(weights).expanduser())}
 
 
 def _hub_offline() -> bool:

@@ -1,14 +1,18 @@
-"""Checkpoints: written atomically every epoch, read with ``weights_only=True``.
+"""Checkpoints and final weights: written atomically, read with ``weights_only=True``.
 
-A checkpoint holds everything needed to continue or to evaluate a run: the model and EMA
-weights, the optimizer, scheduler and gradient-scaler states, the RNG states, the epoch, the
-class names and the resolved configuration. Reading one never executes code from it, and a
-file that is truncated, not a checkpoint, or from another recipe or class count is a clear
-error naming the file.
+A run keeps one resumable ``checkpoint.pt`` while it trains (model and EMA weights, optimizer,
+scheduler and gradient-scaler states, RNG states, the epoch, the history, the class names
+and the resolved configuration), rewritten atomically after every ``train.checkpoint_every``
+epochs. When the run ends, the model-only ``weights.pt`` (model and EMA weights, configuration,
+class names, epoch; no optimizer state) replaces it, so a finished paper-size run keeps about a
+third of the checkpoint's disk. Reading either never executes code from the file: a file that
+is truncated, foreign, or would run code when unpickled is refused with one line saying it was
+not loaded.
 """
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -17,23 +21,45 @@ from cprfl_lib.errors import CprflError
 from cprfl_lib.io import atomic_torch_save
 
 FORMAT = "cprfl-checkpoint/1"
+WEIGHTS_FORMAT = "cprfl-weights/1"
+CHECKPOINT, WEIGHTS = "checkpoint.pt", "weights.pt"
 
 
 def save_checkpoint(path: Path, **state) -> None:
     atomic_torch_save({"format": FORMAT, **state}, path)
 
 
-def load_checkpoint(path: str | Path) -> dict:
+def save_weights(path: Path, **state) -> None:
+    atomic_torch_save({"format": WEIGHTS_FORMAT, **state}, path)
+
+
+def find_run_file(path: str | Path) -> Path:
+    """A checkpoint or weights file, or the run folder holding one (its weights.pt, else its checkpoint.pt)."""
     path = Path(path)
+    if path.is_dir():
+        found = next((path / n for n in (WEIGHTS, CHECKPOINT) if (path / n).is_file()), None)
+        if found is None:
+            raise CprflError(f"{path} holds neither {WEIGHTS} (a finished run) nor {CHECKPOINT} (a run in progress)")
+        return found
     if not path.is_file():
         raise CprflError(f"checkpoint {path} does not exist")
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A run's checkpoint or final weights (a file, or the run folder), loaded without running any code."""
+    path = find_run_file(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, foreign pickle, arbitrary bytes
-        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise CprflError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {detail})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CprflError(f"{path}: not a cprfl checkpoint (no '{FORMAT}' marker)")
+    except pickle.UnpicklingError:  # weights-only loading met an object that would run code
+        raise CprflError(f"{path}: not a cprfl checkpoint: it holds objects other than tensors and plain data, "
+                         "which could run code; it was not loaded") from None
+    except Exception as exc:  # a truncated zip, arbitrary bytes, an old pickle
+        raise CprflError(f"{path}: not a readable cprfl checkpoint (truncated, or not a torch file: "
+                         f"{type(exc).__name__}); it was not loaded") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in (FORMAT, WEIGHTS_FORMAT):
+        raise CprflError(f"{path}: not a cprfl checkpoint (no '{FORMAT}' or '{WEIGHTS_FORMAT}' marker); "
+                         "it was not loaded")
     return ckpt
 
 

@@ -1,7 +1,8 @@
 """Build the pieces of a run from a resolved configuration (see recipes.py).
 
-One entry per piece: the benchmark, the class-name semantics, the model and the loss. The
-training engine, the CLI and the notebooks all build through here, so a recipe means the
+One entry per piece: the benchmark, the preprocessing, the class-name semantics, the model and
+the loss, and what a run's inputs are (:func:`inputs_identity`, for the keys of finished runs).
+The training engine, the CLI and the notebooks all build through here, so a recipe means the
 same thing everywhere.
 """
 
@@ -11,10 +12,11 @@ import torch
 from torch import nn
 
 from cprfl_lib.backbones import build_backbone
+from cprfl_lib.data.benchmarks import Benchmark, load_benchmark
+from cprfl_lib.data.transforms import Preprocessing, preprocessing
 from cprfl_lib.errors import CprflError
 from cprfl_lib.losses import build_loss
 from cprfl_lib.model import CPRFLHead, LinearHead, MultiLabelClassifier
-from cprfl_lib.data.lists import Benchmark, load_benchmark
 
 HEADS = ("cprfl", "linear")
 HEAD_KEYS = ("dim", "tau", "depth", "heads", "dim_head", "mlp_dim", "dropout", "residual", "cut_p1", "cut_p2",
@@ -28,7 +30,30 @@ def benchmark_from(config: dict, download: bool = True) -> Benchmark:
         kw = dict(synthetic_options={"seed": data["synthetic_seed"], "image_size": data["image_size"],
                                      "limit": data["synthetic_limit"]})
     return load_benchmark(data["dataset"], list_dir=data["list_dir"], data_root=data["data_root"],
-                          download=download, **kw)
+                          download=download, test_subset=data["test_subset"], **kw)
+
+
+def preprocessing_from(config: dict, backbone: nn.Module) -> Preprocessing:
+    data = config["data"]
+    return preprocessing(data["transform"], data["image_size"], backbone.input_mean, backbone.input_std)
+
+
+def inputs_identity(config: dict, benchmark: Benchmark) -> dict:
+    """What a run reads besides its configuration and code, by content: lists, images, weight files."""
+    from cprfl_lib.digest import file_digest, weights_identity
+
+    s = config["semantics"]
+    out = {"lists": {role: file_digest(path) for role, path in sorted(benchmark.list_files.items())},
+           "splits": {split: benchmark.split_identity(split) for split in ("train", *benchmark.eval_splits)},
+           "backbone_weights": weights_identity(config["model"]["backbone_weights"])}
+    if config["model"]["head"] == "cprfl":
+        if s["encoder"].startswith("clip"):
+            out["semantics_weights"] = weights_identity(s["weights"])
+        elif s["encoder"] in ("glove", "word2vec"):
+            from cprfl_lib.semantics.words import vectors_path
+
+            out["word_vectors"] = file_digest(vectors_path(s["encoder"], s["path"]))
+    return out
 
 
 def dataset_family(config: dict) -> str:
@@ -91,7 +116,8 @@ def head_from(config: dict, feat_dim: int, class_names: list[str],
 
 def model_from(config: dict, class_names: list[str], backbone: nn.Module | None = None) -> MultiLabelClassifier:
     backbone = backbone if backbone is not None else backbone_from(config)
-    return MultiLabelClassifier(backbone, head_from(config, backbone.out_channels, class_names))
+    prep = preprocessing_from(config, backbone)
+    return MultiLabelClassifier(backbone, head_from(config, backbone.out_channels, class_names), prep.mean, prep.std)
 
 
 def loss_from(config: dict, benchmark: Benchmark) -> nn.Module:
@@ -103,8 +129,9 @@ def loss_from(config: dict, benchmark: Benchmark) -> nn.Module:
 def model_from_checkpoint(ckpt: dict) -> MultiLabelClassifier:
     """Rebuild a checkpoint's model without any download: structure first, then its weights.
 
-    Frozen class embeddings and backbone weights live in the state dict, so the text encoder
-    and the pretrained backbone are not needed to evaluate or predict.
+    Frozen class embeddings and backbone weights live in the state dict, and the input
+    normalisation in ``ckpt["input_norm"]``, so the text encoder and the pretrained backbone are
+    not needed to evaluate or predict.
     """
     import copy
 
@@ -123,7 +150,8 @@ def model_from_checkpoint(ckpt: dict) -> MultiLabelClassifier:
         config["semantics"]["quick_gelu"] = default_quick_gelu(config["semantics"]["encoder"], weights)
     config["semantics"]["weights"] = None
     head = head_from(config, backbone.out_channels, class_names, class_embeddings=emb)
-    model = MultiLabelClassifier(backbone, head)
+    norm = ckpt["input_norm"]  # the run's normalisation (the pretrained weights' mean/std are not rebuilt here)
+    model = MultiLabelClassifier(backbone, head, norm["mean"], norm["std"])
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:  # the first line only says "Error(s) in loading state_dict": name the first error

@@ -91,15 +91,16 @@ class ModelEma(nn.Module):
 
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:
-        current = module.state_dict()
-        for name, ema_value in self.module.state_dict().items():
-            if not isinstance(ema_value, torch.Tensor):  # a module's extra state (the CLIP text tower's names)
-                continue
-            value = current[name].detach()
-            if ema_value.dtype.is_floating_point:
-                ema_value.mul_(self.decay).add_(value.to(ema_value.dtype), alpha=1 - self.decay)
-            else:
-                ema_value.copy_(value)
+        """ema = decay * ema + (1 - decay) * module, over every parameter and buffer, in a few fused kernels."""
+        ema_state, current = self.module.state_dict(), module.state_dict()
+        floats = [(v, current[k].detach()) for k, v in ema_state.items()
+                  if isinstance(v, torch.Tensor) and v.dtype.is_floating_point]
+        ema_f = [e for e, _ in floats]
+        torch._foreach_mul_(ema_f, self.decay)
+        torch._foreach_add_(ema_f, [c.to(e.dtype) for e, c in floats], alpha=1 - self.decay)
+        for k, v in ema_state.items():  # counters (num_batches_tracked): copied
+            if isinstance(v, torch.Tensor) and not v.dtype.is_floating_point:
+                v.copy_(current[k])
 
     def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)

@@ -1,23 +1,30 @@
-"""Recipes: the one place where training configurations live.
+"""Recipes: the one place where training configurations live, and their one validation.
 
-A recipe is a YAML file in ``cprfl_lib/recipes/`` (or any path) that overrides some keys of
-``defaults.yaml``. Overrides come from the CLI as ``section.key=value`` strings (the value is
+A recipe is a YAML file in ``cprfl_lib/train/recipes/`` (or any path) that overrides some keys
+of ``defaults.yaml``. Overrides come from the CLI as ``section.key=value`` strings (the value is
 parsed as YAML) or from notebooks as a dict ``{"optim.lr": 1e-3}`` / nested dicts. Every key
 must exist in ``defaults.yaml``: a mistyped key is rejected by name, never silently ignored.
+
+:func:`validate` checks a resolved configuration (types, ranges, names, combinations) before
+anything is built or written; :func:`load_recipe` and :func:`apply_overrides` return only
+validated configurations, so the CLI, the notebooks and ``make reproduce`` share it.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
+import math
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
 from cprfl_lib.errors import CprflError
 
 RECIPE_DIR = resources.files("cprfl_lib.train") / "recipes"
+SWITCHES = ("auto", True, False)  # train.amp, train.cache_features, data.decoded_cache
 
 
 def available_recipes() -> list[str]:
@@ -29,6 +36,8 @@ def _read_yaml(path, what: str) -> dict:
         data = yaml.safe_load(Path(str(path)).read_text()) or {}
     except yaml.YAMLError as exc:
         raise CprflError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except OSError as exc:
+        raise CprflError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if not isinstance(data, dict):
         raise CprflError(f"{path}: a {what} must be a mapping of sections")
     return data
@@ -61,8 +70,9 @@ def _check_type(default: Any, value: Any, key: str) -> None:
           float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)}.get(type(default))
     if ok is not None and ok(value) or ok is None and isinstance(value, type(default)):
         return
-    if isinstance(default, str) and isinstance(value, (bool, int, float)) and key.endswith(("amp", "cache_features")):
-        return  # 'auto' | true | false switches
+    if isinstance(default, str) and isinstance(value, (bool, int, float)) and key.endswith(
+            ("amp", "cache_features", "decoded_cache", "num_workers")):
+        return  # 'auto' | a value switches
     raise CprflError(f"configuration key {key!r} expects a {type(default).__name__} (like {default!r}), got {value!r}")
 
 
@@ -74,12 +84,21 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw != "" else None
     except yaml.YAMLError:
         value = raw
-    if isinstance(value, str):  # YAML 1.1 reads 3e-4 as a string
+    if isinstance(value, str):  # YAML 1.1 reads 3e-4 (and nan, inf) as a string
         try:
             value = float(value)
         except ValueError:
             pass
     return key.strip().split("."), value
+
+
+def parse_overrides(items: Iterable[str] | Mapping[str, Any] | None) -> dict[str, Any]:
+    """``section.key=value`` strings (or a mapping) as {dotted key: value}."""
+    if not items:
+        return {}
+    if isinstance(items, Mapping):
+        return dict(items)
+    return {".".join(keys): value for keys, value in map(_parse_override, items)}
 
 
 def _nest(keys: list[str], value: Any) -> dict:
@@ -90,7 +109,7 @@ def _nest(keys: list[str], value: Any) -> dict:
 
 
 def load_recipe(name_or_path: str, overrides: Iterable[str] | Mapping[str, Any] | None = None) -> dict:
-    """The resolved configuration: defaults, then the recipe, then the overrides."""
+    """The resolved and validated configuration: defaults, then the recipe, then the overrides."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
         path = Path(str(RECIPE_DIR / f"{name_or_path}.yaml"))
@@ -103,22 +122,162 @@ def load_recipe(name_or_path: str, overrides: Iterable[str] | Mapping[str, Any] 
     name = recipe.pop("recipe", path.stem)  # a run's config.yaml names the recipe it was resolved from
     _merge(config, recipe, "")
     config["recipe"] = str(name)
-    apply_overrides(config, overrides)
-    return config
+    return apply_overrides(config, overrides)
 
 
 def apply_overrides(config: dict, overrides: Iterable[str] | Mapping[str, Any] | None) -> dict:
-    """Apply ``section.key=value`` strings or a mapping of dotted keys / nested sections, in place."""
-    if not overrides:
-        return config
-    items = overrides.items() if isinstance(overrides, Mapping) else (_parse_override(o) for o in overrides)
+    """Apply ``section.key=value`` strings or a mapping of dotted keys / nested sections, in place; validate."""
+    items = overrides.items() if isinstance(overrides, Mapping) else (_parse_override(o) for o in overrides or ())
     body = {k: v for k, v in config.items() if k != "recipe"}
     for key, value in items:
         keys = key.split(".") if isinstance(key, str) else key
         _merge(body, _nest(keys, value), "")
     config.update(body)
-    return config
+    return validate(config)
 
 
 def dump(config: Mapping) -> str:
     return yaml.safe_dump(dict(config), sort_keys=False)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(lo: int, optional: bool = False) -> Callable[[Any], str | None]:
+    def check(v):
+        if v is None and optional:
+            return None
+        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+            return f"a whole number >= {lo}" + (" or null" if optional else "")
+        return None
+    return check
+
+
+def _real(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False,
+          optional: bool = False) -> Callable[[Any], str | None]:
+    def check(v):
+        if v is None and optional:
+            return None
+        bad = (not _finite(v) or lo is not None and (v < lo or lo_open and v == lo)
+               or hi is not None and (v > hi or hi_open and v == hi))
+        if not bad:
+            return None
+        left = "" if lo is None else ("(" if lo_open else "[") + f"{lo:g}"
+        right = "" if hi is None else f"{hi:g}" + (")" if hi_open else "]")
+        where = f"in {left}, {right}" if lo is not None and hi is not None else (
+            f"> {lo:g}" if lo_open else f">= {lo:g}") if lo is not None else "a finite number"
+        return f"a finite number {where}" + (" or null" if optional else "")
+    return check
+
+
+def _one_of(choices: Iterable[Any]) -> Callable[[Any], str | None]:
+    choices = list(choices)  # compared with their types: 1 is not True, 0 is not False
+    return lambda v: None if any(v == c and type(v) is type(c) for c in choices) else f"one of {choices}"
+
+
+def _workers(v) -> str | None:
+    return None if v == "auto" or isinstance(v, int) and not isinstance(v, bool) and v >= 0 else \
+        "'auto' or a whole number >= 0"
+
+
+def _template(v) -> str | None:
+    return None if isinstance(v, str) and "{}" in v else "a text holding {} (where the class name goes)"
+
+
+def _rules() -> dict[str, Callable[[Any], str | None]]:
+    from cprfl_lib.backbones import KNOWN_BACKBONES
+    from cprfl_lib.data.benchmarks import known_benchmarks
+    from cprfl_lib.data.transforms import PRESETS
+    from cprfl_lib.losses import LOSSES
+    from cprfl_lib.semantics import ENCODERS
+    from cprfl_lib.train.optim import OPTIMIZERS, SCHEDULES
+
+    return {
+        "data.dataset": _one_of(known_benchmarks()), "data.image_size": _int(16),
+        "data.transform": _one_of(PRESETS), "data.num_workers": _workers,
+        "data.decoded_cache": _one_of(SWITCHES), "data.synthetic_seed": _int(0),
+        "data.synthetic_limit": _int(1, optional=True), "data.test_subset": _int(1, optional=True),
+        "semantics.encoder": _one_of(ENCODERS), "semantics.template": _template,
+        "semantics.normalize": _one_of((True, False)), "semantics.dim": _int(1, optional=True),
+        "semantics.seed": _int(0), "semantics.trainable": _one_of((True, False)),
+        "semantics.quick_gelu": _one_of((None, True, False)),
+        "model.head": _one_of(("cprfl", "linear")), "model.backbone": _one_of(KNOWN_BACKBONES),
+        "model.freeze_backbone": _one_of((True, False)), "model.dim": _int(1), "model.tau": _real(0, lo_open=True),
+        "model.depth": _int(1), "model.heads": _int(1), "model.dim_head": _int(1), "model.mlp_dim": _int(1),
+        "model.dropout": _real(0, 1, hi_open=True), "model.residual": _one_of((True, False)),
+        "model.cut_p1": _one_of((True, False)), "model.cut_p2": _one_of((True, False)),
+        "model.no_feature_grad": _one_of((True, False)),
+        "loss.name": _one_of(sorted(LOSSES)), "loss.family": _one_of((None, "voc", "coco")),
+        "optim.optimizer": _one_of(sorted(OPTIMIZERS)), "optim.lr": _real(0, lo_open=True),
+        "optim.weight_decay": _real(0), "optim.backbone_lr_mult": _real(0),
+        "optim.schedule": _one_of(SCHEDULES), "optim.schedule_epochs": _int(1, optional=True),
+        "optim.pct_start": _real(0, 1, lo_open=True, hi_open=True), "optim.warmup_epochs": _int(0),
+        "optim.epochs": _int(1), "optim.batch_size": _int(1), "optim.grad_accum": _int(1),
+        "optim.clip_grad": _real(0, lo_open=True, optional=True),
+        "train.seed": _int(0), "train.deterministic": _one_of((True, False)),
+        "train.device": _one_of(("auto", "cpu", "cuda")), "train.amp": _one_of(SWITCHES),
+        "train.amp_dtype": _one_of(("bfloat16", "float16")), "train.channels_last": _one_of((True, False)),
+        "train.ema": _real(0, 1, lo_open=True, hi_open=True, optional=True),
+        "train.eval_every": _int(1, optional=True), "train.eval_start": _int(1),
+        "train.cache_features": _one_of(SWITCHES), "train.eval_batch_size": _int(1),
+        "train.threshold": _real(0, 1, lo_open=True, hi_open=True),
+        "train.max_steps_per_epoch": _int(1, optional=True), "train.num_threads": _int(1, optional=True),
+        "train.save_checkpoint": _one_of((True, False)), "train.save_weights": _one_of((True, False)),
+        "train.checkpoint_every": _int(1),
+    }
+
+
+def _get(config: Mapping, dotted: str) -> Any:
+    section, key = dotted.split(".", 1)
+    return config[section][key]
+
+
+def validate(config: dict) -> dict:
+    """Check a resolved configuration before anything is built; one line naming the key and the value."""
+    for dotted, rule in _rules().items():
+        value = _get(config, dotted)
+        problem = rule(value)
+        if problem:
+            raise CprflError(f"configuration key {dotted!r} must be {problem}, got {value!r}")
+    data, sem, model, optim, train = (config[k] for k in ("data", "semantics", "model", "optim", "train"))
+    synthetic = data["dataset"].startswith("synth-")
+
+    def refuse(message: str) -> None:
+        raise CprflError(message)
+
+    if train["cache_features"] is True and not model["freeze_backbone"]:
+        refuse("train.cache_features=true needs model.freeze_backbone=true (features of a trained backbone change)")
+    if sem["trainable"] and not sem["encoder"].startswith("clip"):
+        refuse(f"semantics.trainable=true needs a CLIP encoder, got semantics.encoder={sem['encoder']!r}")
+    if sem["weights"] is not None and not sem["encoder"].startswith("clip"):
+        refuse(f"semantics.weights={sem['weights']!r} applies only to the CLIP encoders, not "
+               f"semantics.encoder={sem['encoder']!r}; set semantics.weights=null")
+    if sem["path"] is not None and sem["encoder"] not in ("glove", "word2vec"):
+        refuse(f"semantics.path={sem['path']!r} applies only to glove/word2vec, not {sem['encoder']!r}")
+    if not synthetic and data["synthetic_limit"] is not None:
+        refuse(f"data.synthetic_limit applies only to the generated datasets, not {data['dataset']!r}; "
+               "to evaluate on fewer test images use data.test_subset")
+    if synthetic and data["list_dir"] is not None:
+        refuse(f"{data['dataset']} is generated with its own lists; drop data.list_dir (--list-dir)")
+    if optim["schedule_epochs"] is not None and optim["schedule_epochs"] < optim["epochs"]:
+        refuse(f"optim.schedule_epochs ({optim['schedule_epochs']}) must be at least optim.epochs ({optim['epochs']})")
+    params = config["loss"]["params"]
+    if not isinstance(params, Mapping):
+        refuse(f"loss.params must be a mapping of the loss's parameters, got {params!r}")
+    _check_loss_params(config["loss"]["name"], params)
+    return config
+
+
+def _check_loss_params(name: str, params: Mapping) -> None:
+    from cprfl_lib import losses
+
+    cls = losses.LOSS_CLASSES[name]
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "train_counts", "num_train"}
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        raise CprflError(f"loss.params {unknown} are not parameters of loss {name!r} ({cls.__name__} takes "
+                         f"{', '.join(sorted(accepted))})")
