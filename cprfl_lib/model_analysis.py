@@ -1,14 +1,16 @@
-"""The CPRFL model opened up on one batch (notebook 03): shapes, prompts, attention, gradient paths, size.
+"""The CPRFL model opened up on one batch: every tensor of Eqs. 1-6, the prompts, the two gradient paths.
 
 Everything here observes the model through its public submodules (``backbone``,
 ``head.visual_proj``, ``head.prompt_init``, ``head.vsi``) with forward hooks, so what is shown
 is what :class:`cprfl_lib.model.CPRFLHead` computes, not a re-implementation of it:
 
 - :func:`trace` records every tensor of Eqs. 1-6 for a batch;
+- :func:`prompt_similarity` compares the class embeddings W with the prompts P they become;
 - :func:`dual_path_gradients` measures dL/dP along both paths, P1 only and P2 only, and checks
   that the full gradient is their sum;
-- :func:`paper_parameter_table` counts the parameters of the paper configuration, built without
-  any weights, with the frozen text tower (the paper) and the fine-tuned one (the official code).
+- :func:`text_tower` builds a CLIP text tower on the meta device, for counting its parameters.
+
+Notebooks 03 and 06 show these (tables and figures in :mod:`cprfl_repro`).
 """
 
 from __future__ import annotations
@@ -16,24 +18,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 import torch
-from matplotlib.figure import Figure
-from matplotlib.patches import Patch
-from PIL import Image
 from torch import nn
 
 from cprfl_lib.errors import CprflError
-from cprfl_repro.figures import GROUP_COLORS
-from cprfl_lib.model import CPRFLHead, count_parameters
+from cprfl_lib.model import CPRFLHead
+
 
 # method.md §2, the arithmetic from the official code's shapes: a reference column, not the measurement.
-METHOD_MD_COUNTS = {"backbone": 42_500_160, "phi": 4_196_352, "vsi": 41_957_376, "pi": 3_148_800,
-                    "text": 63_690_240}
-
-
 @dataclass
 class Trace:
     """The tensors of one forward pass, Eq. by Eq. (detached, CPU)."""
@@ -124,24 +117,6 @@ def trace(model: nn.Module, images: torch.Tensor) -> Trace:
                  attn.float().cpu().reshape(b, -1, h, w), eq6)
 
 
-def shapes_table(t: Trace) -> pd.DataFrame:
-    """One row per step of the method with its symbolic and measured shape."""
-    rows = [
-        ("backbone", "f_loc", "(B, C_b, h, w)", t.feature_map, "feature map of the last conv stage"),
-        ("flatten", "tokens", "(B, v, C_b)", t.tokens, "v = h·w visual tokens"),
-        ("Eq. 1", "F = φ(f_loc)", "(B, v, d)", t.F, "linear projection to the model width d"),
-        ("text encoder", "W", "(c, m)", t.W, "class-name embeddings of the text encoder"),
-        ("Eq. 2", "P = PI(W)", "(c, d)", t.P, "prompts: GELU MLP, hidden τ·d"),
-        ("Eq. 3", "Z = [F; P]", "(B, v + c, d)", t.Z, "visual tokens first, prompts last"),
-        ("Eqs. 4-5", "VSI(Z)", "(B, v + c, d)", t.vsi_out, "pre-LN attention + FFN, no residual"),
-        ("slice", "P' = VSI(Z)[:, v:]", "(B, c, d)", t.P_refined, "category-specific features"),
-        ("Eq. 6", "logit_i = p'_i · p_i", "(B, c)", t.logits, "sigmoid in the loss / metrics"),
-        ("attention", "α (prompt → visual)", "(B, c, h, w)", t.attention, "first VSI layer, mean over heads"),
-    ]
-    return pd.DataFrame([{"step": a, "tensor": b, "shape": c, "measured": str(tuple(x.shape)), "what": d}
-                         for a, b, c, x, d in rows])
-
-
 def shape_metrics(t: Trace) -> dict[str, list[int]]:
     return {name: list(getattr(t, name).shape) for name in
             ("feature_map", "tokens", "F", "W", "P", "Z", "P_refined", "logits", "attention")}
@@ -183,61 +158,6 @@ def prompt_similarity(t: Trace) -> dict:
     return out
 
 
-def plot_prompt_init(t: Trace, class_names: list[str], groups, title: str = "") -> Figure:
-    """Class-to-class cosine (centred) of W (text) and of P (prompts), and one against the other."""
-    sim = prompt_similarity(t)
-    order = np.argsort([("head", "medium", "tail").index(g) for g in groups], kind="stable")
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.4), layout="constrained")
-    n = len(class_names)
-    for ax, k, label in ((axes[0], "W", "class embeddings"), (axes[1], "P", "prompts = PI(W)")):
-        m = sim[f"cos_{k}_centred"][np.ix_(order, order)]
-        im = ax.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1)
-        ax.set_title(f"{k} {tuple(getattr(t, k).shape)}: {label}\n(raw mean cosine {sim[f'mean_cos_{k}']:.2f})",
-                     fontsize=9)
-        fs = 6 if n <= 30 else 3
-        ax.set_xticks(range(n), [class_names[i] for i in order], rotation=90, fontsize=fs)
-        ax.set_yticks(range(n), [class_names[i] for i in order], fontsize=fs)
-        for lab, i in zip(ax.get_yticklabels(), order):
-            lab.set_color(GROUP_COLORS[groups[i]])
-    fig.colorbar(im, ax=axes[1], fraction=0.046, label="cosine after removing the mean over classes")
-    off = ~np.eye(n, dtype=bool)
-    axes[2].scatter(sim["cos_W_centred"][off], sim["cos_P_centred"][off], s=6, alpha=0.5)
-    axes[2].set_xlabel("centred cos(w_i, w_j)")
-    axes[2].set_ylabel("centred cos(p_i, p_j)")
-    axes[2].set_title(f"class pairs: Pearson r = {sim['pearson_r']:.2f}", fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=8)
-    return fig
-
-
-# ---------------------------------------------------------------- attention
-
-
-def plot_attention(image: Image.Image, attention: torch.Tensor, class_names: list[str], classes, groups,
-                   scores=None, ax_row=None, title: str = "") -> Figure:
-    """The image, then the attention map (h, w) of each class in ``classes`` over it (each map on its own scale)."""
-    classes = list(classes)
-    if ax_row is None:
-        fig, ax_row = plt.subplots(1, len(classes) + 1, figsize=(2.3 * (len(classes) + 1), 2.6), squeeze=False)
-        ax_row = ax_row[0]
-    fig = ax_row[0].figure
-    w, h = image.size
-    ax_row[0].imshow(image)
-    ax_row[0].set_title(title or "image", fontsize=7)
-    for ax in ax_row:
-        ax.axis("off")
-    for ax, c in zip(ax_row[1:], classes):
-        a = attention[c].float().numpy()
-        ax.imshow(image)
-        ax.imshow(a, cmap="jet", alpha=0.5, extent=(0, w, h, 0), interpolation="bilinear",
-                  vmin=float(a.min()), vmax=float(a.max()) + 1e-12)
-        label = class_names[c] + (f" ({scores[c]:.2f})" if scores is not None else "")
-        ax.set_title(label, fontsize=7, color=GROUP_COLORS[groups[c]])
-    return fig
-
-
-# ---------------------------------------------------------------- the two gradient paths
-
 PATHS = {"both paths (full)": (False, False), "P1 only (cut P2)": (False, True), "P2 only (cut P1)": (True, False)}
 
 
@@ -248,7 +168,6 @@ class DualPath:
     loss: float
     max_abs_diff_P: float  # max |full − (P1 + P2)| over dL/dP
     max_abs_diff_PI: float  # the same over the PI network's parameters
-    table: pd.DataFrame
 
 
 def dual_path_gradients(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, loss_fn) -> DualPath:
@@ -267,7 +186,7 @@ def dual_path_gradients(model: nn.Module, images: torch.Tensor, targets: torch.T
     try:
         with _EvalMode(model):
             with torch.no_grad():
-                features = model.backbone(images)  # dL/dP needs no backbone gradient
+                features = model.features(images)  # dL/dP needs no backbone gradient
             for name, (cut_p1, cut_p2) in PATHS.items():
                 head.cut_p1, head.cut_p2, head.no_feature_grad = cut_p1, cut_p2, False
                 with _Recorder(model, head) as rec:
@@ -285,34 +204,7 @@ def dual_path_gradients(model: nn.Module, images: torch.Tensor, targets: torch.T
     grad_pi["P1 + P2"] = grad_pi[p1] + grad_pi[p2]
     d_p = float((grad_p[full] - grad_p["P1 + P2"]).abs().max())
     d_pi = float((grad_pi[full] - grad_pi["P1 + P2"]).abs().max())
-    table = pd.DataFrame([{"gradient": k, "‖dL/dP‖": float(grad_p[k].norm()), "‖dL/dθ_PI‖": float(grad_pi[k].norm()),
-                           "cos with full (dL/dP)": float(nn.functional.cosine_similarity(
-                               grad_p[k].flatten(), grad_p[full].flatten(), dim=0))} for k in grad_p])
-    return DualPath(grad_p, grad_pi, losses[full], d_p, d_pi, table)
-
-
-def plot_dual_path(result: DualPath, class_names: list[str], groups, title: str = "") -> Figure:
-    """Per class: ‖dL/dp_i‖ through P1 and through P2 (the full gradient is their vector sum)."""
-    _, p1, p2 = PATHS
-    order = np.argsort([("head", "medium", "tail").index(g) for g in groups], kind="stable")
-    n = len(class_names)
-    x = np.arange(n)
-    fig, ax = plt.subplots(figsize=(max(6, 0.3 * n + 2), 3.4))
-    for shift, key, hatch in ((-0.2, p1, ""), (0.2, p2, "//")):
-        ax.bar(x + shift, result.grad_P[key].norm(dim=1).numpy()[order], width=0.4, hatch=hatch,
-               color=[GROUP_COLORS[groups[i]] for i in order], edgecolor="0.2", linewidth=0.4)
-    ax.set_xticks(x, [class_names[i] for i in order], rotation=90, fontsize=6 if n <= 30 else 4)
-    handles = [Patch(facecolor="white", edgecolor="0.2", label=p1), Patch(facecolor="white", edgecolor="0.2",
-                                                                           hatch="//", label=p2)]
-    handles += [Patch(color=GROUP_COLORS[g], label=g) for g in ("head", "medium", "tail")]
-    ax.legend(handles=handles, fontsize=7, ncols=2)
-    ax.set_ylabel("‖dL/dp_i‖")
-    ax.set_title(title or "gradient reaching each prompt along each path", fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-# ---------------------------------------------------------------- size of the paper configuration
+    return DualPath(grad_p, grad_pi, losses[full], d_p, d_pi)
 
 
 def text_tower(encoder: str, device: str | torch.device = "meta") -> nn.Module:
@@ -332,54 +224,3 @@ def text_tower(encoder: str, device: str | torch.device = "meta") -> nn.Module:
             return drop_visual(open_clip.create_model(model_name(encoder), device=device))
     finally:
         root.setLevel(level)
-
-
-def paper_parameter_table(recipe: str = "paper-coco") -> pd.DataFrame:
-    """Parameters of the paper's model per component, built from ``recipe`` without any weights.
-
-    The backbone and head come from :mod:`cprfl_lib.factory` with the text embeddings W as a
-    (c, m) buffer (the paper: text tower frozen, embeddings precomputed); the text tower is
-    open_clip's (the official code trains it inside the model). Everything is built on the meta
-    device: shapes only, so the count takes a second. Counts are measured from the modules.
-    """
-    from cprfl_lib.train import factory
-    from cprfl_lib import semantics
-    from cprfl_lib.data import synthetic
-    from cprfl_lib.train.recipes import load_recipe
-
-    config = load_recipe(recipe, {"model.backbone_weights": None, "semantics.weights": None,
-                                  "semantics.trainable": False})
-    dataset, encoder = config["data"]["dataset"], config["semantics"]["encoder"]
-    names = synthetic.class_names(dataset if dataset.startswith("synth-") else f"synth-{dataset}")  # same names
-    m = semantics.embedding_dim(encoder)
-    with torch.device("meta"):
-        backbone = factory.backbone_from(config)
-        head = factory.head_from(config, backbone.out_channels, names, class_embeddings=torch.zeros(len(names), m))
-    text = text_tower(encoder) if encoder.startswith("clip") else None
-    parts = [("backbone", f"{config['model']['backbone']} convs (gives f_loc)", backbone),
-             ("phi", "φ, visual projection (Eq. 1)", head.visual_proj),
-             ("vsi", f"VSI, {config['model']['depth']} Transformer layer (Eqs. 4-5)", head.vsi),
-             ("pi", "PI network (Eq. 2)", head.prompt_init),
-             ("text", f"{encoder} text tower (open_clip)", text)]
-    rows = []
-    for key, label, module in parts:
-        if module is None:
-            continue
-        n = count_parameters(module, trainable_only=False)
-        rows.append({"component": label, "parameters": n,
-                     "trainable in the paper (frozen text)": 0 if key == "text" else count_parameters(module),
-                     "trainable as the official code runs": count_parameters(module),
-                     "method.md §2": METHOD_MD_COUNTS[key] if recipe.startswith("paper-") else None})
-    df = pd.DataFrame(rows)
-    total = {"component": "total", **{c: int(df[c].sum()) for c in df.columns[1:4]}, "method.md §2": None}
-    return pd.concat([df, pd.DataFrame([total])], ignore_index=True)
-
-
-def parameter_metrics(table: pd.DataFrame) -> dict[str, int]:
-    """The counts of :func:`paper_parameter_table` by component key, and the two trainable totals."""
-    keys = ["backbone", "phi", "vsi", "pi", "text"][: len(table) - 1]
-    out = {k: int(v) for k, v in zip(keys, table["parameters"])}
-    total = table.iloc[-1]
-    out["trainable_paper"] = int(total["trainable in the paper (frozen text)"])
-    out["trainable_official_code"] = int(total["trainable as the official code runs"])
-    return out

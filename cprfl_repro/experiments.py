@@ -1,19 +1,27 @@
 """The paper's experiments as studies: for each table or figure, its variants as recipe overrides.
 
-Notebooks 04-06 run these through :func:`cprfl_lib.studies.run_studies`; a variant's name is the
-row label of the paper's table. A variant that needs something this machine lacks (CLIP
-weights offline, a GloVe file) is an :class:`~cprfl_lib.studies.Unavailable` with the reason.
+A variant's name is the row label of the paper's table. A variant that needs something this
+machine lacks (CLIP weights offline, a GloVe file) is an :class:`~cprfl_repro.studies.Unavailable`
+with the reason. The studies of notebooks 04-06 are built here, by :func:`training_studies`,
+:func:`ablation_studies` and :func:`visualization_studies`, so that the notebooks and the plan
+``make reproduce`` prints before it starts (:mod:`cprfl_repro.plan`) count the same runs.
 """
 
 from __future__ import annotations
 
+import inspect
+from typing import Any, Mapping
+
 from cprfl_lib.errors import CprflError
 from cprfl_lib.semantics import encoder_status
-from cprfl_repro.studies import Unavailable
+from cprfl_repro.context import RunContext
+from cprfl_repro.studies import Study, Unavailable
 
 ENCODER_LABELS = {"clip-rn50": "CLIP-RN50", "clip-vit-b-16": "CLIP-ViT-B/16", "minilm": "MiniLM", "glove": "GloVe",
                   "word2vec": "Word2Vec", "randn": "Randn", "onehot": "One-hot", "clip-tiny": "CLIP-tiny"}
 LINEAR = {"model.head": "linear"}
+KEEP_WEIGHTS = {"train.save_weights": True}  # notebook 06 reads this run's weights (the attention maps)
+PAPER_CPRFL = "CPRFL-CLIP (RN50)"  # the paper's row our CPRFL row is compared with
 
 
 def semantics_variant(encoder: str, options: dict | None = None) -> dict | Unavailable:
@@ -35,6 +43,11 @@ def cprfl_label(encoder: str) -> str:
     return f"CPRFL-{ENCODER_LABELS.get(encoder, encoder)}"
 
 
+def paper_names(encoder: str) -> dict[str, str]:
+    """Our row label -> the paper's Table 1 row it is compared with."""
+    return {cprfl_label(encoder): PAPER_CPRFL}
+
+
 def loss(name: str) -> dict:
     """Switch the loss; its parameters are the loss's own defaults (a recipe's ASL γ do not carry over)."""
     return {"loss.name": name, "loss.params": {}}
@@ -49,14 +62,14 @@ def table1(encoder: str, glove: dict | None = None) -> dict:
         "DB Focal": {**LINEAR, **loss("db_focal")},
         "ASL": {**LINEAR, "loss.name": "asl"},  # the recipe's ASL, with its γ and clip
         "CPRFL-GloVe": semantics_variant("glove", glove),
-        cprfl_label(encoder): {},
+        cprfl_label(encoder): dict(KEEP_WEIGHTS),
     }
 
 
 def table2() -> dict:
     """Table 2: CPRFL trained with six losses."""
     return {"BCE": loss("bce"), "MLS": loss("mls"), "CB Focal": loss("cb_focal"), "DB No-Focal": loss("db_nofocal"),
-            "DB Focal": loss("db_focal"), "ASL": {"loss.name": "asl"}}
+            "DB Focal": loss("db_focal"), "ASL": dict(KEEP_WEIGHTS)}
 
 
 def table3() -> dict:
@@ -66,29 +79,32 @@ def table3() -> dict:
         "Baseline": {**LINEAR, **focal},
         "+VSI": {**focal, **semantics_variant("randn")},
         "+VSI+PI": {**focal},
-        "CPRFL (+VSI+PI+RW)": {},
+        "CPRFL (+VSI+PI+RW)": dict(KEEP_WEIGHTS),
     }
 
 
-def figure3(options: dict | None = None) -> dict:
-    """Fig. 3: the prompt initialization's semantics; the paper's five plus MiniLM (this machine's)."""
+def figure3(options: dict | None = None, own: str | None = None) -> dict:
+    """Fig. 3: the prompt initialization's semantics; the paper's five plus MiniLM (this machine's).
+
+    ``own``: the recipe's encoder, whose row is Table 1's CPRFL run (the same configuration, trained once).
+    """
     options = options or {}
     encoders = ("randn", "word2vec", "glove", "clip-rn50", "clip-vit-b-16", "minilm")
-    out = {}
-    for enc in encoders:
-        out[ENCODER_LABELS[enc]] = semantics_variant(enc, options.get(enc))
+    out = {ENCODER_LABELS[enc]: semantics_variant(enc, options.get(enc)) for enc in encoders}
+    if own in encoders and not isinstance(out[ENCODER_LABELS[own]], Unavailable):
+        out[ENCODER_LABELS[own]] = {**out[ENCODER_LABELS[own]], **KEEP_WEIGHTS}
     return out
 
 
 def extra_studies() -> dict[str, dict]:
     """Ablations the paper does not report."""
     return {
-        "dual_path": {"both paths (P1 + P2)": {}, "P1 only (cut P2)": {"model.cut_p2": True},
+        "dual_path": {"both paths (P1 + P2)": dict(KEEP_WEIGHTS), "P1 only (cut P2)": {"model.cut_p2": True},
                       "P2 only (cut P1)": {"model.cut_p1": True},
                       "official no_feature_grad": {"model.no_feature_grad": True}},
-        "tau": {f"tau={t}": {"model.tau": t} for t in (0.25, 0.5, 1.0, 2.0)},
-        "depth": {f"depth={d}": {"model.depth": d} for d in (1, 2)},
-        "residual": {"no residual (paper, code)": {}, "residual": {"model.residual": True}},
+        "tau": {f"tau={t}": {"model.tau": t, **(KEEP_WEIGHTS if t == 0.5 else {})} for t in (0.25, 0.5, 1.0, 2.0)},
+        "depth": {f"depth={d}": {"model.depth": d, **(KEEP_WEIGHTS if d == 1 else {})} for d in (1, 2)},
+        "residual": {"no residual (paper, code)": dict(KEEP_WEIGHTS), "residual": {"model.residual": True}},
     }
 
 
@@ -98,11 +114,60 @@ def finetune(epochs: int) -> dict:
             "optim.epochs": epochs, "optim.warmup_epochs": 0}
 
 
-def ablations(names, encoder_options: dict | None = None) -> dict[str, dict]:
+def ablations(names, encoder_options: dict | None = None, own: str | None = None) -> dict[str, dict]:
     """Notebook 05's studies by name (Tables 2-3, Fig. 3 and :func:`extra_studies`), in the order given."""
-    known = {"table2": table2, "table3": table3, "figure3": lambda: figure3(encoder_options),
+    known = {"table2": table2, "table3": table3, "figure3": lambda: figure3(encoder_options, own),
              **{k: (lambda v=v: v) for k, v in extra_studies().items()}}
     unknown = [n for n in names if n not in known]
     if unknown:
         raise CprflError(f"unknown stud{'y' if len(unknown) == 1 else 'ies'} {unknown}; choose from {list(known)}")
     return {n: known[n]() for n in names}
+
+
+# ---------------------------------------------------------------- the studies of notebooks 04-06
+
+
+def _encoder_options(ctx: RunContext, recipe: str, extra: Mapping | None) -> dict:
+    """Per-encoder options: the recipe's own CLIP weights (an OVERRIDES file) for its encoder, then ``extra``."""
+    config = ctx.recipe(recipe)
+    own = config["semantics"]["encoder"]
+    base = {own: {"weights": config["semantics"]["weights"]}} if own.startswith("clip") else {}
+    return {**base, **{k: dict(v) for k, v in (extra or {}).items()}}
+
+
+def training_studies(ctx: RunContext, recipes: Mapping[str, str], seeds, glove_path: str | None = None,
+                     finetune_epochs: int = 0) -> dict[str, Study]:
+    """Notebook 04: Table 1 on each benchmark family, and the short end-to-end run on the first."""
+    glove = {"path": glove_path} if glove_path else None
+    plan = {family: Study(name, table1(ctx.recipe(name)["semantics"]["encoder"], glove), tuple(seeds),
+                          ctx.run_overrides(name)) for family, name in recipes.items()}
+    if finetune_epochs:
+        first = next(iter(recipes.values()))
+        plan["finetune"] = Study(first, {"CPRFL end-to-end": finetune(finetune_epochs)}, tuple(seeds[:1]),
+                                 ctx.run_overrides(first))
+    return plan
+
+
+def ablation_studies(ctx: RunContext, recipe: str, seeds, studies, encoder_options: Mapping | None = None
+                     ) -> dict[str, Study]:
+    """Notebook 05: the chosen ablation studies on one recipe."""
+    plan = ablations(studies, _encoder_options(ctx, recipe, encoder_options), ctx.recipe(recipe)["semantics"]["encoder"])
+    return {name: Study(recipe, variants, tuple(seeds), ctx.run_overrides(recipe)) for name, variants in plan.items()}
+
+
+def visualization_studies(ctx: RunContext, recipe: str, seed: int = 0) -> dict[str, Study]:
+    """Notebook 06: notebook 04's ERM and CPRFL runs of one seed (reused when 04 has trained them)."""
+    encoder = ctx.recipe(recipe)["semantics"]["encoder"]
+    variants = {k: v for k, v in table1(encoder).items() if k in ("ERM", cprfl_label(encoder))}
+    return {"table1": Study(recipe, variants, (seed,), ctx.run_overrides(recipe))}
+
+
+NOTEBOOK_STUDIES = {"04_training": training_studies, "05_ablations": ablation_studies,
+                    "06_visualization": visualization_studies}
+
+
+def notebook_studies(notebook: str, ctx: RunContext, parameters: Mapping[str, Any]) -> dict[str, Study]:
+    """The studies a notebook runs with these parameters (its defaults for the rest): what the plan counts."""
+    build = NOTEBOOK_STUDIES[notebook]
+    accepted = set(inspect.signature(build).parameters) - {"ctx"}
+    return build(ctx, **{k: v for k, v in parameters.items() if k in accepted})

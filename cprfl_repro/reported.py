@@ -7,7 +7,7 @@ measurement of ours.
 
 from __future__ import annotations
 
-COLUMNS = ("mAP", "head", "medium", "tail")
+from cprfl_lib.metrics import COLUMNS  # noqa: E402 - the four figures of every row
 
 # Table 1: (VOC-LT, COCO-LT). Rows other than ours were copied by the paper from earlier work.
 TABLE1 = {

@@ -11,23 +11,58 @@ import numpy as np
 import pandas as pd
 
 from cprfl_repro.reported import COLUMNS, avg_delta, paper_row
-from cprfl_repro.studies import means, summarize
+from cprfl_repro.tables import mean_std
 
 BEST_FLAG = "best-on-test mAP †"
 BEST_NOTE = ("† best epoch selected on the test set, as the official code reported: optimistic, shown only "
              "for comparison; the other columns are the last epoch")
 
 
+def summarize(runs: pd.DataFrame, columns=COLUMNS, best: bool = False, prefix: str = "") -> pd.DataFrame:
+    """Mean ± std over seeds per variant, in the variants' order; unavailable variants keep their reason.
+
+    ``best``: the best-on-test columns; ``prefix`` "val_": the validation split's.
+    """
+    out = []
+    for name, group in runs.groupby("variant", sort=False):
+        ok = group[group["status"] == "ok"]
+        row = {"variant": name, "seeds": str(len(ok))}
+        for c in columns:
+            row[c] = mean_std(ok[f"best_{c}" if best else f"{prefix}{c}"])
+        row["note"] = "" if len(ok) else group["status"].iloc[0]
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def means(runs: pd.DataFrame, columns=COLUMNS) -> pd.DataFrame:
+    """Numeric mean and std over seeds per variant (for plots and deltas)."""
+    ok = runs[runs["status"] == "ok"]
+    stats = ok.groupby("variant", sort=False)[list(columns)].agg(["mean", "std"])
+    stats.columns = [f"{c}_{s}" for c, s in stats.columns]
+    return stats
+
+
+def study_metrics(runs: pd.DataFrame) -> dict:
+    """What a notebook records of a study: each variant's mean figures over seeds, and the unavailable ones."""
+    m = means(runs)
+    out = {v: {c: round(float(m.loc[v, f"{c}_mean"]), 3) for c in COLUMNS} for v in m.index}
+    out["_unavailable"] = {r.variant: r.status for r in runs.itertuples() if r.status != "ok"}
+    return out
+
+
 def compare_with_paper(runs: pd.DataFrame, paper_table: dict, family: str, paper_names: dict | None = None) -> pd.DataFrame:
     """One row per variant: ours (mean ± std), ours best-on-test (flagged), the paper's row of the same name."""
     ours = summarize(runs)
     best = summarize(runs, columns=("mAP",), best=True).set_index("variant")["mAP"]
+    has_val = runs["val_mAP"].notna().any()
+    val = summarize(runs, prefix="val_").set_index("variant") if has_val else None
     rows = []
     for _, r in ours.iterrows():
         name = r["variant"]
         paper = paper_row(paper_table, (paper_names or {}).get(name, name), family) or {}
-        rows.append({"method": name, "seeds": r["seeds"], **{f"ours {c}": r[c] for c in COLUMNS},
-                     f"ours {BEST_FLAG}": best.get(name, "n/a"),
+        rows.append({"method": name, "seeds": r["seeds"],
+                     **({f"ours val {c}": val.loc[name, c] for c in ("mAP", "tail")} if has_val else {}),
+                     **{f"ours {c}": r[c] for c in COLUMNS}, f"ours {BEST_FLAG}": best.get(name, "n/a"),
                      **{f"paper {c}": paper.get(c, np.nan) for c in COLUMNS}, "note": r["note"]})
     return pd.DataFrame(rows)
 

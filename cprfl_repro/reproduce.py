@@ -1,13 +1,18 @@
-"""``make reproduce``: run notebooks 01-06 with papermill and one parameter file per profile.
+"""``make reproduce``: run notebooks 01-06 with papermill for one profile, in one run context.
 
-    python -m cprfl_lib.reproduce --profile quick                     # the embedded default, offline
-    python -m cprfl_lib.reproduce --profile paper --data-root /data   # real VOC-LT / COCO-LT, GPU
+    python -m cprfl_repro.reproduce --profile quick                       # the embedded default, offline
+    python -m cprfl_repro.reproduce --profile paper-check --data-root D --list-dir L \\
+        --override model.backbone_weights=/w/resnet101.pth --override semantics.weights=/w/RN50-openai.bin
+    python -m cprfl_repro.reproduce --profile paper --data-root D --list-dir L   # a GPU machine
 
-Everything is written into a staging folder next to ``results/<profile>/`` and moved into
-place only when every notebook has run: a failure or an interruption (Ctrl-C, SIGTERM)
-leaves the previous results as they were. A failing notebook stops the run with its name and
-the failing cell. ``--refresh-notebooks`` re-executes the stored notebooks in place at smoke
-scale (what ``make notebooks`` does before they are committed).
+The run context (profile, image root, list folder, overrides, output folder) is resolved once,
+checked (an override no recipe knows is refused by name), recorded in the manifest and handed
+to every notebook. For the paper profiles the plan (runs, hours, disk) is printed first; the
+paper profile refuses to start on a CPU unless ``--force``. While the notebooks run, one line
+per finished run. Everything is written into a staging folder beside ``results/<profile>/`` and
+moved into place only when every notebook has run: a failure or an interruption (Ctrl-C,
+SIGTERM) leaves the previous results as they were. ``--refresh-notebooks`` re-executes the
+stored notebooks in place at smoke scale (what ``make notebooks`` does before they are committed).
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import sys
+import threading
 import time
 from importlib import resources
 from pathlib import Path
@@ -25,15 +30,19 @@ from pathlib import Path
 import yaml
 
 from cprfl_lib.errors import CprflError, run_command
-from cprfl_lib.io import atomic_write_json
-from cprfl_repro.notebook import PROFILES, project_root
+from cprfl_lib.io import atomic_write_json, replace_dir, temp_dir_for
 from cprfl_lib.runinfo import provenance
+from cprfl_repro import context
+from cprfl_repro.context import PROFILES, project_root, results_root
+from cprfl_repro.studies import PROGRESS_ENV
 
 KERNEL = "cprfl"
+PLANNED = ("paper", "paper-check")  # profiles whose plan is printed before they start
+REFUSE_ON_CPU = ("paper",)
 
 
 def profile_parameters(profile: str) -> dict[str, dict]:
-    """{notebook stem: papermill parameters} of a profile (cprfl_lib/profiles/<profile>.yaml)."""
+    """The profile file: {notebook stem: papermill parameters} and ``overrides`` for every run."""
     if profile not in PROFILES:
         raise CprflError(f"unknown profile {profile!r}; choose one of {PROFILES}")
     text = (resources.files("cprfl_repro") / "profiles" / f"{profile}.yaml").read_text()
@@ -45,6 +54,12 @@ def notebooks(root: Path) -> list[Path]:
     if not found:
         raise CprflError(f"no notebooks found in {root / 'notebooks'}")
     return found
+
+
+def _declared(nb: Path) -> set[str]:
+    import papermill
+
+    return set(papermill.inspect_notebook(str(nb)))
 
 
 def check_parameters(notebook: Path, params: dict) -> None:
@@ -73,52 +88,110 @@ def execute(notebook: Path, out_path: Path, params: dict) -> float:
     return time.time() - start
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+class _Tail(threading.Thread):
+    """Prints the lines appended to a file (the finished-run lines the notebooks' studies write)."""
+
+    def __init__(self, path: Path):
+        super().__init__(daemon=True)
+        self.path, self.stop = path, threading.Event()
+        path.write_text("")
+
+    def run(self) -> None:
+        with open(self.path) as fh:
+            while not self.stop.is_set():
+                line = fh.readline()
+                if line:
+                    print(f"reproduce: {line.rstrip()}", flush=True)
+                else:
+                    time.sleep(0.3)
+            for line in fh:
+                print(f"reproduce: {line.rstrip()}", flush=True)
 
 
-def reproduce(profile: str, data_root: str | None = None, list_dir: str | None = None, only: list[str] | None = None,
-              root: Path | None = None) -> Path:
+def _plan(ctx, params_by_nb: dict, found: list[Path], force: bool, commands: str | None):
+    import torch
+
+    from cprfl_repro.plan import make_plan, with_rate, write_commands
+    from cprfl_repro.studies import pool_size
+
+    plan = with_rate(make_plan(ctx, params_by_nb, found), ctx, pool_size("auto")[0])
+    print(f"reproduce [{ctx.profile}]: the plan", flush=True)
+    for line in plan.lines():
+        print(line, flush=True)
+    if commands:
+        path = write_commands(plan, Path(commands).expanduser().resolve())
+        print(f"reproduce: {len(plan.todo)} `cprfl train` commands written to {path}; run them, then "
+              f"`make reproduce PROFILE={ctx.profile}` with the same settings reads the finished runs", flush=True)
+        return plan, True
+    if ctx.profile in REFUSE_ON_CPU and not torch.cuda.is_available() and not force and plan.todo:
+        raise CprflError(f"the {ctx.profile} profile would take about {plan.hours():,.0f} hours on this CPU "
+                         f"({len(plan.todo)} runs); run it on a GPU machine, or pass FORCE=1 to run it here anyway")
+    return plan, False
+
+
+def reproduce(profile: str, data_root: str | None = None, list_dir: str | None = None,
+              overrides: list[str] | None = None, only: list[str] | None = None, force: bool = False,
+              commands: str | None = None, root: Path | None = None) -> Path:
     root = root or project_root()
     params_by_nb = profile_parameters(profile)
-    final = root / "results" / profile
-    staging = root / "results" / f".staging-{profile}-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "notebooks").mkdir(parents=True)
-    previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM,)}
-    manifest = {"profile": profile, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "notebooks": {},
-                **provenance()}
+    profile_overrides = params_by_nb.pop("overrides", {}) or {}
+    from cprfl_lib.train.recipes import parse_overrides
+
+    user = parse_overrides(overrides)
+    final = results_root(root) / profile
+    staging = temp_dir_for(final)
+    previous = os.environ.get(PROGRESS_ENV)
+    tail = None
     try:
-        for nb in notebooks(root):
-            if only and nb.stem not in only and nb.stem[:2] not in only:
-                continue
-            params = {"profile": profile, "output_dir": str(staging), **params_by_nb.get(nb.stem, {})}
+        ctx = context.resolve(profile, output_dir=staging, data_root=data_root, list_dir=list_dir,
+                              overrides={**profile_overrides, **user})
+        found = [nb for nb in notebooks(root) if not only or nb.stem in only or nb.stem[:2] in only]
+        for nb in found:  # every notebook's recipes resolve with these overrides: refused now, not mid-way
+            recipes = params_by_nb.get(nb.stem, {}).get("recipes") or {}
+            for name in [*recipes.values(), params_by_nb.get(nb.stem, {}).get("recipe")]:
+                if name:
+                    ctx.recipe(name)
+        plan = None
+        if profile in PLANNED:
+            plan, stop = _plan(ctx, params_by_nb, found, force, commands)
+            if stop:
+                return final
+        manifest = {"profile": profile, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "context": ctx.describe(),
+                    "notebooks": {}, **provenance(),
+                    **({"plan": {"runs": len(plan.runs), "to_train": len(plan.todo), "hours": plan.hours(),
+                                 "disk_gib": plan.disk / 2**30, "rate": plan.rate_source}} if plan else {})}
+        progress = staging / ".progress.log"
+        tail = _Tail(progress)
+        tail.start()
+        os.environ[PROGRESS_ENV] = str(progress)
+        for nb in found:
             declared = _declared(nb)
-            for key, value in (("data_root", data_root), ("list_dir", list_dir)):
-                if value is not None and key in declared:
-                    params[key] = str(Path(value).resolve())
+            params = {k: v for k, v in ctx.parameters().items() if k in declared}
+            params.update(params_by_nb.get(nb.stem, {}))
             print(f"reproduce [{profile}]: {nb.name} ...", flush=True)
             seconds = execute(nb, staging / "notebooks" / nb.name, params)
             metrics_file = staging / "metrics" / f"{nb.stem}.json"
             if not metrics_file.is_file():
                 raise CprflError(f"{nb.name} ran but wrote no metrics/{nb.stem}.json: its results are incomplete")
-            manifest["notebooks"][nb.stem] = {"wall_s": round(seconds, 1), "parameters": params | {"output_dir": "."},
+            manifest["notebooks"][nb.stem] = {"wall_s": round(seconds, 1),
+                                              "parameters": params | {"output_dir": "."},
                                               "metrics": json.loads(metrics_file.read_text())}
             print(f"reproduce [{profile}]: {nb.name} done in {seconds:.0f} s", flush=True)
+        tail.stop.set()
+        tail.join()
+        progress.unlink(missing_ok=True)
         manifest["wall_s"] = round(sum(v["wall_s"] for v in manifest["notebooks"].values()), 1)
         atomic_write_json(staging / "manifest.json", manifest)
         _swap_in(staging, final, keep_old=bool(only))
     finally:
+        if tail is not None:
+            tail.stop.set()
+        if previous is None:
+            os.environ.pop(PROGRESS_ENV, None)
+        else:
+            os.environ[PROGRESS_ENV] = previous
         shutil.rmtree(staging, ignore_errors=True)
-        for s, handler in previous.items():
-            signal.signal(s, handler)
     return final
-
-
-def _declared(nb: Path) -> set[str]:
-    import papermill
-
-    return set(papermill.inspect_notebook(str(nb)))
 
 
 def _swap_in(staging: Path, final: Path, keep_old: bool) -> None:
@@ -129,11 +202,7 @@ def _swap_in(staging: Path, final: Path, keep_old: bool) -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)
         return
-    old = final.with_name(f".old-{final.name}-{os.getpid()}")
-    if final.exists():
-        final.rename(old)
-    staging.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(staging, final)
 
 
 def refresh_notebooks(root: Path | None = None) -> None:
@@ -153,11 +222,16 @@ def refresh_notebooks(root: Path | None = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cprfl_lib.reproduce", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m cprfl_repro.reproduce", description=__doc__.splitlines()[0])
     p.add_argument("--profile", default="quick", choices=PROFILES)
     p.add_argument("--data-root", help="images of the real benchmarks (VOCdevkit/, train2017/, val2017/)")
-    p.add_argument("--list-dir", help="a folder holding the real split lists")
+    p.add_argument("--list-dir", help="the real split lists: one folder, or a parent of voc_lt/ and coco_lt/")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="a recipe override for every run of every notebook (repeatable)")
     p.add_argument("--only", nargs="*", help="run only these notebooks (e.g. 01 04); merges into existing results")
+    p.add_argument("--force", action="store_true", help="run the paper profile on a CPU all the same")
+    p.add_argument("--write-commands", metavar="FILE", help="write the plan as one `cprfl train` command per run "
+                   "(for a cluster's scheduler) instead of running the notebooks")
     p.add_argument("--refresh-notebooks", action="store_true", help="re-execute notebooks/ in place at smoke scale")
     args = p.parse_args(argv)
     if args.refresh_notebooks:
@@ -165,7 +239,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> None:
         start = time.time()
-        out = reproduce(args.profile, args.data_root, args.list_dir, args.only)
+        out = reproduce(args.profile, args.data_root, args.list_dir, args.override, args.only, args.force,
+                        args.write_commands)
+        if args.write_commands:
+            return
         tables = len(list((out / "tables").glob("*.csv")))
         figures = len(list((out / "figures").glob("*.png")))
         print(f"reproduce: {out} now holds {tables} tables and {figures} figures ({time.time() - start:.0f} s)")

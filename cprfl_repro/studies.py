@@ -1,17 +1,18 @@
 """Studies: one recipe, several variants, several seeds; each run trained once and reused.
 
-A study is how the notebooks produce every table: ``run_study(recipe, variants, seeds)`` trains
-each (variant, seed) into a folder named by the hash of its resolved configuration
-(``<work_dir>/<recipe>/seed<k>-<hash>/``) and returns one row per run. A run whose folder
-already holds a ``metrics.json`` for the same configuration and the same library source is
-reused: an interrupted study resumes, the same configuration in two studies (Table 1's CPRFL
-is Table 2's ASL row) trains once, and notebook 06 gets notebook 04's runs without training.
-A variant that cannot run on this machine (an encoder without weights) is passed as
-``Unavailable(reason)`` and comes back as a row that says so.
+A study is how the notebooks produce every table. :func:`run_studies` trains each (variant,
+seed) of several studies into a folder named by the hash of its resolved configuration
+(``<work_dir>/<recipe>/seed<k>-<hash>/``, the run store) and returns one table of rows per study.
+A run whose folder holds a ``metrics.json`` and a ``run.json`` stamp for the same configuration,
+the same library source (every file of ``cprfl_lib``) and the same inputs (lists, images and
+weight files, by content) is reused: an interrupted study resumes, the same configuration in
+two studies (Table 1's CPRFL is Table 2's ASL row) trains once, and notebook 06 gets notebook
+04's runs without training. A variant that cannot run on this machine (an encoder without
+weights) is passed as ``Unavailable(reason)`` and comes back as a row that says so.
 
-A notebook hands all its studies to :func:`run_studies` at once: the distinct runs of every
-table then share one pool of worker processes, longest first, which keeps both cores busy to
-the end instead of waiting, table after table, for each one's slowest run.
+The distinct runs of all the studies a notebook hands over share one pool of worker processes
+(one per GPU, or N one-thread processes on a CPU), longest first, so that the last runs end
+together. Each finished run is announced in one line (variant, seed, mAP, minutes).
 """
 
 from __future__ import annotations
@@ -19,28 +20,26 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import re
 import shutil
-from dataclasses import dataclass
+import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import yaml
-from tqdm.auto import tqdm
 
-from cprfl_lib.train.engine import prepare, train
+from cprfl_lib.digest import source_digest as _tree_digest
 from cprfl_lib.errors import CprflError
 from cprfl_lib.io import atomic_write_json
-from cprfl_repro.reported import COLUMNS
+from cprfl_lib.metrics import COLUMNS
+from cprfl_lib.train.engine import prepare, train
 from cprfl_lib.train.recipes import apply_overrides, dump, load_recipe
-from cprfl_repro.tables import mean_std
 
-SOURCE_DIR = Path(__file__).resolve().parents[1] / "cprfl_lib"
-# The modules whose code decides what a run computes; plotting, tables and notebooks do not retrain.
-TRAINING_MODULES = ("backbones", "train/checkpoint", "data/datasets", "train/distributed", "train/engine",
-                    "train/factory", "train/features", "losses", "metrics", "model", "train/optim", "train/recipes",
-                    "semantics/__init__", "semantics/clip", "semantics/words", "data/lists", "data/synthetic",
-                    "data/synthetic_draw", "data/transforms")
+LIBRARY = Path(__file__).resolve().parents[1] / "cprfl_lib"
+PROGRESS_ENV = "CPRFL_PROGRESS"  # a file finished-run lines are appended to (make reproduce shows them)
 
 
 @dataclass(frozen=True)
@@ -48,12 +47,23 @@ class Unavailable:
     reason: str
 
 
+@dataclass(frozen=True)
+class Study:
+    """What one table needs: variants of a recipe (overrides, or ``Unavailable``), each trained once per seed.
+
+    ``overrides`` apply to every run of the study before the variant's (the run context's: image root,
+    list folder, OVERRIDES).
+    """
+
+    recipe: str | dict
+    variants: dict[str, dict | Unavailable]
+    seeds: tuple[int, ...] = (0,)
+    overrides: dict = field(default_factory=dict)
+
+
 def source_digest() -> str:
-    """A hash of the training code and the recipes: a change of either retrains."""
-    h = hashlib.sha256()
-    for path in sorted([*(SOURCE_DIR / f"{m}.py" for m in TRAINING_MODULES), *SOURCE_DIR.glob("train/recipes/*.yaml")]):
-        h.update(path.name.encode() + path.read_bytes())
-    return h.hexdigest()[:16]
+    """A hash of the library: every module a run can import, and the recipes. A change retrains."""
+    return _tree_digest(LIBRARY)[:16]
 
 
 def slug(text: str) -> str:
@@ -62,8 +72,7 @@ def slug(text: str) -> str:
 
 def run_config(recipe: str | dict, overrides: dict | None = None, seed: int = 0) -> dict:
     config = copy.deepcopy(recipe) if isinstance(recipe, dict) else load_recipe(recipe)
-    apply_overrides(config, overrides or {})
-    return apply_overrides(config, {"train.seed": seed})
+    return apply_overrides(config, {**(overrides or {}), "train.seed": seed})
 
 
 def run_dir_for(config: dict, work_dir: str | Path) -> Path:
@@ -73,61 +82,84 @@ def run_dir_for(config: dict, work_dir: str | Path) -> Path:
     return Path(work_dir) / slug(config["recipe"]) / f"seed{config['train']['seed']}-{digest}"
 
 
-def _stamp(config: dict) -> dict:
-    """What a run folder's run.json must hold for its run to be reused: the configuration and the code."""
-    return {"config": yaml.safe_load(dump(config)), "source": source_digest()}
+_inputs_memo: dict[str, dict] = {}
 
 
-def _has_stamp(run_dir: Path, stamp: dict) -> bool:
+def inputs_identity(config: dict) -> dict:
+    """What the run reads besides its configuration and code, by content (memoised per data and weights)."""
+    from cprfl_lib.train import factory
+
+    memo = json.dumps({k: config[k] for k in ("data", "semantics")} | {"model": config["model"]["backbone_weights"],
+                                                                       "head": config["model"]["head"]},
+                      sort_keys=True, default=str)
+    if memo not in _inputs_memo:
+        _inputs_memo[memo] = factory.inputs_identity(config, factory.benchmark_from(config))
+    return _inputs_memo[memo]
+
+
+def stamp(config: dict) -> dict:
+    """What a run folder's run.json must hold for its run to be reused: configuration, code and inputs."""
+    return {"config": yaml.safe_load(dump(config)), "source": source_digest(), "inputs": inputs_identity(config)}
+
+
+def _same_stamp(run_dir: Path, config: dict) -> bool:
     stamp_file = run_dir / "run.json"
-    return stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp
+    if not stamp_file.is_file():
+        return False
+    stored = json.loads(stamp_file.read_text())
+    cheap = {"config": yaml.safe_load(dump(config)), "source": source_digest()}
+    return all(stored.get(k) == v for k, v in cheap.items()) and stored.get("inputs") == inputs_identity(config)
 
 
 def finished(config: dict, run_dir: Path) -> dict | None:
-    """The metrics of a finished run of ``config`` with the current code in ``run_dir``, else None."""
+    """The metrics of a finished run of ``config`` with the current code and inputs in ``run_dir``, else None."""
     metrics_file = run_dir / "metrics.json"
-    if metrics_file.is_file() and _has_stamp(run_dir, _stamp(config)):
+    if metrics_file.is_file() and _same_stamp(run_dir, config):
         return json.loads(metrics_file.read_text())
     return None
 
 
-def run_once(config: dict, run_dir: Path, progress: bool = False) -> dict:
-    """Train ``config`` into ``run_dir``; reuse a finished identical run, resume an interrupted one."""
-    stamp = _stamp(config)
-    same, metrics_file = _has_stamp(run_dir, stamp), run_dir / "metrics.json"
-    if same and metrics_file.is_file():
-        return json.loads(metrics_file.read_text())
-    if not same and run_dir.exists():  # another configuration or older code: start afresh
+def start_run(config: dict, run_dir: Path) -> None:
+    """Make ``run_dir`` the folder of ``config``: another configuration's or older code's run there is removed."""
+    if run_dir.exists() and not _same_stamp(run_dir, config):
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "run.json", stamp)
-    return train(config, run_dir, resume=(run_dir / "checkpoint.pt").is_file(), progress=progress)
+    atomic_write_json(run_dir / "run.json", stamp(config))
+
+
+def run_once(config: dict, run_dir: Path, progress: bool = False) -> dict:
+    """Train ``config`` into ``run_dir``; reuse a finished identical run, resume an interrupted one."""
+    done = finished(config, run_dir)
+    if done is not None:
+        return done
+    start_run(config, run_dir)
+    return train(config, run_dir, resume=True, progress=progress)
 
 
 def _run_job(job: tuple[dict, str]) -> dict:
-    """One run in a worker process (one thread each: two small runs in parallel beat one run on two threads)."""
-    import torch
-
     config, run_dir = job
-    torch.set_num_threads(1)
     return run_once(config, Path(run_dir))
 
 
-ROW_COLUMNS = ["variant", "seed", "status", "dataset", "run_dir", *COLUMNS, *(f"best_{c}" for c in COLUMNS),
-               "best_epoch", "wall_s"]
+def _init_worker(counter, gpus: list[int], threads: int | None) -> None:
+    """A pool process: its own GPU (one each, in turn) or its share of the CPU threads."""
+    import torch
+
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    if gpus:
+        torch.cuda.set_device(gpus[index % len(gpus)])
+    if threads:
+        torch.set_num_threads(threads)
 
 
-@dataclass(frozen=True)
-class Study:
-    """What one table needs: variants of a recipe (overrides, or ``Unavailable``), each trained once per seed."""
-
-    recipe: str | dict
-    variants: dict[str, dict | Unavailable]
-    seeds: tuple[int, ...] = (0,)
+ROW_COLUMNS = ["variant", "seed", "status", "dataset", "run_dir", *COLUMNS, *(f"val_{c}" for c in COLUMNS),
+               *(f"best_{c}" for c in COLUMNS), "best_epoch", "wall_s"]
 
 
 def cache_key(config: dict) -> str:
-    """What decides the caches a run reads: generated data, class embeddings and backbone features."""
+    """What decides the caches a run reads: generated data, class embeddings, decoded images, backbone features."""
     m = config["model"]
     parts = {"data": config["data"], "cache_features": config["train"]["cache_features"],
              "backbone": [m["backbone"], m["backbone_weights"], m["freeze_backbone"]], "device": config["train"]["device"],
@@ -147,38 +179,72 @@ def expected_cost(config: dict, sizes: dict) -> float:
     return sizes["train_images"] * config["optim"]["epochs"] * per_image
 
 
-def run_studies(studies: dict[str, Study], work_dir: str | Path, base_overrides: dict | None = None,
-                progress: bool = True, workers: int = 1) -> dict[str, pd.DataFrame]:
+def pool_size(workers: int | str) -> tuple[int, list[int]]:
+    """(processes, GPU ids): ``auto`` = one process per visible GPU, else one; a number = that many."""
+    import torch
+
+    gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    if workers == "auto":
+        return max(1, len(gpus)), gpus
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise CprflError(f"workers must be a whole number >= 1 or 'auto', got {workers!r}")
+    return workers, gpus
+
+
+def announce(line: str) -> None:
+    """One line for a finished run: printed, and appended to $CPRFL_PROGRESS (what make reproduce shows)."""
+    print(line, flush=True)
+    target = os.environ.get(PROGRESS_ENV)
+    if target:
+        with open(target, "a") as fh:
+            fh.write(line + "\n")
+
+
+def run_studies(studies: dict[str, Study], work_dir: str | Path, progress: bool = True,
+                workers: int | str = 1, label: str = "") -> dict[str, pd.DataFrame]:
     """Train every (variant, seed) of several studies together; one table of rows per study.
 
-    A configuration that several studies share trains once; a finished one is reused. With
-    ``workers`` > 1 the caches the runs read are filled first, in this process with all its
-    threads (each distinct data / semantics / backbone once); then the runs go to that many
-    one-thread processes, the most expensive first, so that the last runs end together.
+    A configuration that several studies share trains once; a finished one is reused. With more
+    than one worker the caches the runs read are filled first, in this process (each distinct data /
+    semantics / backbone once); then the runs go to the pool, the most expensive first.
     """
     planned: dict[tuple[str, str, int], str] = {}  # (study, variant, seed) -> run folder
     configs: dict[str, dict] = {}  # run folder -> configuration (one entry per distinct run)
+    names: dict[str, str] = {}  # run folder -> "variant, seed k" for the progress lines
     for study_name, study in studies.items():
         for name, variant in study.variants.items():
             if isinstance(variant, Unavailable):
                 continue
             for seed in study.seeds:
-                config = run_config(study.recipe, {**(base_overrides or {}), **variant}, seed)
+                config = run_config(study.recipe, {**study.overrides, **variant}, seed)
                 planned[(study_name, name, seed)] = run_dir = str(run_dir_for(config, work_dir))
                 configs.setdefault(run_dir, config)
+                names.setdefault(run_dir, f"{name}, seed {seed}")
     results = {d: m for d, c in configs.items() if (m := finished(c, Path(d))) is not None}
     todo = {d: c for d, c in configs.items() if d not in results}
-    with tqdm(total=len(todo), desc=", ".join(studies), disable=not progress or not todo) as bar:
-        if workers > 1 and len(todo) > 1:
-            results.update(_train_in_parallel(todo, workers, bar, progress))
-        else:
-            for run_dir, config in todo.items():
-                results[run_dir] = run_once(config, Path(run_dir))
-                bar.update()
+    if progress and configs:
+        announce(f"{label + ': ' if label else ''}{len(configs)} distinct runs, {len(results)} finished earlier, "
+                 f"{len(todo)} to train")
+
+    def done(run_dir: str, metrics: dict, seconds: float) -> None:
+        results[run_dir] = metrics
+        if progress:
+            m = metrics["last_epoch"]["model"]["mAP"]
+            announce(f"  {label + ': ' if label else ''}{names[run_dir]}: mAP {m:.2f} ({seconds / 60:.1f} min) "
+                     f"[{len(results) - (len(configs) - len(todo))}/{len(todo)}]")
+
+    n, gpus = pool_size(workers)
+    if n > 1 and len(todo) > 1:
+        _train_in_parallel(todo, n, gpus, progress, done)
+    else:
+        for run_dir, config in todo.items():
+            start = time.time()
+            done(run_dir, run_once(config, Path(run_dir), progress=progress and sys.stderr.isatty()),
+                 time.time() - start)
     return {name: _rows(name, study, planned, results) for name, study in studies.items()}
 
 
-def _train_in_parallel(configs: dict[str, dict], workers: int, bar, progress: bool) -> dict[str, dict]:
+def _train_in_parallel(configs: dict[str, dict], workers: int, gpus: list[int], progress: bool, done) -> None:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -188,22 +254,33 @@ def _train_in_parallel(configs: dict[str, dict], workers: int, bar, progress: bo
         if key not in sizes:
             sizes[key] = prepare(configs[run_dir], progress=progress)
     order = sorted(configs, key=lambda d: expected_cost(configs[d], sizes[keys[d]]), reverse=True)
-    results = {}
-    pool = ProcessPoolExecutor(min(workers, len(order)), mp_context=mp.get_context("spawn"))
+    ctx = mp.get_context("spawn")
+    counter = ctx.Value("i", 0)
+    # one thread each on a CPU (two small runs in parallel beat one run on two threads)
+    threads = None if gpus else 1
+    pool = ProcessPoolExecutor(min(workers, len(order)), mp_context=ctx, initializer=_init_worker,
+                               initargs=(counter, gpus, threads))
     try:
-        futures = {pool.submit(_run_job, (configs[d], d)): d for d in order}  # started in submission order
+        started = {}
+        futures = {}
+        for d in order:  # started in submission order
+            started[d] = time.time()
+            futures[pool.submit(_run_job, (configs[d], d))] = d
         for future in as_completed(futures):
             run_dir = futures[future]
             try:
-                results[run_dir] = future.result()
+                metrics = future.result()
             except CprflError as exc:
                 raise CprflError(f"run {run_dir}: {exc}") from exc
-            bar.update()
+            done(run_dir, metrics, time.time() - started[run_dir])
     except BaseException:  # a failed run or an interrupt: drop the queued runs instead of training them first
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown()
-    return results
+
+
+def _metric(m: dict | None, key: str) -> float:
+    return float("nan") if not m else m.get(key, float("nan"))
 
 
 def _rows(study_name: str, study: Study, planned: dict, results: dict) -> pd.DataFrame:
@@ -215,36 +292,45 @@ def _rows(study_name: str, study: Study, planned: dict, results: dict) -> pd.Dat
         for seed in study.seeds:
             run_dir = planned[(study_name, name, seed)]
             m = results[run_dir]
-            last, best = m["last_epoch"]["model"], m["best_on_test"]
+            last, best = m["last_epoch"]["model"], m.get("best_on_test")
+            val = (m.get("val_last_epoch") or {}).get("model")
             rows.append({"variant": name, "seed": seed, "status": "ok", "dataset": m["dataset"], "run_dir": run_dir,
-                         **{c: last[c] for c in COLUMNS}, **{f"best_{c}": best[c] for c in COLUMNS},
-                         "best_epoch": best["epoch"], "wall_s": m["wall_s"]})
+                         **{c: last[c] for c in COLUMNS}, **{f"val_{c}": _metric(val, c) for c in COLUMNS},
+                         **{f"best_{c}": _metric(best, c) for c in COLUMNS},
+                         "best_epoch": best["epoch"] if best else None, "wall_s": m["wall_s"]})
     return pd.DataFrame(rows, columns=ROW_COLUMNS)  # the same columns when no variant could run
 
 
 def run_study(study: str, recipe: str | dict, variants: dict[str, dict | Unavailable], seeds, work_dir: str | Path,
-              base_overrides: dict | None = None, progress: bool = True, workers: int = 1) -> pd.DataFrame:
+              base_overrides: dict | None = None, progress: bool = True, workers: int | str = 1) -> pd.DataFrame:
     """One study on its own: :func:`run_studies` with a single entry."""
-    return run_studies({study: Study(recipe, variants, tuple(seeds))}, work_dir, base_overrides, progress,
+    return run_studies({study: Study(recipe, variants, tuple(seeds), dict(base_overrides or {}))}, work_dir, progress,
                        workers)[study]
 
 
-def summarize(runs: pd.DataFrame, columns=COLUMNS, best: bool = False) -> pd.DataFrame:
-    """Mean ± std over seeds per variant, in the variants' order; unavailable variants keep their reason."""
-    out = []
-    for name, group in runs.groupby("variant", sort=False):
-        ok = group[group["status"] == "ok"]
-        row = {"variant": name, "seeds": str(len(ok))}
-        for c in columns:
-            row[c] = mean_std(ok[f"best_{c}" if best else c])
-        row["note"] = "" if len(ok) else group["status"].iloc[0]
-        out.append(row)
-    return pd.DataFrame(out)
+def finished_seeds(work_dir: str | Path, recipe: str | dict, overrides: dict | None = None) -> list[Path]:
+    """Every seed's run folder of this configuration in the run store that finished with the current code."""
+    parent = run_dir_for(run_config(recipe, overrides, 0), work_dir).parent
+    found = []
+    for folder in parent.glob("seed*-*"):
+        seed = folder.name.split("-", 1)[0][4:]
+        if not seed.isdigit():
+            continue
+        config = run_config(recipe, overrides, int(seed))
+        if run_dir_for(config, work_dir) == folder and finished(config, folder) is not None:
+            found.append(folder)
+    return sorted(found, key=lambda f: int(f.name.split("-", 1)[0][4:]))
 
 
-def means(runs: pd.DataFrame, columns=COLUMNS) -> pd.DataFrame:
-    """Numeric mean and std over seeds per variant (for plots and deltas)."""
+def seeds_of(runs: pd.DataFrame, work_dir: str | Path, study: Study) -> dict[str, list[Path]]:
+    """Per available variant of ``study``: its run folders in ``runs`` plus every other finished seed of it."""
     ok = runs[runs["status"] == "ok"]
-    stats = ok.groupby("variant", sort=False)[list(columns)].agg(["mean", "std"])
-    stats.columns = [f"{c}_{s}" for c, s in stats.columns]
-    return stats
+    out = {}
+    for label, variant in study.variants.items():
+        if isinstance(variant, Unavailable):
+            continue
+        shown = {Path(d) for d in ok[ok["variant"] == label]["run_dir"]}
+        more = finished_seeds(work_dir, study.recipe, {**study.overrides, **variant})
+        out[label] = sorted(shown | set(more), key=lambda f: int(f.name.split("-", 1)[0][4:]))
+    return out
+

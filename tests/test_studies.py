@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cprfl_repro import experiments, studies
 from cprfl_lib.errors import CprflError
+from cprfl_repro import experiments, reports, studies
 from cprfl_repro.reported import COLUMNS
 
 LINEAR = {"model.head": "linear"}
@@ -149,7 +149,7 @@ def test_a_failed_run_is_named_and_the_queued_runs_are_dropped(tmp_path, inline_
 
 def test_a_study_where_nothing_can_run_still_summarizes(tmp_path, fake_train):
     rows = studies.run_studies({"f": studies.Study("smoke", {"CLIP": studies.Unavailable("offline")})}, tmp_path)["f"]
-    assert list(studies.summarize(rows)["note"]) == ["not available: offline"] and studies.means(rows).empty
+    assert list(reports.summarize(rows)["note"]) == ["not available: offline"] and reports.means(rows).empty
 
 
 def test_unknown_ablation_names_are_an_error():
@@ -161,10 +161,29 @@ def test_unknown_ablation_names_are_an_error():
 @pytest.mark.usefixtures("private_cache")
 def test_two_worker_processes_give_the_same_metrics_as_one(tmp_path):
     """Two workers first, on empty caches (filled by ``prepare``), then one process on the warm caches."""
-    plan = {"t": studies.Study("smoke", {"cprfl": {}, "linear": LINEAR, "bce": {"loss.name": "bce"}}, (0,))}
-    two = studies.run_studies(plan, tmp_path / "two", base_overrides=TINY, progress=False, workers=2)["t"]
-    one = studies.run_studies(plan, tmp_path / "one", base_overrides=TINY, progress=False)["t"]
+    plan = {"t": studies.Study("smoke", {"cprfl": {}, "linear": LINEAR, "bce": {"loss.name": "bce"}}, (0,), TINY)}
+    two = studies.run_studies(plan, tmp_path / "two", progress=False, workers=2)["t"]
+    one = studies.run_studies(plan, tmp_path / "one", progress=False)["t"]
     assert list(one["variant"]) == list(two["variant"]) and one["mAP"].notna().all()
     for c in COLUMNS:
         assert list(one[c]) == pytest.approx(list(two[c]), abs=1e-9, nan_ok=True)
-    assert all((Path(d) / "checkpoint.pt").is_file() for d in two["run_dir"])
+    assert all((Path(d) / "weights.pt").is_file() and not (Path(d) / "checkpoint.pt").exists() for d in two["run_dir"])
+
+
+def test_the_run_digest_covers_every_module_of_the_library(tmp_path):
+    """Finished runs are stale when any file of cprfl_lib changes, a module nobody listed included."""
+    import shutil
+
+    from cprfl_lib import digest
+
+    lib = tmp_path / "cprfl_lib"
+    shutil.copytree(studies.LIBRARY, lib, ignore=shutil.ignore_patterns("__pycache__"))
+    before = digest.source_digest(lib)
+    assert studies.source_digest() == before[:16] and studies.LIBRARY.name == "cprfl_lib"
+    (lib / "data" / "extra_augmentation.py").write_text("STRENGTH = 2\n")  # a new module ...
+    transforms = lib / "data" / "transforms.py"
+    transforms.write_text(transforms.read_text() + "\nfrom cprfl_lib.data.extra_augmentation import STRENGTH\n")
+    after = digest.source_digest(lib)
+    assert after != before  # ... imported by the transforms: the runs retrain
+    (lib / "train" / "recipes" / "quick-voc.yaml").write_text("description: edited\n")
+    assert digest.source_digest(lib) != after  # a recipe too

@@ -12,10 +12,11 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from cprfl_repro.analysis import data as data_summary, semantics as vs
-from cprfl_repro.plots import data as viz_data  # noqa: E402
 from cprfl_lib.errors import CprflError  # noqa: E402
-
+from cprfl_repro.analysis import data as data_summary
+from cprfl_repro.analysis import semantics as vs
+from cprfl_repro.plots import data as viz_data  # noqa: E402
+from cprfl_repro.plots import semantics as ps
 
 pytestmark = pytest.mark.usefixtures("private_cache", "close_figures")
 
@@ -157,8 +158,8 @@ def test_semantics_plots_and_metrics() -> None:
     results = {"toy": _result(), "other": _result(EMB[:, ::-1].copy(), "other"),
                "off": vs.EncoderResult("off", False, "no file", None, None)}
     info = _info()
-    assert isinstance(vs.plot_similarity(results["toy"], info), Figure)
-    fig = vs.plot_projection(results, info)
+    assert isinstance(ps.plot_similarity(results["toy"], info), Figure)
+    fig = ps.plot_projection(results, info)
     assert isinstance(fig, Figure) and len([a for a in fig.axes if a.has_data()]) == 2  # available ones only
     metrics = vs.semantics_metrics(results, vs.neighbour_summary(results, info))
     assert set(metrics["encoders"]) == {"toy", "other"} and metrics["unavailable"] == {"off": "no file"}

@@ -13,17 +13,20 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-import yaml  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from cprfl_lib.train import factory, recipes
-from cprfl_lib import semantics, model_analysis as vm
-from cprfl_repro import studies
-from cprfl_repro.analysis import predictions as vp  # noqa: E402
+from cprfl_lib import model_analysis as vm
+from cprfl_lib import semantics
 from cprfl_lib.errors import CprflError  # noqa: E402
 from cprfl_lib.losses import build_loss  # noqa: E402
 from cprfl_lib.model import count_parameters  # noqa: E402
+from cprfl_lib.train import factory, recipes
+from cprfl_repro import studies
+from cprfl_repro.analysis import model as mt
+from cprfl_repro.analysis import predictions as vp  # noqa: E402
+from cprfl_repro.plots import model as pm
+from cprfl_repro.plots import predictions as pp
 
 NAMES = ["cat", "dog", "bus", "car", "sofa"]
 GROUPS = np.array(["head", "head", "medium", "tail", "tail"])
@@ -66,7 +69,7 @@ def test_trace_shapes_follow_the_equations(model, batch) -> None:
     torch.testing.assert_close(t.Z[:, :v], t.F)
     # attention of each prompt over the visual tokens: a part of a softmax over v + c tokens
     assert (t.attention >= 0).all() and (t.attention.sum((2, 3)) <= 1 + 1e-5).all()
-    table = vm.shapes_table(t)
+    table = mt.shapes_table(t)
     assert list(table["measured"]) == [str(s) for s in [(b, cb, h, w), (b, v, cb), (b, v, d), (c, m), (c, d),
                                                        (b, v + c, d), (b, v + c, d), (b, c, d), (b, c), (b, c, h, w)]]
 
@@ -94,12 +97,13 @@ def test_full_gradient_is_the_sum_of_the_two_paths(model, batch) -> None:
     for key in (p1, p2):
         assert r.grad_P[key].norm() > 0
         assert (r.grad_P[key] - r.grad_P[full]).abs().max() > 1e3 * max(r.max_abs_diff_P, 1e-12)
-    assert list(r.table["gradient"]) == [full, p1, p2, "P1 + P2"]
-    assert r.table["‖dL/dP‖"].iloc[0] == pytest.approx(r.table["‖dL/dP‖"].iloc[3], rel=1e-6)
+    table = mt.dual_path_table(r)
+    assert list(table["gradient"]) == [full, p1, p2, "P1 + P2"]
+    assert table["‖dL/dP‖"].iloc[0] == pytest.approx(table["‖dL/dP‖"].iloc[3], rel=1e-6)
     # the switches and the mode are back as they were
     head = model.head
     assert (head.cut_p1, head.cut_p2, head.no_feature_grad) == (False, False, False) and model.training
-    assert isinstance(vm.plot_dual_path(r, NAMES, GROUPS), Figure)
+    assert isinstance(pm.plot_dual_path(r, NAMES, GROUPS), Figure)
 
 
 def test_dual_path_gradient_matches_a_hand_computation(model, batch) -> None:
@@ -125,9 +129,9 @@ def test_prompt_similarity_and_plots(model, batch) -> None:
     shifted = vm.prompt_similarity(vm.Trace(*[torch.zeros(1)] * 3, w, w + 100.0, *[torch.zeros(1)] * 5))
     assert shifted["mean_cos_P"] > 0.99 and shifted["pearson_r"] == pytest.approx(1.0)
     np.testing.assert_allclose(shifted["cos_P_centred"], shifted["cos_W_centred"], atol=1e-9)
-    assert isinstance(vm.plot_prompt_init(t, NAMES, GROUPS, title="x"), Figure)
+    assert isinstance(pm.plot_prompt_init(t, NAMES, GROUPS, title="x"), Figure)
     image = Image.new("RGB", (40, 32), (10, 200, 10))
-    assert isinstance(vm.plot_attention(image, t.attention[0], NAMES, [0, 3], GROUPS, scores=np.ones(5)), Figure)
+    assert isinstance(pm.plot_attention(image, t.attention[0], NAMES, [0, 3], GROUPS, scores=np.ones(5)), Figure)
 
 
 def test_take_batch(model) -> None:
@@ -139,8 +143,8 @@ def test_take_batch(model) -> None:
 
 
 def test_paper_parameter_counts_as_in_method_md() -> None:
-    table = vm.paper_parameter_table("paper-coco")
-    counts = vm.parameter_metrics(table)
+    table = mt.paper_parameter_table("paper-coco")
+    counts = mt.parameter_metrics(table)
     assert counts == {"backbone": 42_500_160, "phi": 4_196_352, "vsi": 41_957_376, "pi": 3_148_800,
                       "text": 63_690_240, "trainable_paper": 91_802_688, "trainable_official_code": 155_492_928}
     assert table["method.md §2"].iloc[:5].tolist() == table["parameters"].iloc[:5].tolist()
@@ -205,11 +209,10 @@ def test_predictions_seeds_and_group_table(tmp_path, labelled) -> None:
     for seed, m in ((0, m0), (1, m1), (2, m1), (3, m1)):
         _fake_run(folders[seed], rng.normal(size=targets.shape).astype(np.float32), targets, m)
     for seed in (0, 1, 2):  # seed 2: another configuration; seed 3: no stamp at all
-        stamp = {"config": yaml.safe_load(recipes.dump(configs[seed])), "source": studies.source_digest()}
-        (folders[seed] / "run.json").write_text(json.dumps(stamp))
-    assert vp.finished_seed_runs(tmp_path, "smoke", variant) == [folders[0], folders[1]]
+        (folders[seed] / "run.json").write_text(json.dumps(studies.stamp(configs[seed])))
+    assert studies.finished_seeds(tmp_path, "smoke", variant) == [folders[0], folders[1]]
     runs = pd.DataFrame([{"variant": "ERM", "status": "ok", "run_dir": str(folders[3])}])
-    found = vp.seed_runs(runs, tmp_path, "smoke", {"ERM": variant})
+    found = studies.seeds_of(runs, tmp_path, studies.Study("smoke", {"ERM": variant}))
     assert found == {"ERM": [folders[0], folders[1], folders[3]]}
 
     table = vp.group_map_table({"ERM": found["ERM"][:2]}, {"ERM": ("ERM", {"mAP": 70.0, "head": 69.0, "medium": 80.0,
@@ -219,7 +222,7 @@ def test_predictions_seeds_and_group_table(tmp_path, labelled) -> None:
     assert vp.group_map_metrics(table)["ERM"] == {"ours": {"mAP": 52.0, "head": 61.0, "medium": 42.0, "tail": 34.0,
                                                            "seeds": 2},
                                                   "paper": {"mAP": 70.0, "head": 69.0, "medium": 80.0, "tail": 65.0}}
-    assert isinstance(vp.group_map_vs_paper(table, title="x"), Figure)
+    assert isinstance(pp.group_map_vs_paper(table, title="x"), Figure)
 
     run = vp.load_predictions(folders[0], "ERM")
     assert run.probabilities.shape == targets.shape and ((run.probabilities > 0) & (run.probabilities < 1)).all()
@@ -231,7 +234,7 @@ def test_predictions_seeds_and_group_table(tmp_path, labelled) -> None:
         vp.load_predictions(tmp_path, "ERM")
     with pytest.raises(CprflError, match="runs not available"):
         vp.study_runs(pd.DataFrame([{"variant": "X", "status": "not available: no weights", "run_dir": None}]))
-    fig = vp.per_class_ap_vs_count([run, vp.load_predictions(folders[1], "CPRFL")], title="t")
+    fig = pp.per_class_ap_vs_count([run, vp.load_predictions(folders[1], "CPRFL")], title="t")
     assert isinstance(fig, Figure)
 
 
@@ -239,13 +242,13 @@ def test_figure4_and_attention_figures(labelled) -> None:
     targets, groups = labelled
     images = [Image.new("RGB", (32, 32), (i * 40, 0, 0)) for i in range(2)]
     scores = np.random.default_rng(0).random((2, 5))
-    fig = vp.figure4_predictions(images, [2, 4], targets[[2, 4]], NAMES, groups,
+    fig = pp.figure4_predictions(images, [2, 4], targets[[2, 4]], NAMES, groups,
                                  {"ERM": scores, "zero-shot CLIP": "no weights here", "CPRFL": scores})
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert any("zero-shot CLIP: not available (no weights here)" in t.replace("\n", " ") for t in texts)
     assert sum(t.startswith("1. ") for t in texts) == 4  # two methods x two images
     attn = torch.rand(2, 5, 4, 4)
-    assert isinstance(vp.attention_maps(images, [2, 4], attn, targets[[2, 4]], scores, NAMES, groups), Figure)
+    assert isinstance(pp.attention_maps(images, [2, 4], attn, targets[[2, 4]], scores, NAMES, groups), Figure)
 
 
 def test_zero_shot_column(monkeypatch, tmp_path) -> None:

@@ -15,19 +15,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from cprfl_lib import semantics
 from cprfl_lib.data import synthetic
 from cprfl_lib.errors import CprflError
-from cprfl_repro.figures import GROUP_COLORS, group_legend
-from cprfl_lib.metrics import GROUPS, class_groups  # GROUPS: notebook 02 reads it as vs.GROUPS
-from cprfl_repro.notebook import describe_data
+from cprfl_lib.metrics import class_groups  # GROUPS: notebook 02 reads it as vs.GROUPS
 from cprfl_lib.semantics.clip import CLIP_MODELS
-
 
 
 @dataclass
@@ -55,7 +50,8 @@ def class_info(dataset: str, list_dir: str | Path | None = None) -> ClassInfo:
     if dataset in synthetic.SYNTHETIC_DATASETS:
         names, counts = synthetic.class_names(dataset), np.array(synthetic.target_train_counts(dataset))
     else:
-        from cprfl_lib.data.lists import SPECS, load_benchmark
+        from cprfl_lib.data.benchmarks import load_benchmark
+        from cprfl_lib.data.lists import SPECS
 
         if dataset not in SPECS:
             raise CprflError(f"unknown dataset {dataset!r}; choose one of "
@@ -223,59 +219,3 @@ def semantics_metrics(results: Mapping[str, EncoderResult], summary: pd.DataFram
 
 
 # ---------------------------------------------------------------- plots
-
-
-def _head_to_tail(info: ClassInfo) -> np.ndarray:
-    return np.argsort(-np.asarray(info.train_counts), kind="stable")
-
-
-def plot_similarity(result: EncoderResult, info: ClassInfo) -> Figure:
-    """Cosine similarity heatmap, classes sorted head → tail, names coloured by group."""
-    order = _head_to_tail(info)
-    sim = cosine_matrix(result.embeddings)[np.ix_(order, order)]
-    n, names, groups = len(order), [info.names[i] for i in order], info.groups[order]
-    size = max(5.0, 0.11 * n + 3)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    off = sim[~np.eye(n, dtype=bool)]
-    image = ax.imshow(sim, cmap="magma", vmin=min(off.min(), 0.0), vmax=max(off.max(), 1e-6), interpolation="nearest")
-    fig.colorbar(image, ax=ax, fraction=0.04, label="cosine similarity (diagonal = 1, off the scale)")
-    fontsize = 8 if n <= 30 else 5
-    ax.set_xticks(np.arange(n), names, rotation=90, fontsize=fontsize)
-    ax.set_yticks(np.arange(n), names, fontsize=fontsize)
-    for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
-        for label, g in zip(labels, groups):
-            label.set_color(GROUP_COLORS[g])
-    for edge in np.flatnonzero(groups[1:] != groups[:-1]) + 0.5:  # head | medium | tail boundaries
-        ax.axhline(edge, color="white", lw=0.8)
-        ax.axvline(edge, color="white", lw=0.8)
-    ax.set_title(f"{result.encoder} (m = {result.dim}) — {info.dataset}", fontsize=9)
-    group_legend(fig, groups, fontsize=7, loc="upper right")
-    fig.tight_layout()
-    return fig
-
-
-def plot_projection(results: Mapping[str, EncoderResult], info: ClassInfo) -> Figure:
-    """2-D PCA of the L2-normalised embeddings, one panel per available encoder, coloured by group."""
-    from sklearn.decomposition import PCA
-
-    shown = [r for r in results.values() if r.available]
-    ncols = max(1, min(3, len(shown)))
-    nrows = max(1, -(-len(shown) // ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 4.2 * nrows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    fontsize = 7 if len(info.names) <= 30 else 4.5
-    for ax, r in zip(axes.flat, shown):
-        e = r.embeddings / np.maximum(np.linalg.norm(r.embeddings, axis=1, keepdims=True), 1e-12)
-        xy = PCA(n_components=2, random_state=0).fit_transform(e)
-        ax.axis("on")
-        ax.scatter(xy[:, 0], xy[:, 1], c=[GROUP_COLORS[g] for g in info.groups], s=18)
-        for (x, y), name in zip(xy, info.names):
-            ax.annotate(name, (x, y), fontsize=fontsize, xytext=(2, 2), textcoords="offset points")
-        ax.set_title(f"{r.encoder} (m = {r.dim})", fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    group_legend(axes.flat[0], info.groups, fontsize=7, loc="best")
-    fig.suptitle(f"PCA of the class-name embeddings — {describe_data(info.dataset)}", fontsize=8)
-    fig.tight_layout()
-    return fig

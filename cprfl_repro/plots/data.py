@@ -14,12 +14,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from cprfl_repro.analysis.data import DataChoice, conditional_cooccurrence, labels_per_image
+from cprfl_lib.data.benchmarks import Benchmark
 from cprfl_lib.data.datasets import load_image
-from cprfl_repro.figures import GROUP_COLORS, group_legend
 from cprfl_lib.metrics import HEAD_MIN, MEDIUM_MIN
-from cprfl_repro.notebook import describe_data
-from cprfl_lib.data.lists import Benchmark
+from cprfl_repro.analysis.data import DataChoice, conditional_cooccurrence, labels_per_image
+from cprfl_repro.context import describe_data
+from cprfl_repro.figures import GROUP_COLORS, group_legend
 
 
 def _small(n: int) -> float:

@@ -9,7 +9,6 @@ import pandas as pd
 
 from cprfl_repro.figures import GROUP_COLORS
 from cprfl_repro.reported import COLUMNS
-from cprfl_repro.studies import means
 
 
 def learning_curves(run_dirs: dict[str, list[str]], title: str = "") -> plt.Figure:
@@ -32,20 +31,25 @@ def learning_curves(run_dirs: dict[str, list[str]], title: str = "") -> plt.Figu
 
 
 def study_bars(runs: pd.DataFrame, title: str = "", paper: dict[str, dict] | None = None) -> plt.Figure:
-    """mAP per group for each variant, mean with the seeds' std as error bars; paper values as markers."""
-    m = means(runs)
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(m) + 2), 3.8))
-    width = 0.8 / len(COLUMNS)
+    """mAP per group for each variant: the mean over seeds with the seeds' std as error bars (seaborn); the
+    paper's values as black marks."""
+    import seaborn as sns
+
+    ok = runs[runs["status"] == "ok"]
+    long = ok.melt(id_vars=["variant", "seed"], value_vars=list(COLUMNS), var_name="figure", value_name="mAP (%)")
+    variants = list(dict.fromkeys(ok["variant"]))
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(variants) + 2), 3.8))
     colors = {"mAP": "#555555", **GROUP_COLORS}
-    for k, col in enumerate(COLUMNS):
-        x = [i + (k - 1.5) * width for i in range(len(m))]
-        ax.bar(x, m[f"{col}_mean"], width, yerr=m[f"{col}_std"].fillna(0), color=colors[col], label=col, capsize=2)
-        if paper:
-            ys = [paper.get(v, {}).get(col) for v in m.index]
-            ax.scatter([xi for xi, y in zip(x, ys) if y is not None], [y for y in ys if y is not None],
-                       marker="_", s=120, color="black", zorder=3, label="paper" if k == 0 else None)
-    ax.set_xticks(range(len(m)), m.index, rotation=20, ha="right", fontsize=8)
-    ax.set(ylabel="mAP (%)", title=title)
+    sns.barplot(long, x="variant", y="mAP (%)", hue="figure", order=variants, hue_order=list(COLUMNS),
+                palette=colors, errorbar="sd", capsize=0.1, err_kws={"linewidth": 1}, ax=ax)
+    if paper:
+        width = 0.8 / len(COLUMNS)
+        for k, col in enumerate(COLUMNS):
+            xs = [i + (k - 1.5) * width for i, v in enumerate(variants) if (paper.get(v) or {}).get(col) is not None]
+            ys = [paper[v][col] for v in variants if (paper.get(v) or {}).get(col) is not None]
+            ax.scatter(xs, ys, marker="_", s=120, color="black", zorder=3, label="paper" if k == 0 and xs else None)
+    ax.set_xticks(range(len(variants)), variants, rotation=20, ha="right", fontsize=8)
+    ax.set(xlabel="", title=title)
     ax.legend(fontsize=7, ncols=5)
     fig.tight_layout()
     return fig

@@ -1,0 +1,345 @@
+"""The plan of a reproduction, printed before anything trains: runs, hours and disk.
+
+:func:`make_plan` lists the distinct runs notebooks 04-06 will train with a profile's
+parameters (the very studies the notebooks build, :mod:`cprfl_repro.experiments`), and for each
+its epochs and images, its floating-point work (counted by torch's FLOP counter on the meta
+device: no memory, no weights, a second per architecture) and the disk it leaves. The hours
+come from that work and a measured rate: on a GPU the seconds per step of the paper model after
+a few warm-up steps; on a CPU a matrix-multiply probe (nothing is trained). The disk counts the
+decoded-image caches, the weights kept, the predictions and the checkpoints in flight.
+
+:func:`write_commands` writes the plan as one ``cprfl train`` command per run (each with its
+run folder in the run store), for a cluster's scheduler; the notebooks then read the finished
+runs instead of training them.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from cprfl_lib.errors import CprflError
+from cprfl_lib.train.engine import is_eval_epoch
+from cprfl_repro.context import RunContext
+from cprfl_repro.experiments import NOTEBOOK_STUDIES, notebook_studies
+from cprfl_repro.studies import Unavailable, finished, run_config, run_dir_for, start_run
+
+GPU_UTILISATION = 0.35  # of the measured rate, when only a FLOP count is known (the paper model fits it)
+
+
+@dataclass
+class PlannedRun:
+    notebook: str
+    name: str  # "study: variant, seed k"
+    config: dict
+    run_dir: Path
+    done: bool
+    images_per_epoch: int
+    eval_images: int  # per evaluation, over all evaluated splits and models
+    evaluations: int
+    flops: float = 0.0
+    disk: int = 0  # bytes the run leaves
+    checkpoint: int = 0  # bytes of its resumable checkpoint (in flight only)
+
+
+@dataclass
+class Plan:
+    runs: list[PlannedRun]
+    decoded_disk: int  # the decoded-image caches the runs fill
+    features_disk: int
+    extraction_flops: float = 0.0  # backbone features computed once for the cached-feature runs
+    rate: float = 0.0  # FLOP/s of the device the hours are projected for
+    rate_source: str = ""
+    workers: int = 1
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def todo(self) -> list[PlannedRun]:
+        return [r for r in self.runs if not r.done]
+
+    def hours(self, workers: int | None = None) -> float:
+        """Projected wall hours with ``workers`` devices (independent runs spread over them, longest first)."""
+        if not self.rate:
+            return float("nan")
+        n = workers or self.workers
+        seconds = [r.flops / self.rate for r in self.todo]
+        return (self.extraction_flops / self.rate + max(sum(seconds) / n, max(seconds, default=0.0))) / 3600
+
+    @property
+    def disk(self) -> int:
+        in_flight = max((r.checkpoint for r in self.todo), default=0) * self.workers
+        return self.decoded_disk + self.features_disk + sum(r.disk for r in self.todo) + in_flight
+
+    def lines(self) -> list[str]:
+        out = []
+        by_nb: dict[str, list[PlannedRun]] = {}
+        for r in self.runs:
+            by_nb.setdefault(r.notebook, []).append(r)
+        for nb, runs in by_nb.items():
+            todo = [r for r in runs if not r.done]
+            epochs = sorted({r.config["optim"]["epochs"] for r in todo})
+            images = sorted({r.images_per_epoch for r in todo})
+            out.append(f"  {nb}: {len(runs)} distinct runs, {len(todo)} to train"
+                       + (f" ({'/'.join(map(str, epochs))} epochs of {'/'.join(map(str, images))} images each)"
+                          if todo else ""))
+        pflop = (sum(r.flops for r in self.todo) + self.extraction_flops) / 1e15
+        out.append(f"  work: {pflop:,.1f} PFLOP to train and evaluate")
+        if self.rate:
+            out.append(f"  time: about {self.hours():,.1f} h on this machine ({self.workers} worker"
+                       f"{'s' if self.workers > 1 else ''}; {self.rate / 1e12:,.2f} TFLOP/s, {self.rate_source})")
+        out.append(f"  disk: about {self.disk / 2**30:,.1f} GiB (decoded images {self.decoded_disk / 2**30:,.1f}, "
+                   f"features {self.features_disk / 2**30:,.1f}, runs {sum(r.disk for r in self.todo) / 2**30:,.1f}, "
+                   f"checkpoints in flight {max((r.checkpoint for r in self.todo), default=0) * self.workers / 2**30:,.1f})")
+        return out + [f"  {n}" for n in self.notes]
+
+
+# ---------------------------------------------------------------- the work of one architecture
+
+
+def _counting_config(config: dict, num_classes: int = 80) -> dict:
+    """The configuration with nothing to download: random backbone, class embeddings of the encoder's width."""
+    from cprfl_lib.semantics import embedding_dim
+    from cprfl_lib.train.recipes import apply_overrides
+
+    s = config["semantics"]
+    over = {"model.backbone_weights": None}
+    if s["trainable"]:
+        over["semantics.weights"] = None
+    else:
+        width = embedding_dim(s["encoder"], path=s["path"], dim=s["dim"], num_classes=num_classes) \
+            if s["encoder"] not in ("glove", "word2vec") else 300
+        over.update({"semantics.encoder": "randn", "semantics.weights": None, "semantics.dim": width,
+                     "semantics.path": None})
+    return apply_overrides(json.loads(json.dumps(config)), over)
+
+
+_flop_memo: dict[str, dict] = {}
+
+
+def architecture_cost(config: dict, num_classes: int) -> dict:
+    """FLOPs of one image and of one step's fixed part, training (forward + backward) and evaluating (forward),
+    and the bytes of the model's state and of its trainable parameters; counted on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cprfl_lib.train import factory
+
+    m = config["model"]
+    key = json.dumps([m, config["data"]["image_size"], config["semantics"]["encoder"], config["semantics"]["trainable"],
+                      num_classes, config["train"]["cache_features"]], sort_keys=True, default=str)
+    if key in _flop_memo:
+        return _flop_memo[key]
+    counting = _counting_config(config, num_classes)
+    size = config["data"]["image_size"]
+    names = [f"class {i}" for i in range(num_classes)]
+    with torch.device("meta"):
+        model = factory.model_from(counting, names)
+    frozen = m["freeze_backbone"]
+
+    def flops(batch: int, train: bool) -> float:
+        x = torch.zeros(batch, 3, size, size, dtype=torch.uint8, device="meta")
+        counter = FlopCounterMode(display=False)
+        with counter:
+            if train:
+                model.train()
+                model(x).float().sum().backward()
+            else:
+                with torch.no_grad():
+                    model.eval()(x)
+        return float(counter.get_total_flops())
+
+    train1, train2 = flops(1, True), flops(2, True)
+    eval1, eval2 = flops(1, False), flops(2, False)
+    backbone = 0.0
+    if frozen:  # the backbone runs once per image (cached features), not in every step
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            model.backbone(torch.zeros(1, 3, size, size, device="meta"))
+        backbone = float(counter.get_total_flops())
+    state_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values() if torch.is_tensor(t))
+    trainable = sum(p.numel() * p.element_size() for p in (model.head if frozen else model).parameters()
+                    if p.requires_grad)
+    out = {"train_image": train2 - train1 - (backbone if frozen else 0.0), "train_step": 2 * train1 - train2,
+           "eval_image": eval2 - eval1 - (backbone if frozen else 0.0), "eval_step": 2 * eval1 - eval2,
+           "backbone_image": backbone, "state_bytes": state_bytes, "trainable_bytes": trainable}
+    _flop_memo[key] = out
+    return out
+
+
+def _feature_bytes(config: dict, n: int) -> int:
+    from cprfl_lib.backbones import build_backbone
+
+    with torch.device("meta"):
+        backbone = build_backbone(config["model"]["backbone"], None)
+        size = config["data"]["image_size"]
+        out = backbone(torch.zeros(1, 3, size, size, device="meta"))
+    return n * out[0].numel() * 2  # float16
+
+
+# ---------------------------------------------------------------- the plan
+
+
+def notebook_defaults(notebook: Path) -> dict:
+    """A notebook's parameters as its parameters cell declares them."""
+    import papermill
+
+    out = {}
+    for name, spec in papermill.inspect_notebook(str(notebook)).items():
+        try:
+            out[name] = ast.literal_eval(spec["default"])
+        except (ValueError, SyntaxError):
+            out[name] = spec["default"]
+    return out
+
+
+def make_plan(ctx: RunContext, params_by_notebook: dict[str, dict], notebooks: list[Path]) -> Plan:
+    """The distinct runs of notebooks 04-06 with these parameters (a run two notebooks share counted once)."""
+    from cprfl_lib.train import factory
+
+    runs: dict[str, PlannedRun] = {}
+    benchmarks = {}
+    decoded: dict[tuple, int] = {}
+    features: dict[tuple, int] = {}
+    for nb in notebooks:
+        if nb.stem not in NOTEBOOK_STUDIES:
+            continue
+        params = {**notebook_defaults(nb), **params_by_notebook.get(nb.stem, {})}
+        for study_name, study in notebook_studies(nb.stem, ctx, params).items():
+            for variant_name, variant in study.variants.items():
+                if isinstance(variant, Unavailable):
+                    continue
+                for seed in study.seeds:
+                    config = run_config(study.recipe, {**study.overrides, **variant}, seed)
+                    run_dir = run_dir_for(config, ctx.work_dir)
+                    if str(run_dir) in runs:
+                        continue
+                    bkey = json.dumps(config["data"], sort_keys=True, default=str)
+                    if bkey not in benchmarks:
+                        benchmarks[bkey] = factory.benchmark_from(config)
+                    bench = benchmarks[bkey]
+                    runs[str(run_dir)] = r = _planned(nb.stem, f"{study_name}: {variant_name}, seed {seed}", config,
+                                                      run_dir, bench)
+                    _add_caches(config, bench, decoded, features, r.done)
+    return Plan(list(runs.values()), sum(decoded.values()), sum(b for b, _ in features.values()),
+                sum(f for _, f in features.values()))
+
+
+def _planned(notebook: str, name: str, config: dict, run_dir: Path, bench) -> PlannedRun:
+    from cprfl_lib.data.decoded import decoded_bytes  # noqa: F401 - the same arithmetic as the cache
+
+    tr, oc = config["train"], config["optim"]
+    n_train = len(bench.train)
+    batches = math.ceil(n_train / oc["batch_size"])
+    if tr["max_steps_per_epoch"] is not None:
+        batches = min(batches, tr["max_steps_per_epoch"] * oc["grad_accum"])
+    images = min(n_train, batches * oc["batch_size"])
+    evals = sum(is_eval_epoch(e, config) for e in range(1, oc["epochs"] + 1))
+    models = 2 if tr["ema"] else 1
+    eval_images = sum(len(s) for s in bench.eval_splits.values()) * models
+    cost = architecture_cost(config, bench.num_classes)
+    flops = oc["epochs"] * (images * cost["train_image"] + batches * cost["train_step"]) + evals * (
+        eval_images * cost["eval_image"] + math.ceil(eval_images / tr["eval_batch_size"]) * cost["eval_step"])
+    weights = cost["state_bytes"] * models if tr["save_weights"] else 0
+    predictions = eval_images * bench.num_classes * 4
+    checkpoint = (cost["state_bytes"] * models + 2 * cost["trainable_bytes"]) if tr["save_checkpoint"] else 0
+    done = finished(config, run_dir) is not None if run_dir.exists() else False
+    return PlannedRun(notebook, name, config, run_dir, done, images, eval_images, evals, flops, weights + predictions,
+                      checkpoint)
+
+
+def _add_caches(config: dict, bench, decoded: dict, features: dict, done: bool) -> None:
+    from cprfl_lib.data.decoded import decoded_bytes
+
+    if done:
+        return
+    data, tr, m = config["data"], config["train"], config["model"]
+    cached = tr["cache_features"] is True or (tr["cache_features"] == "auto" and m["freeze_backbone"])
+    splits = {"train": bench.train, **bench.eval_splits}
+    for name, split in splits.items():
+        key = (str(bench.image_root), bench.name, name, len(split), data["image_size"])
+        if cached:
+            fkey = (*key, m["backbone"], str(m["backbone_weights"]))
+            if fkey not in features:
+                per_image = architecture_cost(config, bench.num_classes)["backbone_image"]
+                features[fkey] = (_feature_bytes(config, len(split)), per_image * len(split))
+        elif data["decoded_cache"] is not False:
+            decoded.setdefault(key, decoded_bytes(len(split), data["image_size"]))
+
+
+# ---------------------------------------------------------------- rates
+
+
+def cpu_rate(seconds: float = 0.5) -> tuple[float, str]:
+    """FLOP/s of float32 matrix products on this CPU, times what a convolutional network reaches of it."""
+    a = torch.randn(1024, 1024)
+    a @ a
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ a
+        n += 1
+    gemm = n * 2 * 1024**3 / (time.perf_counter() - start)
+    return 0.5 * gemm, f"half of the {gemm / 1e9:,.0f} GFLOP/s this CPU multiplies matrices at; nothing was trained"
+
+
+def gpu_rate(ctx: RunContext, recipe: str = "paper-voc", steps: int = 6, warmup: int = 3) -> tuple[float, str]:
+    """FLOP/s the paper model trains at on this GPU: seconds per step after a few warm-up steps, random data."""
+    from cprfl_lib.losses import build_loss
+    from cprfl_lib.train import factory
+    from cprfl_lib.train.engine import train_one_epoch
+    from cprfl_lib.train.state import build_train_state
+
+    classes = 20 if "voc" in ctx.recipe(recipe)["data"]["dataset"] else 80
+    config = _counting_config(ctx.recipe(recipe), classes)
+    device = torch.device("cuda")
+    model = factory.model_from(config, [f"class {i}" for i in range(classes)]).to(device)
+    batch, size = config["optim"]["batch_size"], config["data"]["image_size"]
+    x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    y = (torch.rand(batch, classes) < 0.1).float()
+    state = build_train_state(config, model, build_loss("asl"), steps + warmup, device)
+    train_one_epoch(state, [(x, y)] * warmup, show=False)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    train_one_epoch(state, [(x, y)] * steps, show=False)
+    torch.cuda.synchronize()
+    per_step = (time.perf_counter() - start) / steps
+    cost = architecture_cost(config, classes)
+    flops = batch * cost["train_image"] + cost["train_step"]
+    del model, state
+    torch.cuda.empty_cache()
+    return flops / per_step, (f"{recipe} measured: {per_step * 1000:.0f} ms per step of {batch} images after "
+                              f"{warmup} warm-up steps on {torch.cuda.get_device_name(0)}")
+
+
+def with_rate(plan: Plan, ctx: RunContext, workers: int) -> Plan:
+    plan.workers = max(1, workers)
+    if torch.cuda.is_available():
+        plan.rate, plan.rate_source = gpu_rate(ctx)
+    else:
+        plan.rate, plan.rate_source = cpu_rate()
+    return plan
+
+
+# ---------------------------------------------------------------- for a cluster
+
+
+def write_commands(plan: Plan, path: Path) -> Path:
+    """One ``cprfl train`` command per run still to train, each into its run folder (stamped, config written)."""
+    from cprfl_lib.io import atomic_write_text
+    from cprfl_lib.train.recipes import dump
+
+    lines = ["#!/usr/bin/env bash", "# One line per run of the plan: give each to your scheduler (a SLURM array job, a",
+             "# queue). Each resumes where it stopped; the notebooks read the finished runs afterwards.", "set -e"]
+    for r in plan.todo:
+        start_run(r.config, r.run_dir)
+        atomic_write_text(r.run_dir / "recipe.yaml", dump(r.config))
+        lines.append(f"cprfl train --recipe {r.run_dir / 'recipe.yaml'} --output-dir {r.run_dir} --resume"
+                     f"  # {r.notebook} {r.name}")
+    if not plan.todo:
+        raise CprflError("every run of the plan has finished already; there is nothing to write")
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
