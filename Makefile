@@ -12,52 +12,75 @@ KERNEL := cprfl
 PROFILE ?= quick
 DATA_ROOT ?=
 LIST_DIR ?=
+OVERRIDES ?=
+FORCE ?=
+COMMANDS ?=
 
-# Caches and Jupyter state stay inside the repository's ignored .cache folder.
-export CPRFL_CACHE ?= $(CURDIR)/.cache/cprfl
-export TORCH_HOME ?= $(CURDIR)/.cache/torch
-export HF_HOME ?= $(CURDIR)/.cache/huggingface
-export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
-export IPYTHONDIR ?= $(CURDIR)/.cache/ipython
-export JUPYTER_CONFIG_DIR ?= $(CURDIR)/.cache/jupyter/config
-export JUPYTER_DATA_DIR ?= $(CURDIR)/.cache/jupyter/data
-export JUPYTER_RUNTIME_DIR ?= $(CURDIR)/.cache/jupyter/runtime
+# One cache root for `make` and the `cprfl` command: the user's (as cprfl_lib.paths.cache_root decides it).
+# The standard torch hub and Hugging Face caches are used as they are. Jupyter, IPython and Matplotlib
+# keep their state under the cache root, so nothing is written elsewhere in the home folder.
+export CPRFL_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/cprfl
+export MPLCONFIGDIR ?= $(CPRFL_CACHE)/matplotlib
+export IPYTHONDIR ?= $(CPRFL_CACHE)/ipython
+export JUPYTER_CONFIG_DIR ?= $(CPRFL_CACHE)/jupyter/config
+export JUPYTER_DATA_DIR ?= $(CPRFL_CACHE)/jupyter/data
+export JUPYTER_RUNTIME_DIR ?= $(CPRFL_CACHE)/jupyter/runtime
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help env reproduce test notebooks lab bench clean-env
+# The tests have a cache of their own inside the checkout's ignored .cache (kept between runs: generated
+# data are reused), and see no network-backed hub cache.
+TEST_CACHE := $(CURDIR)/.cache/test-cache
+TEST_ENV := CPRFL_CACHE=$(TEST_CACHE) TORCH_HOME=$(TEST_CACHE)/torch HF_HOME=$(TEST_CACHE)/huggingface \
+	HF_HUB_OFFLINE=1 MPLCONFIGDIR=$(TEST_CACHE)/matplotlib IPYTHONDIR=$(TEST_CACHE)/ipython \
+	JUPYTER_CONFIG_DIR=$(TEST_CACHE)/jupyter/config JUPYTER_DATA_DIR=$(TEST_CACHE)/jupyter/data \
+	JUPYTER_RUNTIME_DIR=$(TEST_CACHE)/jupyter/runtime
+
+.PHONY: help env reproduce test lint notebooks strip-notebooks lab bench clean-env
 
 help:
-	@echo "make reproduce [PROFILE=quick|paper] [DATA_ROOT=...]  regenerate every table and figure into results/<profile>/"
-	@echo "make test                                             unit tests + notebooks under nbval"
-	@echo "make lab                                              JupyterLab on notebooks/ with the '$(KERNEL)' kernel"
-	@echo "make bench                                            throughput / memory benchmark of this machine"
-	@echo "make notebooks                                        re-execute the stored notebooks at smoke scale"
+	@echo "make reproduce [PROFILE=quick|paper-check|paper] [DATA_ROOT=D] [LIST_DIR=L] [OVERRIDES=\"k=v ...\"] [FORCE=1] [COMMANDS=file]"
+	@echo "                 regenerate every table and figure into results/<profile>/ (paper profiles: the plan first)"
+	@echo "make test        lint, the stored notebooks under nbval, the unit tests, the README's commands"
+	@echo "make lab         JupyterLab on notebooks/ with the '$(KERNEL)' kernel"
+	@echo "make bench       loader, training-step and evaluation throughput of this machine, and the GPU projection"
+	@echo "make notebooks   re-execute the stored notebooks at smoke scale; make strip-notebooks: drop volatile metadata"
 
-# The environment: a venv with the pinned torch, the package (editable) and its Jupyter kernel.
-# It is rebuilt only when pyproject.toml changes.
+# The environment: a venv with the pinned torch, the package (editable, with the reproduction and development
+# extras) and its Jupyter kernel. It is rebuilt only when pyproject.toml changes.
 env: $(STAMP)
 $(STAMP): pyproject.toml
-	@mkdir -p $(CPRFL_CACHE) $(TORCH_HOME) $(HF_HOME) $(MPLCONFIGDIR) $(IPYTHONDIR) $(JUPYTER_CONFIG_DIR) $(JUPYTER_DATA_DIR)
+	@mkdir -p $(CPRFL_CACHE) $(MPLCONFIGDIR) $(IPYTHONDIR) $(JUPYTER_CONFIG_DIR) $(JUPYTER_DATA_DIR)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e ".[repro,dev]"
 	$(PY) -m ipykernel install --prefix $(VENV) --name $(KERNEL) --display-name "Python (cprfl)" > /dev/null
 	touch $(STAMP)
 
 reproduce: $(STAMP)
-	$(PY) -m cprfl_repro.reproduce --profile $(PROFILE) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) $(if $(LIST_DIR),--list-dir $(LIST_DIR))
+	$(PY) -m cprfl_repro.reproduce --profile $(PROFILE) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
+		$(if $(LIST_DIR),--list-dir $(LIST_DIR)) $(foreach o,$(OVERRIDES),--override $(o)) \
+		$(if $(FORCE),--force) $(if $(COMMANDS),--write-commands $(COMMANDS))
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check cprfl_lib cprfl_repro tools tests
 
 # The stored notebooks (executed at smoke scale) run first under nbval and record their metrics in
 # .cache/nbval-results; tests/test_notebook_metrics.py then checks those against tests/notebook_metrics/.
 NBVAL_RESULTS := $(CURDIR)/.cache/nbval-results
-test: $(STAMP)
+test: $(STAMP) lint
 	rm -rf $(NBVAL_RESULTS)
-	HF_HUB_OFFLINE=1 CPRFL_RESULTS_DIR=$(NBVAL_RESULTS) $(PY) -m pytest -q --nbval-lax --nbval-kernel-name $(KERNEL) \
+	mkdir -p $(TEST_CACHE)
+	$(TEST_ENV) CPRFL_RESULTS_DIR=$(NBVAL_RESULTS) $(PY) -m pytest -q --nbval-lax --nbval-kernel-name $(KERNEL) \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 notebooks tests
 
 # Re-execute the stored notebooks at smoke scale and refresh their reference metrics (before committing them).
 notebooks: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m cprfl_repro.reproduce --refresh-notebooks
+	mkdir -p $(TEST_CACHE)
+	$(TEST_ENV) $(PY) -m cprfl_repro.reproduce --refresh-notebooks
+	$(PY) -m tools.strip_notebooks notebooks/*.ipynb
+
+strip-notebooks: $(STAMP)
+	$(PY) -m tools.strip_notebooks notebooks/*.ipynb
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks

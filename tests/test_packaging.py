@@ -53,8 +53,13 @@ def _makefile() -> str:
     return (ROOT / "Makefile").read_text()
 
 
+def _all_dependencies() -> list[str]:
+    project = _pyproject()
+    return [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
+
+
 def test_environment_yml_lists_the_pyproject_dependencies():
-    ours = {_normalise(r) for r in _pyproject()["dependencies"]}
+    ours = {_normalise(r) for r in _all_dependencies()}
     conda, pip = _conda()
     theirs = {_normalise(r) for r in pip}
     assert len(theirs) == len(pip), "environment.yml lists a pip requirement twice"
@@ -140,3 +145,30 @@ def test_readme_gives_the_two_commands():
     text = (ROOT / "README.md").read_text()
     for command in ("make test", "make reproduce"):
         assert command in text, f"README.md does not mention `{command}`"
+
+
+REPRODUCTION_ONLY = ("papermill", "nbformat", "jupyter", "jupyterlab", "nbval", "pandas", "matplotlib", "seaborn",
+                     "ipykernel", "pytest")
+
+
+def test_the_core_declares_none_of_the_reproduction_packages():
+    core = {_normalise(r)[0] for r in _pyproject()["dependencies"]}
+    assert not core & set(REPRODUCTION_ONLY), sorted(core & set(REPRODUCTION_ONLY))
+    assert {"papermill", "pandas", "matplotlib", "nbval"} <= {_normalise(r)[0] for r in
+                                                             _pyproject()["optional-dependencies"]["repro"]}
+    make = _makefile()
+    assert '-e ".[repro,dev]"' in make, "make does not install the extras"
+
+
+def test_importing_the_library_imports_no_reproduction_package():
+    """`import cprfl_lib` and its model, losses, metrics, data, semantics and training modules, in a fresh
+    interpreter: none of papermill, nbformat, jupyter, nbval, pandas or matplotlib gets imported."""
+    modules = ["cprfl_lib", "cprfl_lib.model", "cprfl_lib.losses", "cprfl_lib.metrics", "cprfl_lib.backbones",
+               "cprfl_lib.data.benchmarks", "cprfl_lib.data.datasets", "cprfl_lib.data.decoded",
+               "cprfl_lib.data.synthetic", "cprfl_lib.semantics", "cprfl_lib.train.engine", "cprfl_lib.train.factory",
+               "cprfl_lib.inference", "cprfl_lib.model_analysis", "cprfl_lib.zero_shot", "cprfl_lib.cli"]
+    code = ("import sys\n" + "".join(f"import {m}\n" for m in modules)
+            + f"bad = sorted({{m.split('.')[0] for m in sys.modules}} & set({REPRODUCTION_ONLY!r}))\nprint(bad)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]", f"the library imports {done.stdout.strip()}"

@@ -8,11 +8,16 @@ import pytest
 import torch
 
 from cprfl_lib import semantics
-from cprfl_lib.semantics import clip as semantics_clip
 from cprfl_lib.errors import CprflError
 from cprfl_lib.semantics import (
-    CLIPTextEncoder, FixedEmbedding, build_text_encoder, embedding_dim, encode_classes, encoder_status,
+    CLIPTextEncoder,
+    FixedEmbedding,
+    build_text_encoder,
+    embedding_dim,
+    encode_classes,
+    encoder_status,
 )
+from cprfl_lib.semantics import clip as semantics_clip
 
 NAMES = ["cat", "dog", "traffic_light"]
 

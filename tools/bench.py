@@ -1,21 +1,23 @@
-"""``make bench``: training and evaluation throughput and peak memory on this machine.
+"""``make bench``: loader, training-step and evaluation throughput on this machine, and the GPU projection.
 
-    python -m cprfl_lib.bench                 # everything (10+ min on a busy 2-core CPU: a paper step is 15-60 s)
-    python -m cprfl_lib.bench --quick         # a few iterations of everything: checks that it works
-    python -m cprfl_lib.bench --sections step --configs quick-head --device cpu
+    python -m tools.bench                 # everything (several minutes on a 2-core CPU: a paper step takes seconds)
+    python -m tools.bench --quick         # a few iterations of everything: checks that it works
+    python -m tools.bench --sections loader,projection
 
 Sections:
-  step       images/s and peak memory of one training step (the engine's ``train_one_epoch``) per
-             model configuration and batch size, on random batches held in memory
-  epoch      one epoch of the quick recipe on cached backbone features against the same epoch
-             end-to-end (``train.cache_features=false``), on the same generated data
-  eval       evaluation images/s over that test set, end-to-end and on cached features
-  reproduce  wall time per notebook of the last ``make reproduce`` (results/<profile>/manifest.json)
+  loader      images/s of the paper recipes' input pipeline at 448 px (decode + resize + augment), from JPEGs
+              at VOC's size and from the decoded-image cache, with 1 and 2 DataLoader workers
+  step        images/s and peak memory of one training step (the engine's train state and train_one_epoch)
+              per model configuration, on random batches held in memory
+  epoch       one epoch of the quick recipe on cached backbone features against the same epoch end to end
+  eval        evaluation images/s over that test set, end to end and on cached features
+  projection  the paper profile's work (FLOP count of the planned runs) and its hours on one H200 and on 8,
+              and the loader throughput that keeps one busy
+  reproduce   wall time per notebook of the last ``make reproduce`` (results/<profile>/manifest.json)
 
-Every network has random weights (weights=None): nothing is downloaded, and speed does not
-depend on the weights. The class embeddings are fixed random vectors of the width of the
-recipe's encoder (MiniLM 384, CLIP-RN50 1024). On a GPU each step is measured twice, plain
-(fp32) and optimised (bf16 autocast + channels_last), and the speed-up is their ratio.
+Every network has random weights (nothing is downloaded, and speed does not depend on the
+weights); the class embeddings are fixed random vectors of the width of the recipe's encoder.
+Nothing here is a unit test: the figures are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -31,18 +33,19 @@ from pathlib import Path
 
 import torch
 
-from cprfl_lib.train import engine, factory
-from cprfl_lib.train.distributed import Dist, GlobalBatchSampler
 from cprfl_lib.errors import CprflError
 from cprfl_lib.losses import build_loss
-from cprfl_lib.train.optim import build_optimizer, build_scheduler
-from cprfl_lib.train.recipes import apply_overrides, load_recipe
 from cprfl_lib.runinfo import device_name
-from cprfl_lib.data.synthetic import class_names as synthetic_class_names
+from cprfl_lib.train import engine, factory
+from cprfl_lib.train.distributed import Dist, GlobalBatchSampler
+from cprfl_lib.train.recipes import apply_overrides, load_recipe
+from cprfl_lib.train.state import build_train_state
 
-SECTIONS = ("step", "epoch", "eval", "reproduce")
+SECTIONS = ("loader", "step", "epoch", "eval", "projection", "reproduce")
 STEP_CONFIGS = ("quick-e2e", "quick-head", "paper")
 ENCODER_DIM = {"minilm": 384, "clip-rn50": 1024}  # the width the random class embeddings stand in for
+H200_BF16 = 790e12  # dense bf16 FLOP/s of one H200 (vendor figure)
+UTILISATION = 0.35  # of it, a convolutional network in bf16 with channels-last (an assumption, stated where used)
 
 
 def bench_config(recipe: str, **overrides) -> dict:
@@ -99,82 +102,123 @@ def _num(value: float) -> str:
     return f"{value:9.1f}" if value >= 10 else f"{value:9.3f}"
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _step_setup(name: str, device: torch.device, optimised: bool):
-    """(model, trainable, config, input shape without batch, cached) of a step configuration."""
+# ---------------------------------------------------------------- the input pipeline
+
+
+def section_loader(quick: bool, out=_say) -> dict[str, float]:
+    """Images/s of decode + resize (+ the official augmentation) at 448 px, from JPEG and from the decoded cache."""
+    from torch.utils.data import DataLoader
+
+    from cprfl_lib.data.datasets import MultiLabelImageDataset
+    from cprfl_lib.data.decoded import decoded_images
+    from cprfl_lib.data.lists import SplitList
+    from cprfl_lib.data.transforms import preprocessing
+    from cprfl_lib.paths import cache_dir
+    from tools.standin import VOC_SIZE, image_tree
+
+    n = 64 if quick else 256
+    root = cache_dir("bench", "jpegs")
+    paths = [f"VOCdevkit/VOC2012/JPEGImages/bench_{i:05d}.jpg" for i in range(n)]
+    image_tree(root, paths, size=VOC_SIZE)
+    split = SplitList(paths, torch.zeros(n, 20, dtype=torch.uint8).numpy(), root / "bench-list.txt")
+    out(f"\n== input pipeline: {n} JPEGs of {VOC_SIZE[0]}x{VOC_SIZE[1]} (random content, VOC's size) -> 448 px, "
+        "the train augmentation, batches of 32, persistent workers (after one warm-up pass)")
+    rates = {}
+    for preset, aug in (("imagenet", "flip: paper-*"), ("official", "Cutout + RandAugment: code-*")):
+        prep = preprocessing(preset, 448)
+        start = time.perf_counter()
+        decoded = decoded_images(root, split, prep, workers=2, progress=False, folder=cache_dir("bench", "decoded"))
+        if preset == "imagenet":
+            out(f"   decoded-image cache written in {time.perf_counter() - start:.1f} s "
+                f"({n * 3 * 448 * 448 / 2**20:,.0f} MiB)")
+        out(f"   -- {preset} preset ({aug})")
+        for source, pixels in (("JPEG", None), ("decoded cache", decoded)):
+            for workers in (1, 2):
+                ds = MultiLabelImageDataset(root, split, prep, train=True, decoded=pixels, check=False)
+                loader = DataLoader(ds, batch_sampler=GlobalBatchSampler(n, 32, 0, tag_epoch=True),
+                                    num_workers=workers, persistent_workers=True)
+                sum(len(x) for x, _ in loader)  # warm-up: worker start, page cache
+                start = time.perf_counter()
+                count = sum(len(x) for x, _ in loader)
+                rates[(preset, source, workers)] = count / (time.perf_counter() - start)
+            r1, r2 = rates[(preset, source, 1)], rates[(preset, source, 2)]
+            out(f"   {source:14s} 1 worker {_num(r1)} img/s   2 workers {_num(r2)} img/s   ({r2 / r1:.2f}x)")
+        out(f"   the decoded cache reads {rates[(preset, 'decoded cache', 1)] / rates[(preset, 'JPEG', 1)]:.1f}x "
+            "faster than decoding (one worker)")
+    return {"jpeg_1": rates[("imagenet", "JPEG", 1)], "decoded_1": rates[("imagenet", "decoded cache", 1)]}
+
+
+# ---------------------------------------------------------------- one training step
+
+
+def _step_model(name: str, device: torch.device, optimised: bool):
+    """(model, config, input shape without batch, cached) of a step configuration."""
+    from cprfl_lib.data.synthetic import class_names as synthetic_class_names
+
     if name == "paper":
-        config = bench_config("paper-coco")
+        config = bench_config("paper-voc")
     else:
         config = bench_config("quick-voc", **{"train.cache_features": name == "quick-head"})
     apply_overrides(config, {"train.amp": optimised, "train.channels_last": optimised and name != "quick-head"})
     classes = synthetic_class_names("synth-coco-lt" if "coco" in config["data"]["dataset"] else "synth-voc-lt")
     model = factory.model_from(config, classes).to(device)
     size = config["data"]["image_size"]
-    if config["train"]["channels_last"]:
-        model.to(memory_format=torch.channels_last)
     cached = name == "quick-head"
     shape = (3, size, size)
     if cached:  # the shape of the cached feature map
         with torch.no_grad():
-            shape = tuple(model.backbone(torch.zeros(1, 3, size, size, device=device)).shape[1:])
-    return model, (model.head if cached else model), config, shape, cached
+            shape = tuple(model.features(torch.zeros(1, 3, size, size, device=device)).shape[1:])
+    return model, config, shape, cached
 
 
 def time_steps(name: str, batch: int, steps: int, warmup: int, device: torch.device, optimised: bool) -> dict:
     """Images/s and peak memory of ``steps`` training steps of one configuration at one batch size."""
-    model, trainable, config, shape, cached = _step_setup(name, device, optimised)
-    num_classes = model.head.num_classes
-    loss_fn = build_loss(config["loss"]["name"], train_counts=[1] * num_classes, num_train=1,
-                         family=factory.dataset_family(config), **(config["loss"]["params"] or {})).to(device)
-    optimizer = build_optimizer(trainable, config["optim"])
-    scheduler = build_scheduler(optimizer, config["optim"], warmup + steps)
-    autocast, amp_on, amp_dtype = engine.autocast_for(device, config["train"])
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_on and amp_dtype == torch.float16)
+    model, config, shape, cached = _step_model(name, device, optimised)
+    loss_fn = build_loss(config["loss"]["name"], **(config["loss"]["params"] or {}))
+    state = build_train_state(config, model, loss_fn, warmup + steps, device, cached=cached)
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, *shape, generator=generator).to(device)
-    y = (torch.rand(batch, num_classes, generator=generator) < 0.1).float().to(device)
-    config["train"]["max_steps_per_epoch"] = None
-
-    def run(n: int) -> None:
-        engine.train_one_epoch(model, trainable, [(x, y)] * n, loss_fn, optimizer, scheduler, scaler, autocast,
-                               device, config, cached, show=False)
-
+    x = torch.randn(batch, *shape, generator=generator) if cached else torch.randint(0, 256, (batch, *shape),
+                                                                                       dtype=torch.uint8)
+    y = (torch.rand(batch, model.head.num_classes, generator=generator) < 0.1).float()
+    state.max_batches = None
     with engine.cpu_threads(config["train"]["num_threads"]):  # as a training run sets them
         threads = torch.get_num_threads()
-        run(warmup)
-        _sync(device)
+        if warmup:
+            engine.train_one_epoch(state, [(x, y)] * warmup, show=False)
+        sync(device)
         with peak_memory(device) as mem:
             start = time.perf_counter()
-            run(steps)
-            _sync(device)
+            engine.train_one_epoch(state, [(x, y)] * steps, show=False)
+            sync(device)
             seconds = time.perf_counter() - start
     return {"img_s": batch * steps / seconds, "ms_step": 1000 * seconds / steps, "mem": mem["bytes"],
             "mem_what": mem["what"], "threads": threads}
 
 
-def section_step(device: torch.device, quick: bool, configs: list[str], out=None) -> None:
-    out = out or _say
+def section_step(device: torch.device, quick: bool, configs: list[str], out=_say) -> dict:
     cpu = device.type == "cpu"
-    plan = {"quick-e2e": [8] if quick else [16, 32, 64], "quick-head": [32] if quick else [32, 128],
-            "paper": ([1] if quick else [1, 2]) if cpu else ([16] if quick else [8, 16, 32])}
-    quick_d, paper_d = load_recipe("quick-voc")["model"]["dim"], load_recipe("paper-coco")["model"]["dim"]
+    plan = {"quick-e2e": [8] if quick else [16, 32], "quick-head": [32] if quick else [32, 128],
+            "paper": ([1] if quick else [1, 2]) if cpu else ([16] if quick else [16, 32])}
+    quick_d, paper_d = load_recipe("quick-voc")["model"]["dim"], load_recipe("paper-voc")["model"]["dim"]
     what = {"quick-e2e": f"quick-voc: frozen EfficientNet-Lite0 128 px per step + d={quick_d} head",
             "quick-head": f"quick-voc: the d={quick_d} head on cached tokens",
-            "paper": f"paper-coco: ResNet-101 448 px fine-tuned + d={paper_d} VSI, 80 classes"}
-    out("\n== training step (random weights and batches in memory; the engine's train_one_epoch)")
+            "paper": f"paper-voc: ResNet-101 448 px fine-tuned + d={paper_d} VSI, 20 classes"}
+    out("\n== training step (random weights and batches in memory; the engine's train state and train_one_epoch)")
     if cpu:
         out("   CPU, fp32, with the recipe's train.num_threads (as a training run). AMP and channels_last are "
             "measured on a GPU only; a paper step takes seconds here, so it runs at batch 1-2 for one timed step.")
     out(f"   {'config':11s} {'batch':>5s} {'mode':6s} {'threads':>7s} {'img/s':>9s} {'ms/step':>9s}  peak memory")
+    found = {}
     for name in configs:
         out(f"   -- {name}: {what[name]}")
         for batch in plan[name]:
             if name == "paper" and cpu:  # seconds per step: the first one is the warm-up, or nothing in --quick
-                steps, warmup = (1, 0) if quick else (1, 1)
+                steps, warmup = (1, 0) if quick else (2, 1)
             else:
                 steps, warmup = (3, 1) if quick else (20, 3)
             modes = [False] if cpu else [False, True]
@@ -184,30 +228,32 @@ def section_step(device: torch.device, quick: bool, configs: list[str], out=None
                 threads = r["threads"] if cpu else "-"
                 out(f"   {name:11s} {batch:5d} {mode:6s} {threads:>7} {_num(r['img_s'])} {_num(r['ms_step'])}  "
                     f"{r['mem'] / 2**20:,.0f} MiB ({r['mem_what']})")
+                found[(name, batch, opt)] = r
             if len(results) == 2:
                 speedup = results[True]["img_s"] / results[False]["img_s"]
                 out(f"   {name:11s} {batch:5d} speed-up of AMP + channels_last: {speedup:.2f}x")
+    return found
+
+
+# ---------------------------------------------------------------- epochs and evaluation of the quick recipe
 
 
 def _epoch_data(device: torch.device, quick: bool):
     """The quick recipe's benchmark, model and both kinds of data, with the feature extraction timed."""
     from cprfl_lib.data.datasets import MultiLabelImageDataset
     from cprfl_lib.train.features import extract_features
-    from cprfl_lib.data.transforms import build_transform
 
-    overrides = {"train.cache_features": False, "data.synthetic_limit": 128 if quick else None}
-    config = bench_config("quick-voc", **overrides)
+    overrides = {"data.synthetic_limit": 128 if quick else None, "data.decoded_cache": False}
+    config = bench_config("quick-voc", **overrides, **{"train.cache_features": False})
     bench = factory.benchmark_from(config)
     model = factory.model_from(config, bench.class_names).to(device)
-    images = engine.Data(config, bench, model.backbone, device, Dist(), progress=False)  # end-to-end data
-    data = config["data"]
-    test_tf = build_transform(data["transform"], data["image_size"], train=False,
-                              mean=model.backbone.input_mean, std=model.backbone.input_std)
-    start = time.perf_counter()  # what the cache holds: test-transform features of both splits
+    images = engine.RunData(config, bench, model, device, Dist(), progress=False)  # end-to-end data
+    prep = factory.preprocessing_from(config, model.backbone)
+    start = time.perf_counter()  # what the cache holds: test-time features of both splits
     tensors = {}
     for split, targets in (("train", bench.train), ("test", bench.test)):
-        ds = MultiLabelImageDataset(bench.image_root, targets, test_tf, check=False)
-        feats = extract_features(model.backbone, ds, config["train"]["eval_batch_size"], device, progress=False)
+        ds = MultiLabelImageDataset(bench.image_root, targets, prep, check=False)
+        feats = extract_features(model, ds, config["train"]["eval_batch_size"], device, progress=False)
         tensors[split] = torch.utils.data.TensorDataset(feats, torch.from_numpy(ds.targets.astype("float32")))
     extract_s = time.perf_counter() - start
     return config, bench, model, images, tensors, extract_s
@@ -216,33 +262,28 @@ def _epoch_data(device: torch.device, quick: bool):
 def time_epoch(config, bench, model, dataset, cached: bool, device: torch.device) -> float:
     """Seconds for one training epoch over ``dataset`` as the engine runs it."""
     tr, oc = config["train"], config["optim"]
-    trainable = model.head if cached else model
-    sampler = GlobalBatchSampler(len(dataset), oc["batch_size"], tr["seed"], True, 0, 1)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=config["data"]["num_workers"])
-    optimizer = build_optimizer(trainable, oc)
-    scheduler = build_scheduler(optimizer, oc, len(loader))
-    autocast, _, _ = engine.autocast_for(device, tr)
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
-    loss_fn = factory.loss_from(config, bench).to(device)
+    sampler = GlobalBatchSampler(len(dataset), oc["batch_size"], tr["seed"], True, 0, 1, tag_epoch=not cached)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=0)
+    state = build_train_state(config, model, factory.loss_from(config, bench), len(loader), device, cached=cached)
     with engine.cpu_threads(tr["num_threads"]):
         start = time.perf_counter()
-        engine.train_one_epoch(model, trainable, loader, loss_fn, optimizer, scheduler, scaler, autocast, device,
-                               config, cached, show=False)
-        _sync(device)
+        engine.train_one_epoch(state, loader, show=False)
+        sync(device)
         return time.perf_counter() - start
 
 
 def time_eval(config, model, dataset, cached: bool, device: torch.device) -> float:
-    autocast, _, _ = engine.autocast_for(device, config["train"])
+    from torch.utils.data import DataLoader, Subset
+
+    loader = DataLoader(Subset(dataset, list(range(len(dataset)))), batch_size=config["train"]["eval_batch_size"])
     with engine.cpu_threads(config["train"]["num_threads"]):  # a run evaluates inside its training threads
         start = time.perf_counter()
-        engine.evaluate(model, dataset, device, autocast, cached, config["train"]["eval_batch_size"], show=False)
-        _sync(device)
+        engine.evaluate({"model": model}, loader, len(dataset), device, cached=cached)
+        sync(device)
         return time.perf_counter() - start
 
 
-def section_epoch_eval(device: torch.device, quick: bool, sections: list[str], out=None) -> None:
-    out = out or _say
+def section_epoch_eval(device: torch.device, quick: bool, sections: list[str], out=_say) -> None:
     config, bench, model, images, tensors, extract_s = _epoch_data(device, quick)
     n_train, n_test = len(bench.train), len(bench.test)
     threads = config["train"]["num_threads"] or torch.get_num_threads()
@@ -258,32 +299,79 @@ def section_epoch_eval(device: torch.device, quick: bool, sections: list[str], o
             "backbone + head)")
         out(f"   cached-features epoch  {t['head']:8.2f} s  ({n_train / t['head']:8.1f} img/s)")
         out(f"   ratio                  {t['e2e'] / t['head']:8.1f}x  (goal >= 10x)")
-        out(f"   one-time extraction    {extract_s:8.2f} s  (train + test features, {torch.get_num_threads()} threads, "
-            "outside the recipe's thread setting)")
+        out(f"   one-time extraction    {extract_s:8.2f} s  (train + test features, {torch.get_num_threads()} threads)")
     if "eval" in sections:
-        t["eval_e2e"] = time_eval(config, model, images.test, False, device)
+        t["eval_e2e"] = time_eval(config, model, images.eval["test"], False, device)
         t["eval_head"] = time_eval(config, model, tensors["test"], True, device)
         out(f"\n== evaluation over the test set ({n_test} images, batch {config['train']['eval_batch_size']}, "
             f"{threads} thread(s))")
         out(f"   end-to-end               {_num(n_test / t['eval_e2e'])} img/s  ({t['eval_e2e']:.2f} s)")
         out(f"   head on cached features  {_num(n_test / t['eval_head'])} img/s  ({t['eval_head']:.2f} s)")
-    if len(t) == 4:  # a whole run: every epoch, every evaluation the recipe makes, and the extraction once
-        epochs = config["optim"]["epochs"]
-        evals = sum(engine.is_eval_epoch(e, config) for e in range(1, epochs + 1))
-        e2e = epochs * t["e2e"] + evals * t["eval_e2e"]
-        cached = extract_s + epochs * t["head"] + evals * t["eval_head"]
-        out(f"\n== a whole quick-voc run ({epochs} epochs, {evals} evaluations)")
-        out(f"   end-to-end {e2e:.1f} s, on cached features {cached:.1f} s including the extraction: "
-            f"{e2e / cached:.1f}x; a second run with the same backbone (an ablation) reuses the features: "
-            f"{e2e / (cached - extract_s):.1f}x")
 
 
-def section_reproduce(out=None) -> None:
-    out = out or _say
+# ---------------------------------------------------------------- the projection to GPUs
+
+
+def section_projection(loader_rates: dict | None, out=_say) -> None:
+    """The paper profile's FLOP count (its planned runs) on one H200 and on 8, at a stated utilisation."""
+    from cprfl_repro.plan import architecture_cost
+
+    config = load_recipe("paper-voc")
+    cost = architecture_cost(config, 20)
+    per_image = cost["train_image"]
+    n_train, n_test, epochs = 1142, 4952, config["optim"]["epochs"]
+    run_flops = epochs * n_train * per_image + n_test * cost["eval_image"]
+    rate = H200_BF16 * UTILISATION
+    out("\n== projection to GPUs (FLOPs counted by torch on the meta device; nothing measured on a GPU)")
+    out(f"   paper-voc image: {per_image / 1e9:,.0f} GFLOP forward + backward, {cost['eval_image'] / 1e9:,.0f} GFLOP "
+        f"forward; one run ({epochs} epochs, evaluated after the last): {run_flops / 1e15:,.1f} PFLOP")
+    out(f"   one H200 at {UTILISATION:.0%} of {H200_BF16 / 1e12:,.0f} TFLOP/s bf16: a paper-voc run "
+        f"{run_flops / rate / 60:,.1f} min of compute, {n_train * epochs / (run_flops / rate):,.0f} training img/s")
+    plan = _paper_plan_flops()
+    if plan is not None:
+        total, runs = plan
+        for gpus in (1, 8):
+            hours = total / rate / 3600 / gpus
+            out(f"   the paper profile ({runs} runs, {total / 1e18:,.2f} EFLOP): about {hours:,.1f} h on {gpus} H200"
+                + ("" if gpus == 1 else " (runs spread over the GPUs, one worker each)"))
+    if loader_rates:
+        need = n_train * epochs / (run_flops / rate)
+        per_worker = loader_rates["decoded_1"]
+        out(f"   to keep one H200 fed: {need:,.0f} img/s; this CPU's decoded-cache pipeline gives {per_worker:,.0f} "
+            f"img/s per worker (JPEG decoding {loader_rates['jpeg_1']:,.0f}): about {need / per_worker:,.1f} workers "
+            "of this CPU's speed")
+
+
+def _paper_plan_flops():
+    """(FLOPs, runs) of the whole paper profile, from its planned runs, when the split lists are at hand."""
+    from cprfl_lib.data.lists import fetch_split_lists
+    from cprfl_lib.paths import cache_dir
+    from cprfl_repro.context import RunContext
+    from cprfl_repro.plan import make_plan
+    from cprfl_repro.reproduce import notebooks, profile_parameters
+
+    try:
+        for name in ("voc-lt", "coco-lt"):
+            fetch_split_lists(name, download=False)
+    except CprflError:
+        _say("   (the whole-profile figure needs the VOC-LT and COCO-LT lists in the cache: `cprfl data fetch`)")
+        return None
+    params = profile_parameters("paper")
+    overrides = params.pop("overrides", {})
+    root = Path(__file__).resolve().parents[1]
+    ctx = RunContext("paper", cache_dir("bench", "results"), cache_dir("bench", "runs"), None, None, overrides)
+    plan = make_plan(ctx, params, notebooks(root))
+    return sum(r.flops for r in plan.runs) + plan.extraction_flops, len(plan.runs)
+
+
+# ---------------------------------------------------------------- make reproduce
+
+
+def section_reproduce(out=_say) -> None:
     root = Path(__file__).resolve().parents[1]
     out("\n== make reproduce: wall time per notebook (from the last manifest)")
     found = False
-    for profile in ("quick", "paper", "smoke"):
+    for profile in ("quick", "paper-check", "paper", "smoke"):
         manifest = root / "results" / profile / "manifest.json"
         if not manifest.is_file():
             continue
@@ -298,7 +386,7 @@ def section_reproduce(out=None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cprfl_lib.bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a few iterations and small batches: checks that it works")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}")
@@ -315,10 +403,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"cprfl bench on {device_name()} [{device}], torch {torch.__version__}"
           + ("  (--quick: few iterations, rough figures)" if args.quick else ""), flush=True)
+    rates = section_loader(args.quick) if "loader" in sections else None
     if "step" in sections:
         section_step(device, args.quick, configs)
     if {"epoch", "eval"} & set(sections):
         section_epoch_eval(device, args.quick, sections)
+    if "projection" in sections:
+        section_projection(rates)
     if "reproduce" in sections:
         section_reproduce()
     return 0

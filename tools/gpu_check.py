@@ -1,39 +1,39 @@
-"""GPU smoke test: the paper's model at full size trains, evaluates and fits in memory.
+"""The GPU check: one complete ``paper-voc`` run on a bare GPU machine, and what the whole paper profile would take.
 
-    tools/gpu_check.sh                # on a GPU box: no install, the checkout goes on PYTHONPATH
-    tools/gpu_check.sh --cpu --tiny   # the same code path at toy sizes, on a CPU
+    tools/gpu_check.sh --list-dir /lists              # on a GPU machine: its own Python and torch, no install
+    tools/gpu_check.sh --cpu --tiny --list-dir /lists  # the same code path at toy sizes, on a CPU
 
-1. ``paper-coco`` at full size: ResNet-101 at 448 px, d=2048 VSI (8 heads x 512), frozen class
-   embeddings from the CLIP RN50 text tower, 80 classes, the recipe's batch (32). It runs a few
-   training steps (the engine's ``train_one_epoch``) with bf16 autocast and channels_last on one
-   fixed random batch with the recipe's ASL (images/s, peak memory), then a few with BCE, whose loss
-   must go down (ASL's detached focusing weight lets its value rise at first from random weights);
-   then evaluates random batches (``evaluate`` + ``map_report``).
-2. ``code-coco`` (the official code): the CLIP text tower trained inside the model, fp16 autocast
-   with a GradScaler, EMA; 2 steps, whose gradients must reach the text tower.
-
-Offline by design: random weights everywhere (``backbone_weights=None``, ``semantics.weights=None``)
-and random data, so nothing is downloaded and no data set is needed. The learning rate is 1e-4
-(not the recipe's 1e-5) so that a few steps move the loss clearly. Exit code 0 only when every
-check passes; 2 when a Python module is missing (listed first, before anything runs).
+It runs under the machine's own Python and torch (not the package's pins: the checkout goes on
+PYTHONPATH; missing pure-Python packages such as open_clip, ftfy and wcwidth come as wheels,
+listed first if absent). It builds a real-layout tree of JPEGs at VOC's image size for every
+path of the VOC-LT lists (random content; ``--data-root`` reuses an existing tree), writes
+weight files in the real formats with random values (a torchvision ResNet-101 state dict, an
+open_clip RN50 state dict), and trains the ``paper-voc`` recipe as written (30 epochs, batch 32,
+448 px, the decoded-image cache and DataLoader workers, evaluated after the last epoch), then
+prints: training and evaluation images/s, the share of the training time spent waiting for the
+loader, peak GPU memory, seconds per epoch, and the projected hours of the whole paper profile
+from the rate this run reached. The numbers are of random weights and images: speed, not accuracy.
+Exit code 0 when the run finished with finite figures; 2 when something is missing (said first).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib
+import math
+import os
 import sys
 import time
-import traceback
-import warnings
+from pathlib import Path
 
 # import name -> pip package; checked before anything else is imported
 REQUIRED = {"torch": "torch", "torchvision": "torchvision", "timm": "timm", "open_clip": "open_clip_torch",
-            "ftfy": "ftfy", "regex": "regex", "numpy": "numpy", "sklearn": "scikit-learn", "yaml": "pyyaml",
-            "tqdm": "tqdm", "PIL": "pillow", "huggingface_hub": "huggingface-hub"}
-TINY = {"model.backbone": "resnet18", "data.image_size": 64, "model.dim": 64, "model.heads": 2,
-        "model.dim_head": 32, "model.mlp_dim": 128, "semantics.encoder": "clip-tiny", "optim.batch_size": 4,
-        "train.eval_batch_size": 8}
+            "ftfy": "ftfy", "wcwidth": "wcwidth", "regex": "regex", "numpy": "numpy", "sklearn": "scikit-learn",
+            "yaml": "pyyaml", "tqdm": "tqdm", "PIL": "pillow", "huggingface_hub": "huggingface-hub"}
+TINY = {"model.backbone": "resnet18", "data.image_size": 64, "model.dim": 64, "model.heads": 2, "model.dim_head": 32,
+        "model.mlp_dim": 128, "optim.epochs": 2, "optim.batch_size": 8, "train.max_steps_per_epoch": 2,
+        "train.eval_batch_size": 16, "data.test_subset": 32, "train.num_threads": 2}
 
 
 def missing_modules() -> list[str]:
@@ -47,206 +47,146 @@ def missing_modules() -> list[str]:
     return missing
 
 
-def smoke_config(recipe: str, tiny: bool, **overrides):
-    from cprfl_lib.train.recipes import load_recipe
+def prepare_inputs(work: Path, list_dir: str | None, data_root: str | None, tiny: bool, say) -> dict:
+    """The lists, the image tree and the weight files of the check (reused when already there)."""
+    from cprfl_lib.data.lists import fetch_split_lists
+    from tools.standin import VOC_SIZE, clip_weights, image_tree, list_paths, resnet_weights
 
-    base = {"model.backbone_weights": None, "semantics.weights": None, "optim.lr": 1e-4, "train.amp": True,
-            **(TINY if tiny else {})}
-    return load_recipe(recipe, {**base, **overrides})
-
-
-def random_batch(n: int, size: int, num_classes: int, seed: int):
-    """Images N(0, 1) and multi-hot targets with about 3 labels an image, at least one each."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 3, size, size, generator=g)
-    y = (torch.rand(n, num_classes, generator=g) < 3 / num_classes).float()
-    y[torch.arange(n), torch.randint(num_classes, (n,), generator=g)] = 1.0
-    return x, y
-
-
-class Trainer:
-    """A model with the engine's loss, optimizer, scheduler, scaler and autocast, stepping on given batches."""
-
-    def __init__(self, config: dict, device, with_ema: bool = False):
-        import torch
-
-        from cprfl_lib.train import engine, factory
-        from cprfl_lib.data import synthetic
-        from cprfl_lib.losses import build_loss
-        from cprfl_lib.train.optim import ModelEma, build_optimizer, build_scheduler
-
-        self.engine, self.config, self.device = engine, config, device
-        self.class_names = synthetic.class_names("synth-coco-lt")  # the 80 COCO class names
-        self.train_counts = synthetic.target_train_counts("synth-coco-lt")  # COCO-LT-shaped: head/medium/tail
-        start = time.perf_counter()
-        self.model = factory.model_from(config, self.class_names).to(device)
-        self.build_s = time.perf_counter() - start
-        if config["train"]["channels_last"]:
-            self.model.to(memory_format=torch.channels_last)
-        # num_train: COCO-LT's 1,909 training images (only the re-weighted losses use it)
-        self.loss_fn = build_loss(config["loss"]["name"], train_counts=self.train_counts, num_train=1909,
-                                  family=factory.dataset_family(config), **(config["loss"]["params"] or {})).to(device)
-        self.optimizer = build_optimizer(self.model, config["optim"])
-        self.scheduler = build_scheduler(self.optimizer, config["optim"], 100)
-        self.autocast, amp_on, amp_dtype = engine.autocast_for(device, config["train"])
-        self.scaler = torch.amp.GradScaler(device.type, enabled=amp_on and amp_dtype == torch.float16)
-        decay = config["train"]["ema"] if with_ema else None
-        self.ema = ModelEma(self.model, decay).to(device) if decay else None
-
-    def step(self, x, y) -> float:
-        """One training step; the loss before the update."""
-        return self.engine.train_one_epoch(self.model, self.model, [(x, y)], self.loss_fn, self.optimizer,
-                                           self.scheduler, self.scaler, self.autocast, self.device, self.config,
-                                           cached=False, ema=self.ema, show=False)
-
-
-
-
-def check_paper(device, tiny: bool, steps: int, eval_batches: int, say) -> list[str]:
-    """paper-coco: steps with AMP descend on a fixed batch; evaluation gives finite scores and a report."""
-    import numpy as np
-    import torch
-
-    from tools.bench import _sync, peak_memory
-    from cprfl_lib.losses import build_loss
-    from cprfl_lib.metrics import map_report
-    from cprfl_lib.model import count_parameters
-
-    failures = []
-    torch.manual_seed(0)  # the random weights
-    config = smoke_config("paper-coco", tiny, **{"train.amp_dtype": "bfloat16",
-                                                  "train.channels_last": device.type == "cuda"})
-    trainer = Trainer(config, device)
-    m, oc = config["model"], config["optim"]
-    params = count_parameters(trainer.model, trainable_only=False)
-    say(f"paper-coco: {m['backbone']} {config['data']['image_size']} px, d={m['dim']} VSI ({m['heads']}x"
-        f"{m['dim_head']}), {config['semantics']['encoder']} class embeddings (random weights, frozen), "
-        f"{params / 1e6:.1f} M parameters, built in {trainer.build_s:.1f} s; batch {oc['batch_size']}, bf16 autocast"
-        + (", channels_last" if config["train"]["channels_last"] else ""))
-    x, y = random_batch(oc["batch_size"], config["data"]["image_size"], len(trainer.class_names), seed=0)
-    x, y = x.to(device), y.to(device)
-    with peak_memory(device) as mem:
-        losses = [trainer.step(x, y)]  # the first step (cuDNN autotuning, allocations) is not timed
-        _sync(device)
-        start = time.perf_counter()
-        losses += [trainer.step(x, y) for _ in range(steps - 1)]
-        _sync(device)
-        seconds = time.perf_counter() - start
-    say(f"  train: {steps} steps on one fixed batch, {oc['batch_size'] * (steps - 1) / seconds:.1f} images/s "
-        f"({1000 * seconds / (steps - 1):.0f} ms/step), peak memory {mem['bytes'] / 2**30:.2f} GiB ({mem['what']})")
-    say("  ASL loss: " + " ".join(f"{v:.4f}" for v in losses))
-    if not all(np.isfinite(losses)):
-        failures.append(f"paper-coco: an ASL loss is not finite: {losses}")
-    # ASL's focusing weight is detached (as in the official code), so its gradient is not that of the value
-    # it reports: from a random start that value may rise for a while (seen at lr <= 1e-5). Whether the
-    # steps descend is checked with BCE, whose gradient is that of its value, from the same state.
-    trainer.loss_fn = build_loss("bce").to(device)
-    bce = [trainer.step(x, y) for _ in range(max(steps // 2, 3))]
-    say("  BCE loss: " + " ".join(f"{v:.4f}" for v in bce))
-    late = float(np.mean(bce[-2:]))  # dropout makes single steps noisy
-    if np.isfinite(bce).all() and late < bce[0]:
-        say(f"  loss went down on the fixed batch: {bce[0]:.4f} -> {late:.4f} (mean of the last 2)  OK")
-    else:
-        failures.append(f"paper-coco: the BCE loss did not go down on a fixed batch ({bce[0]:.4f} -> {late:.4f})")
-
-    n = eval_batches * config["train"]["eval_batch_size"]
-    images, targets = random_batch(n, config["data"]["image_size"], len(trainer.class_names), seed=1)
-    dataset = torch.utils.data.TensorDataset(images, targets)
-    with peak_memory(device) as mem:
-        start = time.perf_counter()
-        scores = trainer.engine.evaluate(trainer.model, dataset, device, trainer.autocast, cached=False,
-                                         batch_size=config["train"]["eval_batch_size"], show=False)
-        _sync(device)
-        seconds = time.perf_counter() - start
-    with warnings.catch_warnings():  # random targets: a class may have no positive
-        warnings.simplefilter("ignore")
-        report = map_report(scores, targets, trainer.train_counts, trainer.class_names)
-    say(f"  evaluate: {n} images in batches of {config['train']['eval_batch_size']}, {n / seconds:.1f} images/s, "
-        f"peak memory {mem['bytes'] / 2**30:.2f} GiB; mAP {report.mAP:.2f} (random data: chance level)")
-    if tuple(scores.shape) != (n, len(trainer.class_names)) or not torch.isfinite(scores).all():
-        failures.append(f"paper-coco: evaluation scores have shape {tuple(scores.shape)} or are not finite")
-    return failures
-
-
-def check_code(device, tiny: bool, say) -> list[str]:
-    """code-coco: the CLIP text tower trains inside the model under fp16 autocast + GradScaler, with EMA."""
-    import numpy as np
-    import torch
-
-    from tools.bench import _sync
-    from cprfl_lib.model import count_parameters
-
-    failures = []
-    torch.manual_seed(0)
-    config = smoke_config("code-coco", tiny, **{"train.amp_dtype": "float16",
-                                                 "train.channels_last": device.type == "cuda"})
-    trainer = Trainer(config, device, with_ema=True)
-    text = trainer.model.head.text_encoder
-    reached = []
-    first = next(p for p in text.parameters() if p.requires_grad)
-    first.register_hook(lambda g: reached.append(bool(g.float().abs().sum() > 0)))
-    say(f"code-coco: trainable {config['semantics']['encoder']} text tower "
-        f"({count_parameters(text, trainable_only=False) / 1e6:.1f} M parameters), float16 autocast"
-        + (" + GradScaler" if trainer.scaler.is_enabled() else "") + f", EMA {config['train']['ema']}")
-    x, y = random_batch(config["optim"]["batch_size"], config["data"]["image_size"], len(trainer.class_names), seed=2)
+    lists = fetch_split_lists("voc-lt", list_dir=list_dir, download=False)
+    root = Path(data_root) if data_root else work / "images"
     start = time.perf_counter()
-    losses = [trainer.step(x.to(device), y.to(device)) for _ in range(2)]
-    _sync(device)
-    scale = trainer.scaler.get_scale() if trainer.scaler.is_enabled() else None
-    say(f"  2 steps in {time.perf_counter() - start:.1f} s, loss " + " ".join(f"{v:.4f}" for v in losses)
-        + (f", grad scale {scale:g}" if scale is not None else ""))
-    if not all(np.isfinite(losses)):
-        failures.append(f"code-coco: a loss is not finite: {losses}")
-    if not any(reached):
-        failures.append("code-coco: no gradient reached the CLIP text tower")
-    else:
-        say("  gradients reach the text tower  OK")
-    return failures
+    paths = list_paths([lists["train"], lists["test"]])
+    if not data_root:
+        image_tree(root, paths, size=(64, 48) if tiny else VOC_SIZE)
+    say(f"  images: {len(paths):,} JPEGs under {root} ({'64x48' if tiny else f'{VOC_SIZE[0]}x{VOC_SIZE[1]}'}, "
+        f"random content; {time.perf_counter() - start:.1f} s)")
+    start = time.perf_counter()
+    backbone = resnet_weights(work / "weights" / ("resnet18.pth" if tiny else "resnet101.pth"),
+                              "resnet18" if tiny else "resnet101")
+    text = None if tiny else clip_weights(work / "weights" / "RN50-openai.bin", "RN50")
+    say(f"  weights: {backbone}" + (f", {text}" if text else " (clip-tiny, random)")
+        + f" (random values; {time.perf_counter() - start:.1f} s)")
+    return {"data_root": root, "list_dir": lists["labels"].parent, "backbone": backbone, "text": text,
+            "user_list_dir": list_dir}
+
+
+def run_check(device_name: str, work: Path, inputs: dict, tiny: bool, epochs: int | None, say) -> list[str]:
+    """Train the recipe; print the figures; the failures."""
+    import torch
+
+    from cprfl_lib.train import engine
+    from cprfl_lib.train.recipes import load_recipe
+    from cprfl_repro.plan import architecture_cost
+
+    over = {"data.data_root": str(inputs["data_root"]), "data.list_dir": str(inputs["list_dir"]),
+            "model.backbone_weights": str(inputs["backbone"]), "train.device": device_name}
+    over.update({"semantics.encoder": "clip-tiny", "semantics.weights": None} if tiny else
+                {"semantics.weights": str(inputs["text"])})
+    if tiny:
+        over.update(TINY)
+    if epochs:
+        over["optim.epochs"] = epochs
+    config = load_recipe("paper-voc", over)
+    out = work / "run"
+    o, d = config["optim"], config["data"]
+    say(f"  recipe paper-voc: {o['epochs']} epochs, batch {o['batch_size']}, {d['image_size']} px, "
+        f"{config['model']['backbone']}, d={config['model']['dim']}, workers {d['num_workers']}, "
+        f"decoded cache {d['decoded_cache']}, amp {config['train']['amp']}, channels_last "
+        f"{config['train']['channels_last']}")
+    if torch.cuda.is_available() and device_name == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    metrics = engine.train(config, out, resume=(out / "checkpoint.pt").is_file(), progress=sys.stderr.isatty())
+    wall = time.perf_counter() - start
+    with open(out / "summary.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    train_s = sum(float(r["train_s"]) for r in rows)
+    wait_s = sum(float(r["wait_s"]) for r in rows)
+    eval_s = sum(float(r["eval_s"]) for r in rows if r.get("eval_s"))
+    from cprfl_lib.train import factory
+
+    bench = factory.benchmark_from(config)
+    images = sum(min(len(bench.train), (config["train"]["max_steps_per_epoch"] or 10**9) * o["batch_size"])
+                 for _ in rows)
+    evaluated = metrics["test_images"] * sum(1 for r in rows if r.get("eval_s"))
+    say(f"  trained in {wall:.0f} s: {images / train_s:,.1f} training img/s, {train_s / len(rows):.1f} s per epoch, "
+        f"waiting for data {wait_s / train_s:.1%} of the training time")
+    say(f"  evaluation: {evaluated / max(eval_s, 1e-9):,.1f} img/s over {metrics['test_images']:,} test images")
+    if device_name == "cuda":
+        say(f"  peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    last = metrics["last_epoch"]["model"]
+    say(f"  mAP {last['mAP']:.2f} (random weights and images: chance level; this checks speed, not accuracy)")
+    cost = architecture_cost(config, len(bench.class_names))
+    done = images * cost["train_image"] + evaluated * cost["eval_image"]
+    rate = done / (train_s + eval_s)
+    say(f"  reached {rate / 1e12:,.1f} TFLOP/s (the FLOP count of this run over its training and evaluation time)")
+    projection(inputs["user_list_dir"], rate, say)
+    return [] if all(math.isfinite(last[k]) for k in ("mAP", "head", "medium", "tail")) else [
+        f"the figures are not finite: {last}"]
+
+
+def projection(list_dir: str | None, rate: float, say) -> None:
+    """The whole paper profile's hours at this rate (its planned runs' FLOP count), on 1 and 8 such devices."""
+    from cprfl_lib.errors import CprflError
+    from cprfl_lib.paths import cache_dir
+    from cprfl_repro.context import RunContext
+    from cprfl_repro.plan import make_plan
+    from cprfl_repro.reproduce import notebooks, profile_parameters
+
+    params = profile_parameters("paper")
+    overrides = params.pop("overrides", {})
+    ctx = RunContext("paper", cache_dir("gpu-check", "results"), cache_dir("gpu-check", "runs"), None,
+                     Path(list_dir) if list_dir else None, overrides)
+    try:
+        plan = make_plan(ctx, params, notebooks(Path(__file__).resolve().parents[1]))
+    except CprflError as exc:
+        say(f"  projection of the whole paper profile: not possible here ({exc})")
+        return
+    plan.rate = rate
+    for gpus in (1, 8):
+        say(f"  the paper profile ({len(plan.runs)} runs): about {plan.hours(gpus):,.1f} h on {gpus} device"
+            f"{'s' if gpus > 1 else ''} like this one; disk about {plan.disk / 2**30:,.0f} GiB")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tools/gpu_check.sh", description=__doc__.splitlines()[0])
-    p.add_argument("--cpu", action="store_true", help="run on the CPU (with --tiny, to test the script)")
-    p.add_argument("--tiny", action="store_true", help="toy sizes: ResNet-18 at 64 px, d=64, clip-tiny, batch 4")
-    p.add_argument("--steps", type=int, help="training steps of paper-coco (default 10; 5 with --tiny)")
-    p.add_argument("--eval-batches", type=int, help="evaluation batches (default 4; 2 with --tiny)")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU (with --tiny, to test the check)")
+    p.add_argument("--tiny", action="store_true", help="toy sizes: ResNet-18 at 64 px, d=64, clip-tiny, 2 short epochs")
+    p.add_argument("--list-dir", help="the VOC-LT split lists (default: the cache, after `cprfl data fetch`)")
+    p.add_argument("--data-root", help="an existing image tree for those lists (default: one is built)")
+    p.add_argument("--work", help="scratch folder (default: $CPRFL_CACHE/gpu-check)")
+    p.add_argument("--epochs", type=int, help="override the recipe's 30 epochs")
     args = p.parse_args(argv)
-    args.steps = args.steps or (5 if args.tiny else 10)
-    args.eval_batches = args.eval_batches or (2 if args.tiny else 4)
     say = lambda line: print(line, flush=True)  # noqa: E731
     missing = missing_modules()
     if missing:
-        say("gpu_smoke: missing Python modules (nothing was run):")
+        say("gpu_check: missing Python modules (nothing was run):")
         for line in missing:
             say(f"  - {line}")
         say("  carry wheels, e.g. `pip download --no-deps open_clip_torch ftfy wcwidth -d wheels/` where there is a "
-            "network, then `python3 -m pip install --no-deps wheels/*.whl` on this machine")
+            "network, then `python3 -m pip install --no-deps --target /tmp/site wheels/*.whl` and PYTHONPATH=/tmp/site")
         return 2
-    if args.steps < 2:
-        p.error("--steps must be at least 2 (the first one is not timed)")
     import torch
 
+    from cprfl_lib.errors import CprflError
+    from cprfl_lib.paths import cache_dir
     from cprfl_lib.runinfo import device_name
 
     if not args.cpu and not torch.cuda.is_available():
-        say("gpu_smoke: no CUDA device (torch.cuda.is_available() is False); use --cpu --tiny to test on a CPU")
+        say("gpu_check: no CUDA device (torch.cuda.is_available() is False); use --cpu --tiny to test on a CPU")
         return 2
-    device = torch.device("cpu" if args.cpu else "cuda")
-    say(f"gpu_smoke on {device_name()} [{device}], torch {torch.__version__}, python {sys.version.split()[0]}"
-        + (" (tiny sizes)" if args.tiny else ""))
-    start, failures = time.perf_counter(), []
-    for name, check in (("paper-coco", lambda: check_paper(device, args.tiny, args.steps, args.eval_batches, say)),
-                        ("code-coco", lambda: check_code(device, args.tiny, say))):
-        try:
-            failures += check()
-        except Exception as exc:  # a smoke test reports every failure with its traceback, then goes on
-            traceback.print_exc()
-            failures.append(f"{name}: {type(exc).__name__}: {exc}")
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    say(f"gpu_smoke: {'FAILED' if failures else 'OK'} in {time.perf_counter() - start:.0f} s")
+    dev = "cpu" if args.cpu else "cuda"
+    work = Path(args.work) if args.work else cache_dir("gpu-check")
+    say(f"gpu_check on {device_name()} [{dev}], torch {torch.__version__}, python {sys.version.split()[0]}, "
+        f"{os.cpu_count()} CPUs" + (" (tiny sizes)" if args.tiny else ""))
+    start = time.perf_counter()
+    try:
+        inputs = prepare_inputs(work, args.list_dir, args.data_root, args.tiny, say)
+        failures = run_check(dev, work, inputs, args.tiny, args.epochs, say)
+    except CprflError as exc:
+        say(f"gpu_check: error: {exc}")
+        return 2
+    say(f"gpu_check: {'FAILED' if failures else 'OK'} in {time.perf_counter() - start:.0f} s")
     for failure in failures:
         say(f"  FAILED {failure}")
     return 1 if failures else 0
