@@ -128,6 +128,10 @@ def _torchvision_state_dict(name: str, url: str) -> dict[str, torch.Tensor]:
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
     if cached.is_file():  # works offline when the file was put there by hand
         return _read_state_dict(cached)
+    if not _reachable(url):  # torch hub would first make its folders, then fail: say it without touching them
+        raise CprflError(
+            f"could not download {name} weights from {url} (no network); put that file at {cached} "
+            f"(torch hub cache, set by TORCH_HOME) or pass a local state-dict path as weights")
     try:
         return torch.hub.load_state_dict_from_url(
             url, map_location="cpu", progress=False, check_hash=True, weights_only=True)
@@ -136,6 +140,18 @@ def _torchvision_state_dict(name: str, url: str) -> dict[str, torch.Tensor]:
         raise CprflError(
             f"could not download {name} weights from {url} ({reason}); put that file at {cached} "
             f"(torch hub cache, set by TORCH_HOME) or pass a local state-dict path as weights") from None
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(url).hostname or ""
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:

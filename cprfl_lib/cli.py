@@ -84,7 +84,7 @@ def _cmd_train(args) -> None:
     from cprfl_lib.train.engine import train  # after the recipe check: a mistyped recipe fails without importing torch
 
     out = Path(args.output_dir or f"runs/{config['recipe']}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    metrics = train(config, out, resume=args.resume)
+    metrics = train(config, out, resume=args.resume, progress=sys.stderr.isatty())  # bars on a terminal only
     last = metrics["last_epoch"]["model"]
     kind = "generated data" if metrics["synthetic"] else "real data"
     print(f"{metrics['dataset']} ({kind}), last epoch: mAP {last['mAP']:.2f}  head {last['head']:.2f}  "

@@ -46,8 +46,8 @@ def run_command(prog: str, action: Callable[[], object], interrupted: str = "int
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        how = f" by {exc.args[0]}" if exc.args and str(exc.args[0]).startswith("SIG") else ""
-        print(f"{prog}: {interrupted}{how}", file=sys.stderr)
+        how = f"interrupted by {exc.args[0]}" if exc.args and str(exc.args[0]).startswith("SIG") else "interrupted"
+        print(f"{prog}: {interrupted.replace('interrupted', how, 1)}", file=sys.stderr)
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -12,6 +12,7 @@ Folders are swapped in whole by :func:`replace_dir`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -65,21 +66,39 @@ def clean_stale_temp(folder: str | os.PathLike, name: str | None = None) -> list
     return removed
 
 
+def write_error(path: Path, exc: OSError):
+    """The one line for a write that failed: a full disk says that nothing was replaced."""
+    from cprfl_lib.errors import CprflError
+
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return CprflError(f"the disk is full while writing {path}; the previous {path.name}, if any, is intact")
+    return CprflError(f"cannot write {path} ({exc.strerror or exc})")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; move it onto ``path`` only on success."""
+    """Yield a temporary path next to ``path``; move it onto ``path`` only on success.
+
+    A write that fails (a full disk, a read-only folder) is one CprflError; the temporary file goes.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temp(path.parent, path.name)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temp(path.parent, path.name)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     tmp = Path(tmp)
     try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
+        try:
+            yield tmp
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.chmod(tmp, file_mode())
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise write_error(path, exc) from None
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -23,5 +23,11 @@ def cache_root() -> Path:
 def cache_dir(*parts: str) -> Path:
     """A sub-folder of :func:`cache_root`, created on demand."""
     path = cache_root().joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from cprfl_lib.errors import CprflError
+
+        raise CprflError(f"the cache folder {path} cannot be created ({exc.strerror or exc}); set CPRFL_CACHE "
+                         "to a writable folder") from None
     return path

@@ -108,9 +108,10 @@ class RunContext:
     def table(self, df, name: str, caption: str, notes=()) -> dict:
         from cprfl_repro.tables import write_table
 
-        if self.is_check:
-            caption, notes = f"{CHECK_LABEL}: {caption}", [CHECK_NOTE, *notes]
-        return write_table(df, name, self.output_dir, caption=caption, notes=list(notes))
+        if not self.is_check:
+            return write_table(df, name, self.output_dir, caption=caption, notes=list(notes))
+        return write_table(df, name, self.output_dir, caption=f"{CHECK_LABEL}: {caption}", notes=[CHECK_NOTE, *notes],
+                           label=f"{CHECK_LABEL}: {CHECK_NOTE}")
 
     def figure(self, fig, name: str) -> dict:
         from cprfl_repro.figures import save_figure
@@ -118,7 +119,7 @@ class RunContext:
         if self.is_check:
             fig.text(0.5, 0.5, CHECK_LABEL, fontsize=22, color="red", alpha=0.35, ha="center", va="center",
                      rotation=20, transform=fig.transFigure, zorder=1000)
-            fig.text(0.01, 0.005, CHECK_NOTE, fontsize=6, color="red", ha="left", va="bottom")
+            fig.text(0.01, 0.995, CHECK_NOTE, fontsize=6, color="red", ha="left", va="top")
         return save_figure(fig, name, self.output_dir)
 
     def metrics(self, notebook: str, metrics: dict) -> Path:

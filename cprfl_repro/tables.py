@@ -24,11 +24,15 @@ def mean_std(values) -> str:
     return f"{v.mean():.2f}" if v.size == 1 else f"{v.mean():.2f} ± {v.std(ddof=1):.2f}"
 
 
-def write_table(df: pd.DataFrame, name: str, out_dir: str | Path, caption: str, notes: list[str] = ()) -> dict[str, Path]:
-    """Write ``df`` as tables/<name>.csv, .md and .tex under ``out_dir``; returns the paths."""
+def write_table(df: pd.DataFrame, name: str, out_dir: str | Path, caption: str, notes: list[str] = (),
+                label: str | None = None) -> dict[str, Path]:
+    """Write ``df`` as tables/<name>.csv, .md and .tex under ``out_dir``; returns the paths.
+
+    ``label``: a line that every file starts with (the CSV as a ``#`` comment: ``pandas.read_csv(comment="#")``).
+    """
     folder = Path(out_dir) / "tables"
     paths = {ext: folder / f"{name}.{ext}" for ext in ("csv", "md", "tex")}
-    atomic_write_text(paths["csv"], df.to_csv(index=False))
+    atomic_write_text(paths["csv"], (f"# {label}\n" if label else "") + df.to_csv(index=False))
     md = [f"**{caption}**", ""] + [f"> {n}" for n in notes] + ([""] if notes else [])
     shown = df.astype(object).where(df.notna(), "")  # empty cells, not 'nan', where a row has no value
     md.append(shown.to_markdown(index=False, floatfmt=".2f"))

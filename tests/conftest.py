@@ -17,7 +17,7 @@ if str(ROOT) not in sys.path:
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The reference split lists folder; the test is skipped where it is absent."""
     if not (SHARED_DATA / "voc_lt" / "train.txt").is_file():

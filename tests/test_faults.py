@@ -494,3 +494,273 @@ def test_unwritable_output_directory_is_reported_before_training(env, reference_
     (tmp_path / "a-file").write_text("")
     out = tmp_path / "a-file" / "run"
     one_line_error(lambda: engine.train(smoke_config(), out, progress=False), str(out), "not writable")
+
+
+# ================================================================ configuration values (one validation)
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("optim.batch_size=0", "'optim.batch_size' must be a whole number >= 1, got 0"),
+    ("optim.epochs=0", "'optim.epochs' must be a whole number >= 1, got 0"),
+    ("optim.lr=nan", "'optim.lr' must be a finite number > 0, got nan"),
+    ("optim.lr=-0.1", "'optim.lr' must be a finite number > 0, got -0.1"),
+    ("optim.lr=inf", "'optim.lr' must be a finite number > 0, got inf"),
+    ("optim.weight_decay=-1", "'optim.weight_decay'"),
+    ("train.ema=1.5", "'train.ema' must be a finite number in (0, 1)"),
+    ("model.dropout=1", "'model.dropout'"),
+    ("model.heads=0", "'model.heads'"),
+    ("train.threshold=0", "'train.threshold'"),
+    ("data.image_size=8", "'data.image_size' must be a whole number >= 16, got 8"),
+    ("data.num_workers=-1", "'data.num_workers' must be 'auto' or a whole number >= 0, got -1"),
+    ("optim.grad_accum=0", "'optim.grad_accum'"),
+    ("train.device=tpu", "'train.device' must be one of ['auto', 'cpu', 'cuda'], got 'tpu'"),
+    ("model.backbone=vgg", "'model.backbone' must be one of"),
+    ("loss.name=hinge", "'loss.name' must be one of"),
+    ("loss.params={gama_neg: 2}", "loss.params ['gama_neg'] are not parameters of loss 'asl'"),
+    ("semantics.template=photo", "'semantics.template' must be a text holding {}"),
+    ("optim.schedule_epochs=1", "optim.schedule_epochs (1) must be at least optim.epochs (6)"),
+    ("semantics.trainable=true", "semantics.trainable=true needs a CLIP encoder"),
+    ("data.synthetic_limit=0", "'data.synthetic_limit' must be a whole number >= 1 or null, got 0"),
+])
+def test_a_bad_value_is_one_line_before_anything_is_built(tmp_path, override, needle):
+    from cprfl_lib.train.recipes import load_recipe
+
+    out = tmp_path / "run"
+    one_line_error(lambda: engine.train(load_recipe("smoke", [*smoke_args(), override]), out, progress=False), needle)
+    assert not out.exists()
+
+
+def test_a_bad_value_through_the_command_and_reproduce(env, cwd, tmp_path):
+    """The CLI, and `make reproduce`'s overrides, refuse the same values in the same words."""
+    cli_error(cli(env, cwd, "train", "--recipe", "smoke", "optim.batch_size=0", "--output-dir", tmp_path / "r"),
+              "'optim.batch_size' must be a whole number >= 1, got 0")
+    assert not (tmp_path / "r").exists()
+    from cprfl_repro.context import resolve
+
+    ctx = resolve("smoke", tmp_path / "out", tmp_path / "work", overrides=["optim.lr=-1"])
+    one_line_error(lambda: ctx.recipe("smoke"), "'optim.lr' must be a finite number > 0, got -1")
+    one_line_error(lambda: resolve("smoke", tmp_path / "out", overrides=["optim.lerning_rate=1"]),
+                   "unknown configuration key 'optim.lerning_rate'")
+
+
+def test_divergence_names_the_epoch_the_step_and_the_setting(env, tmp_path):
+    config = smoke_config(**{"optim.lr": 1e6, "optim.epochs": 3})
+    message = one_line_error(lambda: engine.train(config, tmp_path / "run", progress=False), "training diverged at epoch",
+                             "optimizer step", "lr ", "lower optim.lr")
+    assert "NaN" in message or "inf" in message
+
+
+# ================================================================ caches keyed by content
+
+
+def _run_predictions(config: dict, out: Path) -> np.ndarray:
+    engine.train(config, out, progress=False)
+    with np.load(out / "predictions.npz") as npz:
+        return npz["model"]
+
+
+def test_replaced_images_miss_the_features_cache_and_the_finished_run(env, reference_run, tmp_path):
+    """Other images under the same names (with the old times): new features, and the run store retrains."""
+    from cprfl_lib.train import features
+    from cprfl_repro import studies
+
+    data = tmp_path / "data"
+    shutil.copytree(Path(env["CPRFL_CACHE"]) / "synthetic" / SMOKE_DATA, data / SMOKE_DATA)
+    config = smoke_config(**{"data.data_root": str(data), "optim.epochs": 1})
+    run_dir = studies.run_dir_for(config, tmp_path / "store")
+    first = studies.run_once(config, run_dir)
+    calls = []
+    real = features.extract_features
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(features, "extract_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+        assert studies.run_once(config, run_dir) == first and calls == []  # nothing changed: reused
+        for path in sorted((data / SMOKE_DATA / "images" / "test").glob("*.jpg"))[:40]:
+            stat = path.stat()
+            Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(path)
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the same time stamp
+        studies._inputs_memo.clear()
+        again = studies.run_once(config, run_dir)
+    assert calls, "the replaced test images were not extracted again"
+    assert again["last_epoch"] != first["last_epoch"]
+
+
+def test_a_weights_file_replaced_with_its_old_time_misses_the_embeddings_cache(tmp_path, monkeypatch):
+    from cprfl_lib import semantics
+    from cprfl_lib.semantics.clip import load_clip
+
+    monkeypatch.setenv("CPRFL_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "tiny-openai.bin"
+    torch.save(load_clip("clip-tiny", None, seed=1).state_dict(), weights)
+    a = semantics.encode_classes("clip-tiny", ["cat", "dog"], weights=weights)
+    stat = weights.stat()
+    torch.save(load_clip("clip-tiny", None, seed=2).state_dict(), weights)
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    b = semantics.encode_classes("clip-tiny", ["cat", "dog"], weights=weights)
+    assert not torch.allclose(a, b) and len(list((tmp_path / "cache" / "embeddings").glob("*.pt"))) == 2
+
+
+def test_a_backbone_weights_file_replaced_misses_the_features_cache(tmp_path):
+    from cprfl_lib.backbones import build_backbone
+
+    weights = tmp_path / "r18.pth"
+    torch.save(torchvision_state(1), weights)
+    first = build_backbone("resnet18", weights).weights_id
+    stat = weights.stat()
+    torch.save(torchvision_state(2), weights)
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    from cprfl_lib import digest
+
+    digest._memo.clear()
+    assert build_backbone("resnet18", weights).weights_id != first  # the features key holds weights_id
+
+
+def torchvision_state(seed: int) -> dict:
+    import torchvision
+
+    torch.manual_seed(seed)
+    return torchvision.models.resnet18(weights=None).state_dict()
+
+
+def test_generated_data_from_other_code_are_made_again(tmp_path, monkeypatch):
+    from cprfl_lib.data import synthetic
+
+    monkeypatch.setenv("CPRFL_CACHE", str(tmp_path / "cache"))
+    folder = synthetic.generated_folder("synth-voc-lt", image_size=16, limit=3)
+    made = (folder / "GENERATOR.json").stat().st_mtime_ns
+    assert synthetic.generated_folder("synth-voc-lt", image_size=16, limit=3) == folder
+    assert (folder / "GENERATOR.json").stat().st_mtime_ns == made
+    monkeypatch.setattr(synthetic, "generator_digest", lambda: "other code")
+    synthetic.generated_folder("synth-voc-lt", image_size=16, limit=3)
+    assert json.loads((folder / "GENERATOR.json").read_text())["source"] == "other code"
+
+
+# ================================================================ nothing written where it does not belong
+
+
+def snapshot(*folders: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for f in folders if f.exists() for p in f.rglob("*")}
+
+
+@pytest.mark.slow
+def test_outputs_go_only_to_the_run_folder_and_the_cache(env, reference_run, tmp_path):
+    """A home folder, a working folder and a data folder of the user's own: the commands write into none of
+    them (only the run folder and the cache), and the data folder is never written to."""
+    home, work, data = tmp_path / "home", tmp_path / "work", tmp_path / "data"
+    for folder in (home, work):
+        folder.mkdir()
+    shutil.copytree(Path(env["CPRFL_CACHE"]) / "synthetic" / SMOKE_DATA, data / SMOKE_DATA)
+    (data / "VOCdevkit").mkdir()  # a real tree beside it, as a user has one
+    cache = tmp_path / "cache"
+    run_env = {**env, "HOME": str(home), "CPRFL_CACHE": str(cache), "TORCH_HOME": str(cache / "torch"),
+               "HF_HOME": str(cache / "hf")}
+    before = snapshot(home, work, data)
+    run = tmp_path / "run"
+    done = cli(run_env, work, "train", "--recipe", "smoke", "--data-root", data, "--output-dir", run, "optim.epochs=1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    image = sorted((data / SMOKE_DATA / "images" / "test").glob("*.jpg"))[0]
+    for args in (("evaluate", run, "--data-root", data), ("predict", run, image, "--top-k", "2"),
+                 ("data", "check", "--dataset", "synth-voc-lt", "--data-root", data / SMOKE_DATA, "--deep"),
+                 ("recipes", "smoke"), ("embed", "--encoder", "randn", "--dim", "8")):
+        done = cli(run_env, work, *args)
+        assert done.returncode in (0, 2), done.stderr[-2000:]
+    # generated data never go into a folder the user named: the real tree is refused, not filled
+    done = cli(run_env, work, "train", "--recipe", "smoke", "--data-root", data / "VOCdevkit", "--output-dir",
+               tmp_path / "run2")
+    cli_error(done, "holds no generated synth-voc-lt", "drop --data-root")
+    assert snapshot(home, work, data) == before
+    assert not (tmp_path / "run2").exists()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_outputs_honour_the_umask(tmp_path, umask):
+    from cprfl_lib import io
+
+    before = os.umask(umask)
+    try:
+        import importlib
+
+        importlib.reload(io)  # the umask is read once, at import
+        io.atomic_write_text(tmp_path / "table.md", "x")
+        io.atomic_torch_save({"a": torch.zeros(1)}, tmp_path / "weights.pt")
+    finally:
+        os.umask(before)
+        importlib.reload(io)
+    for name in ("table.md", "weights.pt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+# ================================================================ interrupted and killed
+
+
+def test_a_killed_writers_temporary_files_are_cleaned_on_resume(run_copy):
+    """What a SIGKILL during a checkpoint save leaves (a temporary file of a dead writer) goes on resume;
+    a live writer's file stays."""
+    from cprfl_lib import io
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = run_copy / f".checkpoint.pt.{io._HOST}-{dead.pid}.abcd1234.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    live = run_copy / f".checkpoint.pt.{io._HOST}-{os.getpid()}.efgh5678.tmp"
+    live.write_bytes(b"someone is writing")
+    engine.train(smoke_config(), run_copy, resume=True, progress=False)
+    assert not stale.exists() and live.exists()
+    live.unlink()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_at_a_safe_point_with_one_line(env, cwd, reference_run, tmp_path):
+    """SIGTERM to `cprfl train` after its first checkpoint: exit 130, one line, the checkpoint whole, no litter;
+    the run then resumes to the uninterrupted run's metrics."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([str(SCRIPT), "train", "--recipe", "smoke", "--output-dir", str(out), *smoke_args()],
+                            env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (out / "checkpoint.pt").is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("cprfl:")]
+    assert lines == ["cprfl: interrupted by SIGTERM; the run continues from its last checkpoint with --resume"], stderr
+    assert "Traceback" not in stderr
+    load_checkpoint(out / "checkpoint.pt")  # whole
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    try:
+        engine.train(smoke_config(), out, resume=True, progress=False)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    ours, reference = (json.loads((d / "metrics.json").read_text()) for d in (out, reference_run))
+    assert ours["last_epoch"] == reference["last_epoch"]
+
+
+def test_a_read_only_cache_is_one_line(env, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o555)
+    try:
+        monkeypatch.setenv("CPRFL_CACHE", str(cache))
+        if os.access(cache, os.W_OK):
+            pytest.skip("running as a user that can write anywhere")
+        one_line_error(lambda: engine.train(smoke_config(), tmp_path / "run", progress=False), str(cache),
+                       "set CPRFL_CACHE")
+    finally:
+        cache.chmod(0o755)
+
+
+def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypatch):
+    from cprfl_lib import io
+
+    target = tmp_path / "checkpoint.pt"
+    io.atomic_torch_save({"epoch": 1}, target)
+
+    def full(obj, f, *a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    one_line_error(lambda: io.atomic_torch_save({"epoch": 2}, target), str(target), "disk is full", "intact")
+    monkeypatch.undo()
+    assert torch.load(target, weights_only=True) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]

@@ -18,7 +18,6 @@ A run writes into its output folder:
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 import time
@@ -317,14 +316,11 @@ def _checkpoint_bytes(state: TrainState) -> int:
 
 
 def _save(path: Path, saver, **payload) -> None:
-    """An atomic save that says what a full disk means (the previous file is intact)."""
+    """An atomic save; a failure says how the run goes on (the previous file is intact)."""
     try:
         saver(path, **payload)
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise CprflError(f"the disk is full while writing {path}; the previous {path.name} is intact: free "
-                             "space and continue the run with --resume") from None
-        raise CprflError(f"cannot write {path} ({exc.strerror or exc})") from None
+    except CprflError as exc:
+        raise CprflError(f"{exc}; free space and continue the run with --resume") from None
 
 
 def train(config: dict, output_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
