@@ -23,3 +23,11 @@ def test_unknown_section_is_refused_by_name(capsys):
     with pytest.raises(SystemExit) as exc:
         bench.main(["--sections", "stpe"])
     assert exc.value.code == 2 and "stpe" in capsys.readouterr().err
+
+
+def test_the_loader_and_projection_sections_print_their_figures(capsys):
+    assert bench.main(["--quick", "--device", "cpu", "--sections", "loader,projection"]) == 0
+    out = capsys.readouterr().out
+    assert "== input pipeline" in out and "decoded cache" in out and "JPEG" in out
+    assert out.count(" img/s   2 workers ") == 4  # JPEG and decoded cache, two presets, 1 and 2 workers
+    assert "== projection to GPUs" in out and "GFLOP forward + backward" in out and "H200" in out

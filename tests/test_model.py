@@ -145,3 +145,16 @@ def test_linear_baseline_shapes():
     head = LinearHead(24, 20)
     assert head(torch.randn(1, 24, 3, 3)).shape == (1, 20)
     assert head(torch.randn(4, 9, 24)).shape == (4, 20)
+
+
+@pytest.mark.parametrize("head", ["cprfl", "linear"])
+def test_logits_are_float32_under_bfloat16_autocast(head):
+    """AP is computed from the logits: bf16 logits would create ties (docs/DIFFERENCES.md)."""
+    torch.manual_seed(0)
+    if head == "cprfl":
+        model = CPRFLHead(16, 5, class_embeddings=torch.randn(5, 8), dim=16, heads=2, dim_head=8, mlp_dim=16)
+    else:
+        model = LinearHead(16, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(torch.randn(2, 16, 3, 3))
+    assert logits.dtype == torch.float32

@@ -165,3 +165,11 @@ def test_a_runs_config_yaml_loads_back_as_the_same_configuration(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(dump(config))  # what a run writes
     assert load_recipe(str(path)) == config  # keeps the recipe's name, not "config"
+
+
+def test_the_paper_recipes_evaluate_after_the_last_epoch_and_the_code_recipes_from_epoch_11():
+    from cprfl_lib.train.engine import is_eval_epoch
+
+    paper, code = load_recipe("paper-voc"), load_recipe("code-coco")
+    assert [e for e in range(1, 31) if is_eval_epoch(e, paper)] == [30]
+    assert [e for e in range(1, 80) if is_eval_epoch(e, code)] == list(range(11, 80))
