@@ -332,10 +332,87 @@ def test_synthetic_uses_generated_folder(tmp_path: Path, monkeypatch: pytest.Mon
 
     monkeypatch.setattr(synthetic, "generated_folder", generated_folder)
     bench = load_benchmark("synth-voc-lt", data_root=tmp_path, synthetic_options={"seed": 3})
-    assert seen == [("synth-voc-lt", tmp_path, {"seed": 3})]
+    assert seen == [("synth-voc-lt", tmp_path, {"seed": 3, "splits": ("train", "val", "test")})]
     assert bench.is_synthetic and bench.image_root == folder and bench.list_files["labels"] == folder / "labels.txt"
     assert bench.train_counts.tolist() == [3, 1] and bench.val is None
     with pytest.raises(CprflError, match="drop --list-dir"):
         load_benchmark("synth-coco-lt", list_dir=tmp_path)
     with pytest.raises(CprflError, match="apply only to synth"):
         load_benchmark("voc-lt", synthetic_options={"seed": 1})
+
+
+def _fake_generated(folder: Path, splits=("train", "val", "test")) -> Path:
+    folder.mkdir()
+    (folder / "labels.txt").write_text("a 0\nb 1\n")
+    lines = {"train": "img/0.jpg 0\nimg/1.jpg 0 1\nimg/2.jpg 0\n", "val": "img/4.jpg 0\nimg/5.jpg 1\n",
+             "test": "img/3.jpg 1\n"}
+    for split in splits:
+        (folder / f"{split}.txt").write_text(lines[split])
+    return folder
+
+
+def test_eval_splits_of_a_generated_benchmark(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cprfl_lib.data import synthetic
+
+    full, notest = _fake_generated(tmp_path / "full"), _fake_generated(tmp_path / "notest", ("train", "val"))
+    seen: list[dict] = []
+
+    def generated_folder(name: str, data_root=None, **options) -> Path:
+        seen.append(options)
+        return notest if "test" not in options["splits"] else full
+
+    monkeypatch.setattr(synthetic, "generated_folder", generated_folder)
+    both = load_benchmark("synth-voc-lt")
+    assert both.evaluated is None and list(both.eval_splits) == ["val", "test"]
+    assert both.eval_splits["val"].targets.tolist() == [[1, 0], [0, 1]] and len(both.eval_splits["test"]) == 1
+    assert both.list_files["val"] == full / "val.txt"
+
+    val = load_benchmark("synth-voc-lt", eval_splits=["val"])  # drawn without its test split
+    assert seen[-1]["splits"] == ("train", "val")
+    assert val.test is None and val.evaluated == ("val",) and list(val.eval_splits) == ["val"]
+    assert "test" not in val.list_files and val.image_root == notest and val.train_counts.tolist() == [3, 1]
+
+    test = load_benchmark("synth-voc-lt", eval_splits=["test"])  # drawn without its validation split
+    assert seen[-1]["splits"] == ("train", "test")
+    assert list(test.eval_splits) == ["test"]  # the full folder has a val split: it is read, not evaluated
+    assert test.val is not None and test.evaluated == ("test",)
+    assert list(load_benchmark("synth-voc-lt", eval_splits=["test", "val"]).eval_splits) == ["val", "test"]
+
+    # the caller's own choice of splits is kept
+    load_benchmark("synth-voc-lt", eval_splits=["val"], synthetic_options={"splits": ("train", "val", "test")})
+    assert seen[-1]["splits"] == ("train", "val", "test")
+
+
+def test_asking_for_a_split_that_does_not_exist_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cprfl_lib.data import synthetic
+
+    folders = {"novel": _fake_generated(tmp_path / "a", ("train", "test")),
+               "notest": _fake_generated(tmp_path / "b", ("train", "val"))}
+    pick = {"folder": folders["novel"]}
+    monkeypatch.setattr(synthetic, "generated_folder", lambda name, data_root=None, **options: pick["folder"])
+    with pytest.raises(CprflError, match="synth-voc-lt has no validation split to evaluate"):
+        load_benchmark("synth-voc-lt", eval_splits=["val"])
+    bench = load_benchmark("synth-voc-lt")  # by default, the splits that are there
+    assert bench.val is None and list(bench.eval_splits) == ["test"]
+    pick["folder"] = folders["notest"]
+    with pytest.raises(CprflError, match="synth-voc-lt has no test split to evaluate"):
+        load_benchmark("synth-voc-lt", eval_splits=["val", "test"])
+    with pytest.raises(CprflError, match="no test split"):  # by default the test split is required
+        load_benchmark("synth-voc-lt")
+
+
+def test_a_published_benchmark_has_no_validation_split(shared_data: Path) -> None:
+    with pytest.raises(CprflError, match=r"voc-lt has no validation split.*data\.eval_splits"):
+        load_benchmark("voc-lt", list_dir=shared_data / "voc_lt", download=False, eval_splits=["val"])
+    bench = load_benchmark("voc-lt", list_dir=shared_data / "voc_lt", download=False, eval_splits=["test"])
+    assert list(bench.eval_splits) == ["test"] and bench.val is None and len(bench.test) == 4952
+
+
+def test_benchmark_eval_splits_follow_evaluated(tmp_path: Path) -> None:
+    one = splits.SplitList(paths=["x.jpg"], targets=np.array([[1, 0]], dtype=np.uint8), source=tmp_path / "x.txt")
+    kw = dict(name="x", class_names=["a", "b"], train=one, image_root=None, list_files={})
+    assert list(Benchmark(test=one, val=one, **kw).eval_splits) == ["val", "test"]
+    assert list(Benchmark(test=one, val=None, **kw).eval_splits) == ["test"]
+    assert list(Benchmark(test=one, val=one, evaluated=("test",), **kw).eval_splits) == ["test"]
+    assert list(Benchmark(test=None, val=one, evaluated=("val",), **kw).eval_splits) == ["val"]
+    assert list(Benchmark(test=None, val=one, **kw).eval_splits) == ["val"]

@@ -34,10 +34,11 @@ class Benchmark:
     name: str
     class_names: list[str]
     train: SplitList
-    test: SplitList
+    test: SplitList | None  # None only where a design study asked for the validation split alone
     image_root: Path | None
     list_files: dict[str, Path]  # by role: the files the splits were read from
     val: SplitList | None = None  # generated benchmarks only
+    evaluated: tuple[str, ...] | None = None  # the splits a run evaluates; None: every one there is
     _identity: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -62,8 +63,10 @@ class Benchmark:
 
     @property
     def eval_splits(self) -> dict[str, SplitList]:
-        """The splits a run evaluates: the validation split where there is one, and the test split."""
-        return {**({"val": self.val} if self.val is not None else {}), "test": self.test}
+        """The splits a run evaluates: those asked for, else the validation split where there is one and the test
+        split."""
+        names = self.evaluated or ("val", "test")
+        return {k: getattr(self, k) for k in ("val", "test") if k in names and getattr(self, k) is not None}
 
     def split_identity(self, split: str) -> dict:
         """What a split's content is: the images (by content) and their labels, for cache keys."""
@@ -115,6 +118,7 @@ def load_benchmark(
     download: bool = True,
     synthetic_options: dict[str, Any] | None = None,
     test_subset: int | None = None,
+    eval_splits=None,
 ) -> Benchmark:
     """Load a benchmark by name: ``voc-lt``, ``coco-lt``, ``synth-voc-lt``, ``synth-coco-lt``.
 
@@ -122,15 +126,20 @@ def load_benchmark(
     ``val2017/`` inside it) and may be None while only the lists are needed. For the generated
     ones, the data live in the cache (``synthetic_options``: seed, image_size, limit); a
     ``data_root`` must already hold that generated set, which is then read, never written.
-    ``test_subset`` keeps a fixed subset of that many test images (:func:`select_subset`).
+    ``test_subset`` keeps a fixed subset of that many test images (:func:`select_subset`). ``eval_splits``
+    (a list of "val" and "test"; None: both where they exist) are the splits a run evaluates; each must exist,
+    and a generated benchmark asked for ["val"] is drawn without its test split.
     """
+    evaluated = tuple(eval_splits) if eval_splits else None
     if name in SYNTHETIC:
         from cprfl_lib.data import synthetic
 
         if list_dir is not None:
             raise CprflError(f"{name} is generated with its own lists; drop --list-dir")
-        folder = synthetic.generated_folder(name, data_root, **(synthetic_options or {}))
-        files = {role: folder / f"{role}.txt" for role in ROLES}
+        options = dict(synthetic_options or {})
+        options.setdefault("splits", ("train", *(evaluated or ("val", "test"))))
+        folder = synthetic.generated_folder(name, data_root, **options)
+        files = {role: folder / f"{role}.txt" for role in ROLES if (folder / f"{role}.txt").is_file()}
         image_root: Path | None = folder
         expected = _generated_class_count(folder)  # an edited labels.txt is named, not a later list line
         val_file = folder / "val.txt"
@@ -145,14 +154,19 @@ def load_benchmark(
     class_names = read_labels(files["labels"])
     if expected is not None and len(class_names) != expected:
         raise CprflError(f"{files['labels']}: {len(class_names)} classes, but {name} has {expected}")
-    test = read_split(files["test"], len(class_names))
-    if test_subset is not None:
+    test = read_split(files["test"], len(class_names)) if "test" in files else None
+    if test is not None and test_subset is not None:
         test = test.take(select_subset(test.targets, test_subset), f"{test_subset} images chosen by select_subset")
     val = read_split(val_file, len(class_names)) if val_file is not None and val_file.is_file() else None
     if val is not None:
         files["val"] = val_file
+    for split, there in (("val", val), ("test", test)):
+        if there is None and split in (evaluated or ("test",)):
+            raise CprflError(f"{name} has no {'validation' if split == 'val' else 'test'} split to evaluate"
+                             + ("; the published benchmarks have none (the paper has none): drop it from "
+                                "data.eval_splits" if split == "val" else ""))
     return Benchmark(name=name, class_names=class_names, train=read_split(files["train"], len(class_names)),
-                     test=test, image_root=image_root, list_files=files, val=val)
+                     test=test, image_root=image_root, list_files=files, val=val, evaluated=evaluated)
 
 
 def benchmark_class_names(name: str, list_dir=None, download: bool = True) -> list[str]:

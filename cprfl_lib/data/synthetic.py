@@ -3,28 +3,33 @@
 Nothing real can be downloaded everywhere the package runs, so ``make reproduce`` falls
 back on two generated datasets, written in exactly the on-disk format of the real split
 lists (``labels.txt``, ``train.txt``, ``test.txt``, JPEGs) so that they go through the same
-loader (:mod:`cprfl_lib.splits`) as VOC-LT and COCO-LT:
+loader (:mod:`cprfl_lib.data.lists`) as VOC-LT and COCO-LT, plus a validation split (``val.txt``):
 
 - ``synth-voc-lt``: VOC-LT's 20 class names, order and per-class training counts (exactly),
   1,142 training images, 2.05 labels per image, head/medium/tail 6/6/8.
 - ``synth-coco-lt``: COCO-LT's 80 class names, order and counts (exactly), 1,909 training
   images, 4.36 labels per image, groups 22/33/25.
-- Test sets, sized for a CPU (VOC 1,200 images, 1.55 labels each; COCO 1,600, 3.07): the
-  real test lists' per-class counts scaled to that size and floored at 30 positives, so
-  every class has a stable AP.
+- Validation sets (VOC 1,200 images, COCO 1,600), drawn like the training split (its per-class
+  counts scaled to that size) from another random stream, floored at MIN_VAL_POSITIVES
+  positives so that every class has a usable AP; every choice of the embedded recipes is made on them.
+- Test sets of the same sizes, shaped like the real test lists (their per-class counts scaled,
+  floored at MIN_TEST_POSITIVES).
 
 What it is: drawn shapes. Each class is an object with its own appearance; classes of one
 super-category share a body shape and palette and differ by a part, a texture and a hue
-(:mod:`cprfl_lib.synthetic_draw`), so semantic neighbours look alike. Label sets come
+(:mod:`cprfl_lib.data.synthetic_draw`), so semantic neighbours look alike. Label sets come
 from a scene-type mixture (street, dining, farm, ...), so labels co-occur plausibly, and
-are then repaired to hit the per-class counts exactly.
+are then repaired to hit the per-class counts exactly. Scenes are composed as in the real
+benchmarks' regime (:class:`~cprfl_lib.data.synthetic_draw.SceneParams`): log-normal object
+sizes with many small instances (more in COCO than in VOC), clutter, decoys and occlusion;
+GENERATOR.json records the instances' size classes beside the counts.
 
 What it is not: photographs, VOC or COCO. Numbers measured on it show the pipeline
 working; they are never VOC-LT or COCO-LT numbers and must not be reported as such.
 
 Same seed gives byte-identical files whatever the number of workers: every image draws
-from its own ``numpy`` Generator seeded by (seed, dataset, split, index). Both datasets at
-128 px take about 40 s of CPU (two workers by default).
+from its own ``numpy`` Generator seeded by (seed, dataset, split, index), so a split's images
+do not depend on which other splits are drawn (a tuning run draws no test split at all).
 """
 
 from __future__ import annotations
@@ -40,14 +45,17 @@ from pathlib import Path
 import numpy as np
 import PIL
 
-from cprfl_lib.data.synthetic_draw import render_split
+from cprfl_lib.data.synthetic_draw import SceneParams, area_summary, render_split
 from cprfl_lib.errors import CprflError
 from cprfl_lib.io import replace_dir, temp_dir_for
 from cprfl_lib.paths import cache_dir
 
 GENERATOR_NAME = "cprfl_lib.data.synthetic"
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 MIN_TEST_POSITIVES = 30
+MIN_VAL_POSITIVES = 20
+SPLITS = ("train", "val", "test")
+SPLIT_STREAMS = {"train": 0, "test": 1, "val": 2}  # the random stream of each split's labels and images
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,9 @@ class SyntheticSpec:
     real_test_counts: tuple[int, ...]  # shape of the real test list, scaled to num_test
     real_num_test: int
     num_test: int
+    num_val: int  # drawn like the training split, counts scaled to this size
     scenes: dict[str, tuple[str, ...]]  # co-occurrence model: scene -> classes seen there
+    scene: SceneParams  # how the images are composed (object sizes, clutter, occlusion)
 
 
 _VOC_NAMES = ("aeroplane bicycle bird boat bottle bus car cat chair cow diningtable dog horse "
@@ -89,6 +99,14 @@ _COCO_SUPER_RUNS = (("person", 1), ("vehicle", 8), ("outdoor", 5), ("animal", 10
                     ("furniture", 6), ("electronic", 6), ("appliance", 5), ("indoor", 7))
 
 
+# The scene models, chosen on the validation split (README, "How the embedded default was chosen"). VOC's
+# objects are fewer and larger than COCO's; COCO has more, smaller instances per label.
+VOC_SCENE = SceneParams(object_median=0.26, object_sigma=0.4, object_range=(0.1, 0.6), extra_instances=0.3,
+                        extra_scale=0.6, clutter=(6, 14), decoys=1.0, occluders=0.6)
+COCO_SCENE = SceneParams(object_median=0.19, object_sigma=0.45, object_range=(0.07, 0.5), extra_instances=0.5,
+                         extra_scale=0.6, clutter=(6, 14), decoys=1.5, occluders=0.6)
+
+
 def _words(text: str) -> tuple[str, ...]:
     return tuple(w.strip() for w in text.split(",") if w.strip())
 
@@ -104,7 +122,8 @@ def _build_specs() -> dict[str, SyntheticSpec]:
         num_train=1142,
         real_test_counts=(205, 250, 289, 176, 240, 183, 775, 332, 545, 127, 247, 433, 279,
                           233, 2097, 254, 98, 355, 259, 255),
-        real_num_test=4952, num_test=1200,
+        real_num_test=4952, num_test=1200, num_val=1200,
+        scene=VOC_SCENE,
         scenes={
             "street": _words("person, bicycle, motorbike, car, bus, dog, bottle"),
             "countryside": _words("person, horse, cow, sheep, dog, bird, car"),
@@ -129,7 +148,8 @@ def _build_specs() -> dict[str, SyntheticSpec]:
                           181, 153, 314, 103, 76, 98, 85, 71, 81, 51, 153, 62, 124, 580, 195,
                           172, 149, 501, 149, 207, 183, 88, 145, 106, 214, 54, 115, 8, 187,
                           101, 230, 204, 137, 28, 94, 9, 34),
-        real_num_test=5000, num_test=1600,
+        real_num_test=5000, num_test=1600, num_val=1600,
+        scene=COCO_SCENE,
         scenes={
             "street": _words("person, bicycle, car, motorcycle, bus, truck, traffic light, "
                              "fire hydrant, stop sign, parking meter, bench, handbag, backpack, "
@@ -187,6 +207,26 @@ def target_test_counts(name: str) -> list[int]:
     spec = get_spec(name)
     scale = spec.num_test / spec.real_num_test
     return [max(MIN_TEST_POSITIVES, round(n * scale)) for n in spec.real_test_counts]
+
+
+def target_val_counts(name: str) -> list[int]:
+    """The training split's counts scaled to ``num_val`` images, floored at MIN_VAL_POSITIVES."""
+    spec = get_spec(name)
+    scale = spec.num_val / spec.num_train
+    return [max(MIN_VAL_POSITIVES, round(n * scale)) for n in spec.train_counts]
+
+
+def scene_params(name: str, overrides: dict | None = None) -> SceneParams:
+    """A benchmark's scene model, with ``overrides`` (field -> value) for design studies; unknown fields refused."""
+    base = get_spec(name).scene
+    if not overrides:
+        return base
+    known = set(base.__dict__)
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise CprflError(f"data.synthetic_scene: unknown field(s) {unknown}; known: {sorted(known)}")
+    values = {k: tuple(v) if isinstance(getattr(base, k), tuple) else v for k, v in overrides.items()}
+    return SceneParams(**{**base.__dict__, **values})
 
 
 def super_categories(name: str) -> list[str]:
@@ -261,13 +301,15 @@ def _sample_split(spec: SyntheticSpec, target: np.ndarray, n: int, seed: int,
     return [np.flatnonzero(row).tolist() for row in y]
 
 
-def sample_label_sets(name: str, seed: int = 0) -> tuple[list[list[int]], list[list[int]]]:
-    """Train and test label sets (sorted 0-based class indices), exact per-class counts."""
+def sample_label_sets(name: str, seed: int = 0, splits=SPLITS) -> dict[str, list[list[int]]]:
+    """The label sets (sorted 0-based class indices) of each split, with exact per-class counts."""
     spec = get_spec(name)
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise CprflError(f"seed={seed!r} for {name}: use a non-negative integer")
-    return (_sample_split(spec, np.array(spec.train_counts), spec.num_train, seed, 0),
-            _sample_split(spec, np.array(target_test_counts(name)), spec.num_test, seed, 1))
+    shape = {"train": (spec.train_counts, spec.num_train), "val": (target_val_counts(name), spec.num_val),
+             "test": (target_test_counts(name), spec.num_test)}
+    return {split: _sample_split(spec, np.array(shape[split][0]), shape[split][1], seed, SPLIT_STREAMS[split])
+            for split in splits}
 
 
 def generator_digest() -> str:
@@ -277,33 +319,44 @@ def generator_digest() -> str:
     return hashlib.sha256(code).hexdigest()[:16]
 
 
-def _manifest(spec: SyntheticSpec, seed: int, image_size: int, limit: int | None,
-              splits: dict[str, list[list[int]]]) -> dict:
+def _manifest(spec: SyntheticSpec, seed: int, image_size: int, limit: int | None, scene: SceneParams,
+              splits: dict[str, list[list[int]]], areas: dict[str, list[list[float]]]) -> dict:
     counts = {}
     for split, sets in splits.items():
         y = np.zeros((len(sets), len(spec.class_names)), dtype=int)
         for i, s in enumerate(sets):
             y[i, s] = 1
         counts[split] = {"images": len(sets), "labels_per_image": round(float(y.sum(1).mean()), 4),
-                         "class_counts": y.sum(0).tolist()}
+                         "class_counts": y.sum(0).tolist(), "objects": area_summary(areas[split])}
     return {"generator": GENERATOR_NAME, "version": GENERATOR_VERSION, "source": generator_digest(),
-            "dataset": spec.name, "seed": seed, "image_size": image_size, "limit": limit, "counts": counts,
+            "dataset": spec.name, "seed": seed, "image_size": image_size, "limit": limit, "scene": scene.as_dict(),
+            "splits": list(splits), "counts": counts,
             "libraries": {"numpy": np.__version__, "pillow": PIL.__version__},
             "note": f"GENERATED data (drawn shapes), not {spec.mimics.split('-')[0]} images; "
                     f"numbers measured on it are never {spec.mimics} numbers."}
 
 
-def generate_dataset(name: str, out_dir: str | os.PathLike, seed: int = 0,
-                     image_size: int = 128, workers: int | None = None,
-                     limit: int | None = None) -> Path:
+def _check_splits(splits) -> tuple[str, ...]:
+    splits = tuple(splits)
+    if "train" not in splits or set(splits) - set(SPLITS) or len(set(splits)) != len(splits):
+        raise CprflError(f"splits={list(splits)}: give 'train' and any of 'val', 'test', once each")
+    return tuple(s for s in SPLITS if s in splits)
+
+
+def generate_dataset(name: str, out_dir: str | os.PathLike, seed: int = 0, image_size: int = 224,
+                     workers: int | None = None, limit: int | None = None, scene: dict | None = None,
+                     splits=SPLITS) -> Path:
     """Write the dataset to ``out_dir`` (replacing an earlier generated one) and return it.
 
-    ``limit`` keeps only the first ``limit`` images of each split (for fast tests; the
-    per-class counts then no longer match). Everything is written into a staging folder that is
-    swapped in at the end, so an interrupted run leaves nothing half-written.
+    ``limit`` keeps only the first ``limit`` images of each split (for fast tests; the per-class counts then no
+    longer match). ``scene`` overrides fields of the benchmark's scene model; ``splits`` leaves splits out (a
+    design study draws no test split). Everything is written into a staging folder that is swapped in at the
+    end, so an interrupted run leaves nothing half-written.
     """
     spec = get_spec(name)
     out_dir = Path(out_dir)
+    params = scene_params(name, scene)
+    splits = _check_splits(splits)
     if image_size < 16:
         raise CprflError(f"image_size={image_size} is too small for {name}; use 16 or more")
     if limit is not None and limit < 1:
@@ -313,53 +366,68 @@ def generate_dataset(name: str, out_dir: str | os.PathLike, seed: int = 0,
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "GENERATOR.json").is_file():
         raise CprflError(f"{out_dir} exists and is not a generated dataset (no GENERATOR.json); "
                          "choose an empty or new folder")
-    train, test = sample_label_sets(name, seed)
-    splits = {"train": train[:limit], "test": test[:limit]}
+    label_sets = {k: v[:limit] for k, v in sample_label_sets(name, seed, splits).items()}
     tmp = temp_dir_for(out_dir)
+    areas = {}
     try:
         (tmp / "labels.txt").write_text("".join(f"{n} {i}\n" for i, n in enumerate(spec.class_names)))
-        for split_id, (split, sets) in enumerate(splits.items()):
+        for split, sets in label_sets.items():
             (tmp / "images" / split).mkdir(parents=True)
             rel = [f"images/{split}/{i + 1:06d}.jpg" for i in range(len(sets))]
             (tmp / f"{split}.txt").write_text(
                 "".join(" ".join([p, *map(str, s)]) + "\n" for p, s in zip(rel, sets)))
-            seeds = [[seed, zlib.crc32(spec.name.encode()), split_id, 3, i] for i in range(len(sets))]
-            render_split(tmp, rel, sets, seeds, spec.super_categories, spec.templates,
-                         image_size, workers)
+            seeds = [[seed, zlib.crc32(spec.name.encode()), SPLIT_STREAMS[split], 3, i] for i in range(len(sets))]
+            areas[split] = render_split(tmp, rel, sets, seeds, spec.super_categories, spec.templates, image_size,
+                                        params, workers)
         (tmp / "GENERATOR.json").write_text(json.dumps(
-            _manifest(spec, seed, image_size, limit, splits), indent=2, sort_keys=True) + "\n")
+            _manifest(spec, seed, image_size, limit, params, label_sets, areas), indent=2, sort_keys=True) + "\n")
         replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
-def folder_name(name: str, seed: int = 0, image_size: int = 128, limit: int | None = None) -> str:
-    return f"{name}-s{seed}-{image_size}px" + (f"-limit{limit}" if limit is not None else "")
+def folder_name(name: str, seed: int = 0, image_size: int = 224, limit: int | None = None,
+                scene: dict | None = None, splits=SPLITS) -> str:
+    """``<name>-s<seed>-<size>px``, then what sets it apart from the default: a limit, a changed scene model
+    (a hash of its fields), splits left out."""
+    out = f"{name}-s{seed}-{image_size}px" + (f"-limit{limit}" if limit is not None else "")
+    if scene:
+        fields = json.dumps(scene_params(name, scene).as_dict(), sort_keys=True)
+        out += f"-scene{hashlib.sha256(fields.encode()).hexdigest()[:8]}"
+    missing = [s for s in SPLITS if s not in _check_splits(splits)]
+    return out + "".join(f"-no{s}" for s in missing)
 
 
-def _is_current(folder: Path, want: dict) -> bool:
+def _is_current(folder: Path, want: dict, more_splits: bool = False) -> bool:
+    """Whether ``folder`` holds the generated set ``want`` describes (``more_splits``: or one with more splits)."""
     try:
         meta = json.loads((folder / "GENERATOR.json").read_text())
     except (OSError, ValueError):
         return False
+    if more_splits and set(want["splits"]) <= set(meta.get("splits") or ()):
+        meta = {**meta, "splits": want["splits"]}
     return all(meta.get(k) == v for k, v in want.items())
 
 
 def generated_folder(name: str, data_root: str | os.PathLike | None = None, seed: int = 0,
-                     image_size: int = 128, limit: int | None = None) -> Path:
+                     image_size: int = 224, limit: int | None = None, scene: dict | None = None,
+                     splits=SPLITS) -> Path:
     """The folder of a generated dataset: made in the cache when missing or out of date.
 
     ``data_root`` (a folder the user names) is only read: it must already hold this generated set
-    (itself, or its ``<name>-s<seed>-<size>px`` sub-folder); the package never writes there.
+    (itself, or its :func:`folder_name` sub-folder); the package never writes there.
     """
     get_spec(name)
+    splits = _check_splits(splits)
     want = {"generator": GENERATOR_NAME, "version": GENERATOR_VERSION, "source": generator_digest(), "dataset": name,
-            "seed": seed, "image_size": image_size, "limit": limit}
-    sub = folder_name(name, seed, image_size, limit)
+            "seed": seed, "image_size": image_size, "limit": limit, "scene": scene_params(name, scene).as_dict(),
+            "splits": list(splits)}
+    sub = folder_name(name, seed, image_size, limit, scene, splits)
     if data_root is not None:
         root = Path(data_root).expanduser()
-        found = next((f for f in (root, root / sub) if _is_current(f, want)), None)
+        subs = (sub, folder_name(name, seed, image_size, limit, scene))  # this set, or the one with every split
+        found = next((f for f in (root, *(root / s for s in subs)) if _is_current(f, want, more_splits=True)), None)
         if found is None:
             raise CprflError(f"--data-root {root} holds no generated {name} ({sub}, made by this version of the "
                              f"generator); generated data are made in the cache, never in a folder you give: "
@@ -367,5 +435,5 @@ def generated_folder(name: str, data_root: str | os.PathLike | None = None, seed
         return found
     out = cache_dir("synthetic") / sub
     if not _is_current(out, want):
-        generate_dataset(name, out, seed=seed, image_size=image_size, limit=limit)
+        generate_dataset(name, out, seed=seed, image_size=image_size, limit=limit, scene=scene, splits=splits)
     return out

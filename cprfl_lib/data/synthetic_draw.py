@@ -1,4 +1,4 @@
-"""Drawing the generated scenes of :mod:`cprfl_lib.synthetic`: one object per label.
+"""Drawing the generated scenes of :mod:`cprfl_lib.data.synthetic`: one or more objects per label.
 
 Appearance model, chosen so that semantic neighbours look alike:
 - a super-category owns a body template (person figure, four-legged animal, wheeled
@@ -7,10 +7,16 @@ Appearance model, chosen so that semantic neighbours look alike:
 - each class adds a distinguishing part (a glyph at a class-specific place on the body),
   a texture (stripes, checks, dots, rings, waves, blotches at a class-specific angle and
   frequency) in a class-specific colour, and a small hue shift of the body.
-Every instance is jittered (size, aspect, colours, texture angle/frequency, tilt, mirror),
-placed at a random position and scale over a cluttered background (random shapes, stray
-glyphs and textured patches, so no single cue is enough), partly hidden by other objects
-and by occluders, then globally jittered in contrast and noised.
+
+Scene model (:class:`SceneParams`, one per benchmark): every label gets one instance whose size
+(the square root of its pixel area over the image side) is log-normal, plus a Poisson number of
+smaller instances, so that many objects are small, as in COCO. Instances are jittered (aspect,
+colours, texture angle and frequency, tilt, mirror), placed anywhere, partly out of the frame,
+over a cluttered background (random shapes, stray glyphs, textured patches and *decoys*: bodies of
+a random super-category with a random texture and no distinguishing part, so that a body alone
+never names a class), partly hidden by one another and by occluders, then globally jittered in
+contrast and noised. :func:`render_scene` returns each instance's pixel area, which the dataset's
+GENERATOR.json summarises.
 
 Everything random comes from the ``numpy`` Generator passed in, so an image depends only
 on its seed; PIL's JPEG encoder at a fixed quality is deterministic.
@@ -32,7 +38,28 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 JPEG_QUALITY = 90
+# COCO's size classes (area < 32² and < 96² pixels in images of about 640 x 480), as fractions of the image area
+SMALL_AREA, MEDIUM_AREA = 32**2 / (640 * 480), 96**2 / (640 * 480)
 Shape = tuple  # ("ellipse"|"rect", x0, y0, x1, y1) | ("ring"|"frame", x0, y0, x1, y1, width) | ("poly", pts)
+
+
+@dataclass(frozen=True)
+class SceneParams:
+    """How a benchmark's scenes are composed. Sizes are fractions of the image side: an instance's size is the
+    square root of the pixel area of its body and shared parts (before occlusion) over the side; the class's
+    distinguishing part adds to that, and the areas GENERATOR.json records are measured with it."""
+
+    object_median: float  # the labelled instance: log-normal size with this median ...
+    object_sigma: float  # ... and this log-standard deviation,
+    object_range: tuple[float, float]  # clipped to this range
+    extra_instances: float  # mean number (Poisson) of further, smaller instances per label
+    extra_scale: float  # their median size relative to the labelled instance's
+    clutter: tuple[int, int]  # background shapes per image: uniform in [low, high)
+    decoys: float  # mean number (Poisson) of decoy bodies per image
+    occluders: float  # probability of occluding shapes in front of the objects
+
+    def as_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
 
 
 @dataclass(frozen=True)
@@ -181,8 +208,17 @@ def _pattern(kind: int, h: int, w: int, angle: float, freq: float, rng: np.rando
     return np.broadcast_to(p, (h, w))
 
 
-def _object(look: ClassLook, size_px: float, rng: np.random.Generator) -> Image.Image:
-    """One jittered instance of a class as an RGBA tile (transparent outside the object)."""
+def _object(look: ClassLook | None, size_px: float, rng: np.random.Generator,
+            template: Template | None = None) -> tuple[Image.Image, int]:
+    """One jittered instance of a class as an RGBA tile (transparent outside the object), and its pixel area.
+
+    ``size_px`` is the side of the body's box of the same area. ``look`` None draws a decoy: ``template``'s body
+    with a random texture and colours and no distinguishing part.
+    """
+    if look is None:
+        look = ClassLook(template, tuple(tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(4)),
+                         int(rng.integers(NUM_PATTERNS)), float(rng.uniform(0, 180)), float(rng.uniform(3, 7)),
+                         -1, (0.5, 0.5))
     tpl = look.template
     aspect = tpl.aspect * math.exp(rng.normal(0, 0.1))
     bw, bh = max(4, round(size_px * math.sqrt(aspect))), max(4, round(size_px / math.sqrt(aspect)))
@@ -202,12 +238,15 @@ def _object(look: ClassLook, size_px: float, rng: np.random.Generator) -> Image.
     draw = ImageDraw.Draw(tile)
     for shape in tpl.shared:
         _draw_shape(draw, shape, box, shared, flip)
-    ax, ay = look.anchor
-    r = 0.27 * (bw + bh) / 2 * math.exp(rng.normal(0, 0.12))
-    cx, cy = m + (1 - ax if flip else ax) * bw, m + ay * bh
-    _draw_shape(draw, GLYPHS[look.glyph], (cx - r, cy - r, 2 * r, 2 * r), part, False)
+    if look.glyph >= 0:
+        ax, ay = look.anchor
+        r = 0.27 * (bw + bh) / 2 * math.exp(rng.normal(0, 0.12))
+        cx, cy = m + (1 - ax if flip else ax) * bw, m + ay * bh
+        _draw_shape(draw, GLYPHS[look.glyph], (cx - r, cy - r, 2 * r, 2 * r), part, False)
     angle = rng.normal(0, tpl.tilt)
-    return tile.rotate(angle, resample=Image.NEAREST, expand=True) if abs(angle) > 2 else tile
+    if abs(angle) > 2:
+        tile = tile.rotate(angle, resample=Image.NEAREST, expand=True)
+    return tile, int(np.count_nonzero(np.asarray(tile.getchannel("A"))))
 
 
 def _clutter(canvas: Image.Image, n: int, lo: float, hi: float, rng: np.random.Generator) -> None:
@@ -237,54 +276,102 @@ def _noise_bank(size: int) -> np.ndarray:
     return np.random.default_rng(20241115).standard_normal((side, side, 3), dtype=np.float32)
 
 
-def render_scene(labels: Sequence[int], looks: Sequence[ClassLook], size: int,
-                 rng: np.random.Generator) -> Image.Image:
-    """An RGB ``size`` x ``size`` scene showing every class in ``labels`` at least once."""
+@functools.lru_cache(maxsize=None)
+def _fill(template: Template) -> float:
+    """The fraction of a template's box its body and shared parts cover (so that sizes can be asked for as areas).
+    Keyed by the template's value: the same in every process."""
+    mask = Image.new("L", (200, 200), 0)
+    draw = ImageDraw.Draw(mask)
+    for shape in (*template.body, *template.shared):
+        _draw_shape(draw, shape, (0, 0, 200, 200), 255, False)
+    return max(0.2, np.count_nonzero(np.asarray(mask)) / 200**2)
+
+
+def render_scene(labels: Sequence[int], looks: Sequence[ClassLook], size: int, rng: np.random.Generator,
+                 params: SceneParams) -> tuple[Image.Image, list[float]]:
+    """An RGB ``size`` x ``size`` scene showing every class in ``labels`` at least once, and the area of each
+    instance drawn (pixels over the image's, before occlusion and cropping by the frame)."""
     grey = rng.uniform(70, 190)
     grid = (grey + rng.uniform(-45, 45, (3, 3, 3))).astype(np.uint8)  # muted, so objects stand out
     canvas = Image.fromarray(grid, "RGB").resize((size, size), Image.BICUBIC)
-    _clutter(canvas, int(rng.integers(3, 8)), 0.03, 0.12, rng)
-    if rng.random() < 0.3:  # a textured patch, so texture alone does not name a class
-        s = max(4, int(size * rng.uniform(0.1, 0.22)))
+    _clutter(canvas, int(rng.integers(*params.clutter)), 0.02, 0.10, rng)
+    for _ in range(int(rng.random() < 0.3) + int(rng.random() < 0.3)):  # textured patches: texture alone names nothing
+        s = max(4, int(size * rng.uniform(0.08, 0.2)))
         p = _pattern(int(rng.integers(NUM_PATTERNS)), s, s, rng.uniform(0, 180), rng.uniform(3, 7), rng)
         colours = rng.integers(0, 256, (2, 3)).astype(np.uint8)
         patch = Image.fromarray(colours[p.astype(np.intp)], "RGB")
         canvas.paste(patch, tuple(int(v) for v in rng.integers(0, size - s + 1, 2)))
-    objects = [c for c in labels for _ in range(1 + int(rng.random() < 0.15))]
+    lo, hi = params.object_range
+    objects = []  # (class or None for a decoy, size as a fraction of the side)
+    for c in labels:
+        main = float(np.clip(params.object_median * math.exp(rng.normal(0, params.object_sigma)), lo, hi))
+        objects.append((c, main))
+        for _ in range(rng.poisson(params.extra_instances)):
+            extra = main * params.extra_scale * math.exp(rng.normal(0, params.object_sigma))
+            objects.append((c, float(np.clip(extra, lo / 2, main))))
+    templates = list({id(look.template): look.template for look in looks}.values())  # in class order
+    for _ in range(rng.poisson(params.decoys)):
+        size_frac = params.object_median * math.exp(rng.normal(0, params.object_sigma))
+        objects.append((None, float(np.clip(size_frac, lo, hi))))
     objects = [objects[i] for i in rng.permutation(len(objects))]  # draw order = occlusion order
-    shrink = min(1.0, (2.5 / len(objects)) ** 0.35)
-    for c in objects:
-        tile = _object(looks[c], size * rng.uniform(0.32, 0.62) * shrink, rng)
-        cx, cy = rng.uniform(0.12 * size, 0.88 * size, 2)
+    areas = []
+    for c, frac in objects:
+        template = looks[c].template if c is not None else templates[int(rng.integers(len(templates)))]
+        tile, area = _object(looks[c] if c is not None else None, size * frac / math.sqrt(_fill(template)), rng,
+                             template)
+        cx, cy = rng.uniform(0.05 * size, 0.95 * size, 2)  # large objects near an edge are cut by the frame
         canvas.paste(tile, (round(cx - tile.width / 2), round(cy - tile.height / 2)), tile)
-    if rng.random() < 0.35:  # occluders in front of the objects
-        _clutter(canvas, int(rng.integers(1, 3)), 0.06, 0.14, rng)
+        if c is not None:
+            areas.append(area / size**2)
+    if rng.random() < params.occluders:  # occluders in front of the objects
+        _clutter(canvas, int(rng.integers(1, 4)), 0.04, 0.12, rng)
     arr = np.asarray(canvas, dtype=np.float32)
     arr = (arr - 128) * rng.uniform(0.75, 1.2) + 128 + rng.uniform(-20, 20)
     bank = _noise_bank(size)
     y, x = rng.integers(0, len(bank) - size + 1, 2)
     arr += bank[y:y + size, x:x + size] * np.float32(rng.uniform(2, 6))
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB"), areas
 
 
-def _render_chunk(jobs: Sequence[tuple[str, Sequence[int], Sequence[int]]],
-                  looks: Sequence[ClassLook], size: int) -> None:
+def _render_chunk(jobs: Sequence[tuple[str, Sequence[int], Sequence[int]]], looks: Sequence[ClassLook], size: int,
+                  params: SceneParams) -> list[list[float]]:
+    areas = []
     for path, labels, seed in jobs:
-        render_scene(labels, looks, size, np.random.default_rng(seed)).save(
-            path, format="JPEG", quality=JPEG_QUALITY)
+        image, a = render_scene(labels, looks, size, np.random.default_rng(seed), params)
+        image.save(path, format="JPEG", quality=JPEG_QUALITY)
+        areas.append(a)
+    return areas
 
 
 def render_split(root: Path, rel_paths: Sequence[str], label_sets: Sequence[Sequence[int]],
                  seeds: Sequence[Sequence[int]], super_categories: Sequence[str],
-                 templates: Mapping[str, str], size: int, workers: int | None = None) -> None:
-    """Draw and save ``root / rel_paths[i]`` for every image (in ``workers`` processes)."""
+                 templates: Mapping[str, str], size: int, params: SceneParams,
+                 workers: int | None = None) -> list[list[float]]:
+    """Draw and save ``root / rel_paths[i]`` for every image (in ``workers`` processes); each image's instance
+    areas (fractions of the image), in list order."""
     looks = class_looks(super_categories, templates)
     jobs = [(str(root / p), s, seed) for p, s, seed in zip(rel_paths, label_sets, seeds)]
     workers = min(2, os.cpu_count() or 1) if workers is None else workers
     # Forked workers inherit the imports (spawn would re-import torch via the package).
     if workers <= 1 or len(jobs) < 64 or "fork" not in mp.get_all_start_methods():
-        _render_chunk(jobs, looks, size)
-        return
-    chunks = [jobs[i::workers * 4] for i in range(workers * 4)]
+        return _render_chunk(jobs, looks, size, params)
+    k = workers * 4
+    chunks = [jobs[i::k] for i in range(k)]
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-        list(pool.map(_render_chunk, chunks, [looks] * len(chunks), [size] * len(chunks)))
+        parts = list(pool.map(_render_chunk, chunks, [looks] * k, [size] * k, [params] * k))
+    areas: list[list[float]] = [[] for _ in jobs]
+    for i, part in enumerate(parts):
+        areas[i::k] = part
+    return areas
+
+
+def area_summary(areas: Sequence[Sequence[float]]) -> dict:
+    """The instances' sizes in COCO's classes (small < 32², medium < 96² pixels of 640 x 480), and per image."""
+    flat = np.array([a for image in areas for a in image], dtype=np.float64)
+    if not flat.size:
+        return {"instances": 0}
+    return {"instances": int(flat.size), "instances_per_image": round(flat.size / len(areas), 3),
+            "small": round(float((flat < SMALL_AREA).mean()), 4),
+            "medium": round(float(((flat >= SMALL_AREA) & (flat < MEDIUM_AREA)).mean()), 4),
+            "large": round(float((flat >= MEDIUM_AREA).mean()), 4),
+            "median_area": round(float(np.median(flat)), 5)}

@@ -9,6 +9,7 @@ head / medium / tail tables (groups defined once, in :func:`cprfl_lib.metrics.cl
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,16 +213,53 @@ def group_table(choices: Mapping[str, DataChoice]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# COCO's annotated instances by area (small < 32², medium < 96² pixels): all of COCO, not COCO-LT's subset.
+COCO_INSTANCE_SIZES = {"small": 0.41, "medium": 0.34, "large": 0.24}
+
+
+def generator_table(choices: Mapping[str, DataChoice]) -> pd.DataFrame:
+    """The generated benchmarks' statistics beside the published lists': per split, images, labels per image,
+    object instances per image and their size classes (GENERATOR.json); the published rows from the lists' per-class
+    counts (which the generator holds exactly) and, for COCO, its instances' published size classes."""
+    from cprfl_lib.data import synthetic
+
+    rows = []
+    for key, choice in choices.items():
+        b = choice.benchmark
+        if not b.is_synthetic:
+            continue
+        meta = json.loads((b.image_root / "GENERATOR.json").read_text())
+        for split, c in meta["counts"].items():
+            o = c["objects"]
+            rows.append({"benchmark": key, "data": f"{b.name} (generated)", "split": split, "images": c["images"],
+                         "labels per image": c["labels_per_image"],
+                         "instances per image": o.get("instances_per_image"),
+                         **{f"instances {g} %": 100 * o[g] if g in o else np.nan for g in COCO_INSTANCE_SIZES}})
+        spec = synthetic.get_spec(b.name)
+        published = {"train": (spec.num_train, sum(spec.train_counts)),
+                     "test": (spec.real_num_test, sum(spec.real_test_counts))}
+        for split, (n, labels) in published.items():
+            coco = spec.mimics == "COCO-LT"
+            rows.append({"benchmark": key, "data": f"{spec.mimics} (published lists)", "split": split, "images": n,
+                         "labels per image": round(labels / n, 4), "instances per image": np.nan,
+                         **{f"instances {g} %": 100 * v if coco else np.nan for g, v in COCO_INSTANCE_SIZES.items()}})
+    return pd.DataFrame(rows)
+
+
 def data_metrics(choices: Mapping[str, DataChoice]) -> dict:
     """The numbers notebook 01 records, per benchmark."""
     out = {}
     for key, choice in choices.items():
         b = choice.benchmark
+        splits = [s for s in ("train", "val", "test") if getattr(b, s) is not None]
         out[key] = {
             "dataset": b.name, "source": choice.source, "n_train": len(b.train), "n_test": len(b.test),
+            **({"n_val": len(b.val)} if b.val is not None else {}),
             "num_classes": b.num_classes,
             "groups": {g: int((b.groups == g).sum()) for g in GROUPS},
-            "labels_per_image": {s: round(float(labels_per_image(getattr(b, s).targets).mean()), 4)
-                                 for s in ("train", "test")},
+            "labels_per_image": {s: round(float(labels_per_image(getattr(b, s).targets).mean()), 4) for s in splits},
         }
+        if b.is_synthetic:
+            meta = json.loads((b.image_root / "GENERATOR.json").read_text())
+            out[key]["objects"] = {s: c["objects"] for s, c in meta["counts"].items()}
     return out
