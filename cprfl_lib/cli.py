@@ -85,10 +85,13 @@ def _cmd_train(args) -> None:
 
     out = Path(args.output_dir or f"runs/{config['recipe']}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     metrics = train(config, out, resume=args.resume, progress=sys.stderr.isatty())  # bars on a terminal only
-    last = metrics["last_epoch"]["model"]
     kind = "generated data" if metrics["synthetic"] else "real data"
-    print(f"{metrics['dataset']} ({kind}), last epoch: mAP {last['mAP']:.2f}  head {last['head']:.2f}  "
-          f"medium {last['medium']:.2f}  tail {last['tail']:.2f}   [{metrics['wall_s']:.0f} s]")
+    for split, key in (("validation", "val_last_epoch"), ("test", "last_epoch")):
+        if key in metrics:
+            last = metrics[key]["model"]
+            print(f"{metrics['dataset']} ({kind}), {split} split, last epoch: mAP {last['mAP']:.2f}  "
+                  f"head {last['head']:.2f}  medium {last['medium']:.2f}  tail {last['tail']:.2f}")
+    print(f"{metrics['wall_s']:.0f} s")
     print(f"outputs in {out}")
 
 

@@ -61,6 +61,7 @@ def evaluate_checkpoint(path, data_root=None, list_dir=None, device: str = "auto
     for key, value in (("data_root", data_root), ("list_dir", list_dir)):
         if value is not None:
             config["data"][key] = str(value)
+    config["data"]["eval_splits"] = None  # every split there is: the test split also for a run evaluated on val only
     bench = factory.benchmark_from(config)
     check_compatible(ckpt, path, class_names=bench.class_names)
     dev = resolve_device(device)

@@ -91,7 +91,8 @@ def map_report(scores, targets, train_counts, class_names=None) -> Report:
     names = list(class_names) if class_names is not None else [str(i) for i in range(len(ap))]
     missing = [names[i] for i in np.flatnonzero(np.isnan(ap))]
     if missing:
-        warnings.warn(f"no positive test image for {len(missing)} class(es), left out of mAP: {missing}", stacklevel=2)
+        warnings.warn(f"no positive image for {len(missing)} class(es) in the evaluated split, left out of mAP: "
+                      f"{missing}", stacklevel=2)
     return Report(
         mAP=_mean_pct(ap),
         head=_mean_pct(ap[groups == "head"]),

@@ -8,6 +8,7 @@ is what :class:`cprfl_lib.model.CPRFLHead` computes, not a re-implementation of 
 - :func:`prompt_similarity` compares the class embeddings W with the prompts P they become;
 - :func:`dual_path_gradients` measures dL/dP along both paths, P1 only and P2 only, and checks
   that the full gradient is their sum;
+- :func:`initial_prompts` gives the prompts P a run starts from, and their mean cosine;
 - :func:`text_tower` builds a CLIP text tower on the meta device, for counting its parameters.
 
 Notebooks 03 and 06 show these (tables and figures in :mod:`cprfl_repro`).
@@ -156,6 +157,27 @@ def prompt_similarity(t: Trace) -> dict:
     a, b = out["cos_W_centred"][off], out["cos_P_centred"][off]
     out["pearson_r"] = float(np.corrcoef(a, b)[0, 1]) if len(t.W) > 2 else float("nan")
     return out
+
+
+def initial_prompts(config: dict, class_names: list[str]) -> torch.Tensor:
+    """P (c, d) as a run of ``config`` starts: the model built under the run's seed, exactly as training builds it."""
+    from cprfl_lib.train import factory
+    from cprfl_lib.train.engine import seed_everything
+
+    if config["model"]["head"] != "cprfl":
+        raise CprflError(f"model.head={config['model']['head']!r} has no prompts")
+    numpy_state = np.random.get_state()  # the caller's RNGs and switches are left as they were
+    switches = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    try:
+        with torch.random.fork_rng(devices=[]):
+            seed_everything(config["train"]["seed"], config["train"]["deterministic"])
+            model = factory.model_from(config, class_names)
+            with torch.no_grad():
+                return model.head.prompts().detach().cpu()
+    finally:
+        np.random.set_state(numpy_state)
+        torch.use_deterministic_algorithms(switches[0])
+        torch.backends.cudnn.benchmark = switches[1]
 
 
 PATHS = {"both paths (full)": (False, False), "P1 only (cut P2)": (False, True), "P2 only (cut P1)": (True, False)}

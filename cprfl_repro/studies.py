@@ -229,8 +229,9 @@ def run_studies(studies: dict[str, Study], work_dir: str | Path, progress: bool 
     def done(run_dir: str, metrics: dict, seconds: float) -> None:
         results[run_dir] = metrics
         if progress:
-            m = metrics["last_epoch"]["model"]["mAP"]
-            announce(f"  {label + ': ' if label else ''}{names[run_dir]}: mAP {m:.2f} ({seconds / 60:.1f} min) "
+            split, key = ("test", "last_epoch") if "last_epoch" in metrics else ("val", "val_last_epoch")
+            m = metrics[key]["model"]["mAP"]
+            announce(f"  {label + ': ' if label else ''}{names[run_dir]}: {split} mAP {m:.2f} ({seconds / 60:.1f} min) "
                      f"[{len(results) - (len(configs) - len(todo))}/{len(todo)}]")
 
     n, gpus = pool_size(workers)
@@ -292,10 +293,10 @@ def _rows(study_name: str, study: Study, planned: dict, results: dict) -> pd.Dat
         for seed in study.seeds:
             run_dir = planned[(study_name, name, seed)]
             m = results[run_dir]
-            last, best = m["last_epoch"]["model"], m.get("best_on_test")
+            last, best = (m.get("last_epoch") or {}).get("model"), m.get("best_on_test")  # no test: a design run
             val = (m.get("val_last_epoch") or {}).get("model")
             rows.append({"variant": name, "seed": seed, "status": "ok", "dataset": m["dataset"], "run_dir": run_dir,
-                         **{c: last[c] for c in COLUMNS}, **{f"val_{c}": _metric(val, c) for c in COLUMNS},
+                         **{c: _metric(last, c) for c in COLUMNS}, **{f"val_{c}": _metric(val, c) for c in COLUMNS},
                          **{f"best_{c}": _metric(best, c) for c in COLUMNS},
                          "best_epoch": best["epoch"] if best else None, "wall_s": m["wall_s"]})
     return pd.DataFrame(rows, columns=ROW_COLUMNS)  # the same columns when no variant could run

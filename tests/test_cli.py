@@ -221,3 +221,27 @@ def test_embed_names_a_generated_benchmark_without_drawing_it(monkeypatch):
 
     monkeypatch.setattr(synthetic, "generated_folder", lambda *a, **k: pytest.fail("images drawn for class names"))
     assert splits.benchmark_class_names("synth-coco-lt") == synthetic.class_names("synth-coco-lt")
+
+
+@pytest.mark.parametrize("overrides, splits", [([], ["validation", "test"]), (["data.eval_splits=[val]"], ["validation"]),
+                                               (["data.eval_splits=[test]"], ["test"])])
+def test_train_prints_one_line_per_evaluated_split(monkeypatch, capsys, tmp_path, overrides, splits):
+    from cprfl_lib import cli
+    from cprfl_lib.train import engine
+
+    def fake_train(config, out, resume=False, progress=True):
+        evaluated = config["data"]["eval_splits"] or ["val", "test"]
+        row = {"mAP": 51.234, "head": 60.0, "medium": 50.0, "tail": 40.0}
+        return {"dataset": config["data"]["dataset"], "synthetic": True, "wall_s": 12.3,
+                **({"val_last_epoch": {"model": {**row, "mAP": 41.0}}} if "val" in evaluated else {}),
+                **({"last_epoch": {"model": row}} if "test" in evaluated else {})}
+
+    monkeypatch.setattr(engine, "train", fake_train)
+    assert cli.main(["train", "--recipe", "smoke", "--output-dir", str(tmp_path / "run"), *overrides]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    split_lines = [line for line in lines if " split, last epoch: " in line]
+    assert [line.split("), ")[1].split(" split")[0] for line in split_lines] == splits
+    for line in split_lines:
+        assert line.startswith("synth-voc-lt (generated data), ")
+        assert ("mAP 41.00" if "validation" in line else "mAP 51.23  head 60.00  medium 50.00  tail 40.00") in line
+    assert lines[-2:] == ["12 s", f"outputs in {tmp_path / 'run'}"]

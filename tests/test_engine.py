@@ -99,6 +99,71 @@ def test_a_smoke_run_writes_its_five_files(smoke_run):
     with np.load(out / "predictions.npz") as npz:
         assert npz["model"].shape == npz["targets"].shape == (64, 20)
         assert list(npz["class_names"]) == ckpt["class_names"] and "ema" not in npz
+        assert npz["val_model"].shape == npz["val_targets"].shape == (64, 20)
+        assert set(npz.files) == {"model", "targets", "val_model", "val_targets", "class_names", "train_counts"}
+
+
+def test_a_run_reports_the_validation_split_and_its_best_epoch(smoke_run):
+    """The generated benchmarks have a validation split: its figures, and the epoch chosen on it (held out)."""
+    out, metrics = smoke_run
+    rows = read_summary(out / "summary.csv")
+    assert metrics["val_images"] == metrics["test_images"] == 64 and metrics["test_subset"] is None
+    val = metrics["val_last_epoch"]["model"]
+    assert set(metrics["val_last_epoch"]) == {"model"} and set(GROUPS) <= set(val)
+    assert val["mAP"] == pytest.approx(float(rows[-1]["val_mAP"]), rel=1e-5)
+    assert val["mAP"] != metrics["last_epoch"]["model"]["mAP"]  # another split, other figures
+    best = metrics["best_on_val"]
+    assert set(best) == {"epoch", "model", "val", "test"} and best["model"] == "model"
+    chosen = max(rows, key=lambda r: float(r["val_mAP"]))
+    assert best["epoch"] == int(chosen["epoch"])
+    for k in GROUPS:  # the validation figures of that epoch, and its test figures beside them
+        assert best["val"][k] == pytest.approx(float(chosen[f"val_{k}"]), rel=1e-5, nan_ok=True), k
+        assert best["test"][k] == pytest.approx(float(chosen[k]), rel=1e-5, nan_ok=True), k
+    with np.load(out / "predictions.npz") as npz:
+        from cprfl_lib.train import factory as f
+
+        bench = f.benchmark_from(load_recipe(str(out / "config.yaml")))
+        assert np.array_equal(npz["val_targets"], bench.val.targets)
+        assert np.array_equal(npz["targets"], bench.test.targets)
+
+
+def test_a_run_on_the_validation_split_alone_draws_and_reports_no_test(tmp_path, monkeypatch, fresh_features):
+    """data.eval_splits=[val] (a design study): the test split is neither generated nor evaluated nor reported."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("CPRFL_CACHE", str(cache))
+    out = tmp_path / "run"
+    metrics = engine.train(smoke(**{"data.eval_splits": ["val"]}), out, progress=False)
+    assert len(fresh_features) == 2  # the train and validation splits' features
+    for key in ("last_epoch", "test_images", "test_subset", "best_on_test"):
+        assert key not in metrics, key
+    assert metrics["val_images"] == 64 and set(metrics["val_last_epoch"]) == {"model"}
+    assert set(metrics["best_on_val"]) == {"epoch", "model", "val"}  # no test figures of the chosen epoch
+    rows = read_summary(out / "summary.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert all("val_mAP" in r and "mAP" not in r and "tail" not in r for r in rows)
+    assert metrics["val_last_epoch"]["model"]["mAP"] == pytest.approx(float(rows[-1]["val_mAP"]), rel=1e-5)
+    with np.load(out / "predictions.npz") as npz:
+        assert set(npz.files) == {"val_model", "val_targets", "class_names", "train_counts"}
+        assert npz["val_model"].shape == (64, 20)
+    generated = [p.name for p in (cache / "synthetic").iterdir()]
+    assert generated == ["synth-voc-lt-s0-32px-limit64-notest"]
+    folder = cache / "synthetic" / generated[0]
+    assert not (folder / "test.txt").exists() and not (folder / "images" / "test").exists()
+    assert json.loads((folder / "GENERATOR.json").read_text())["splits"] == ["train", "val"]
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+
+
+def test_a_run_on_the_test_split_alone_reports_no_validation(tmp_path, monkeypatch):
+    monkeypatch.setenv("CPRFL_CACHE", str(tmp_path / "cache"))
+    metrics = engine.train(smoke(**{"data.eval_splits": ["test"], "optim.epochs": 1}), tmp_path / "run",
+                           progress=False)
+    assert "last_epoch" in metrics and metrics["test_images"] == 64
+    for key in ("val_last_epoch", "val_images", "best_on_val"):
+        assert key not in metrics, key
+    assert metrics["best_on_test"] is None  # one epoch evaluated: nothing to choose
+    with np.load(tmp_path / "run" / "predictions.npz") as npz:
+        assert "val_model" not in npz and "val_targets" not in npz and "targets" in npz
+    assert [p.name for p in (tmp_path / "cache" / "synthetic").iterdir()] == ["synth-voc-lt-s0-32px-limit64-noval"]
 
 
 def test_the_checkpoint_is_read_with_weights_only(smoke_run):
@@ -132,9 +197,9 @@ def test_an_unwritable_output_folder_fails_before_any_work(tmp_path, fresh_featu
 def test_features_are_computed_once_and_a_warm_cache_changes_nothing(tmp_path, fresh_features):
     config = smoke(**{"train.deterministic": True})
     cold = engine.train(config, tmp_path / "a", progress=False)
-    assert len(fresh_features) == 2  # train and test split
+    assert len(fresh_features) == 3  # the train, validation and test splits
     warm = engine.train(config, tmp_path / "b", progress=False)
-    assert len(fresh_features) == 2  # reused from disk
+    assert len(fresh_features) == 3  # reused from disk
     # the run is the same whether or not the cache was warm (the extraction must not touch the RNG)
     for key, value in cold["last_epoch"]["model"].items():
         assert warm["last_epoch"]["model"][key] == pytest.approx(value, abs=0, nan_ok=True), key
@@ -142,7 +207,7 @@ def test_features_are_computed_once_and_a_warm_cache_changes_nothing(tmp_path, f
         (tmp_path / "b" / "summary.csv").read_text().split("train_s")[0]
 
     engine.train(smoke(**{"data.image_size": 40, "optim.epochs": 1}), tmp_path / "c", progress=False)
-    assert len(fresh_features) == 4  # another image size: other features
+    assert len(fresh_features) == 6  # another image size: other features
 
 
 def test_features_are_the_backbone_maps_and_leave_the_backbone_in_its_format():

@@ -63,7 +63,8 @@ def test_code_recipes_state_what_the_official_code_does(name, dataset, lr):
 @pytest.mark.parametrize("name, dataset", [("quick-voc", "synth-voc-lt"), ("quick-coco", "synth-coco-lt")])
 def test_quick_recipes_use_generated_data_minilm_and_a_frozen_lite0(name, dataset):
     c = load_recipe(name)
-    assert c["data"]["dataset"] == dataset
+    assert c["data"]["dataset"] == dataset and c["data"]["image_size"] == 224  # 7 x 7 Lite0 tokens
+    assert c["data"]["eval_splits"] is None  # validation and test
     assert c["semantics"]["encoder"] == "minilm" and c["semantics"]["trainable"] is False
     assert c["model"]["backbone"] == "efficientnet-lite0" and c["model"]["freeze_backbone"] is True
     assert c["train"]["cache_features"] in ("auto", True)  # a frozen backbone trains on cached features
@@ -173,3 +174,77 @@ def test_the_paper_recipes_evaluate_after_the_last_epoch_and_the_code_recipes_fr
     paper, code = load_recipe("paper-voc"), load_recipe("code-coco")
     assert [e for e in range(1, 31) if is_eval_epoch(e, paper)] == [30]
     assert [e for e in range(1, 80) if is_eval_epoch(e, code)] == list(range(11, 80))
+
+
+# --- the splits a run evaluates, the generated scenes, the embedding scale -----------------------------
+
+def test_eval_splits_defaults_to_every_split_and_takes_a_list_of_val_and_test():
+    assert defaults()["data"]["eval_splits"] is None
+    assert load_recipe("smoke")["data"]["eval_splits"] is None
+    assert load_recipe("smoke", ["data.eval_splits=[val]"])["data"]["eval_splits"] == ["val"]
+    assert load_recipe("smoke", {"data.eval_splits": ["val", "test"]})["data"]["eval_splits"] == ["val", "test"]
+    assert load_recipe("smoke", {"data.eval_splits": ["test"]})["data"]["eval_splits"] == ["test"]
+
+
+@pytest.mark.parametrize("value", [[], ["train"], ["val", "val"], "val", ["val", "dev"], {"val": 1}])
+def test_a_bad_eval_splits_is_rejected(value):
+    with pytest.raises(CprflError, match=r"data\.eval_splits"):
+        load_recipe("smoke", {"data.eval_splits": value})
+
+
+def test_synthetic_scene_is_a_mapping_replaced_whole_by_an_override():
+    from cprfl_lib.train import recipes
+
+    assert defaults()["data"]["synthetic_scene"] == {} and "synthetic_scene" in recipes.OPAQUE
+    c = load_recipe("smoke", ["data.synthetic_scene={decoys: 0, clutter: [2, 4]}"])
+    assert c["data"]["synthetic_scene"] == {"decoys": 0, "clutter": [2, 4]}
+    again = apply_overrides(c, {"data.synthetic_scene": {"occluders": 0.1}})
+    assert again["data"]["synthetic_scene"] == {"occluders": 0.1}  # replaced, not merged
+    nested = load_recipe("smoke", {"data": {"synthetic_scene": {"extra_instances": 0.0}}})
+    assert nested["data"]["synthetic_scene"] == {"extra_instances": 0.0}
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    ({"data.synthetic_scene": {"decoy": 0}}, r"unknown field\(s\) \['decoy'\]"),
+    ({"data.synthetic_scene": 3}, r"data\.synthetic_scene"),
+    ({"data.synthetic_scene": [1, 2]}, r"data\.synthetic_scene"),
+])
+def test_a_bad_synthetic_scene_is_rejected(overrides, needle):
+    with pytest.raises(CprflError, match=needle):
+        load_recipe("smoke", overrides)
+
+
+def test_synthetic_scene_on_a_published_benchmark_is_refused():
+    with pytest.raises(CprflError, match=r"synthetic_scene applies only to the generated datasets.*voc-lt"):
+        load_recipe("paper-voc", {"data.synthetic_scene": {"decoys": 0}})
+    assert load_recipe("paper-voc", {"data.synthetic_scene": {}})["data"]["synthetic_scene"] == {}  # nothing changed
+
+
+def test_centre_and_norm_values():
+    sem = defaults()["semantics"]
+    assert sem["centre"] is False and sem["norm"] is None
+    for norm in (None, "sqrt_m", 1, 2.5):
+        assert load_recipe("smoke", {"semantics.centre": True, "semantics.norm": norm})["semantics"]["norm"] == norm
+    assert load_recipe("smoke", ["semantics.norm=sqrt_m"])["semantics"]["norm"] == "sqrt_m"
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    ({"semantics.norm": 0}, r"semantics\.norm"),
+    ({"semantics.norm": -1.0}, r"semantics\.norm"),
+    ({"semantics.norm": "sqrt"}, r"semantics\.norm"),
+    ({"semantics.norm": True}, r"semantics\.norm"),
+    ({"semantics.norm": float("inf")}, r"semantics\.norm"),
+    ({"semantics.centre": 1}, r"semantics\.centre"),
+    ({"semantics.centre": "yes"}, r"semantics\.centre"),
+    ({"semantics.centre": True, "semantics.trainable": True, "semantics.encoder": "clip-tiny"}, "trainable"),
+    ({"semantics.norm": "sqrt_m", "semantics.trainable": True, "semantics.encoder": "clip-tiny"}, "trainable"),
+    ({"semantics.norm": 1.0, "semantics.normalize": True}, r"normalize=true and semantics\.norm=1\.0"),
+])
+def test_bad_embedding_scales_are_refused(overrides, needle):
+    with pytest.raises(CprflError, match=needle):
+        load_recipe("smoke", overrides)
+
+
+def test_centre_with_normalize_is_allowed():
+    c = load_recipe("smoke", {"semantics.centre": True, "semantics.normalize": True})
+    assert c["semantics"]["centre"] is True and c["semantics"]["normalize"] is True

@@ -312,3 +312,66 @@ def test_clip_cache_is_keyed_by_weights_file(tiny_ckpt, monkeypatch):
     encode_classes("clip-tiny", NAMES, weights=path, template="a {}.")
     encode_classes("clip-tiny", NAMES, weights="random")
     assert len(calls) == 3
+
+
+# --- the embedding scale: centring and rescaling after the cache --------------------------------------
+
+def _emb(c=5, m=8, seed=0, offset=3.0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(c, m, generator=g) + offset  # a common offset: mutually close rows, like MiniLM's
+
+
+def test_rescale_centres_and_sets_the_row_norms():
+    from cprfl_lib.semantics import rescale
+
+    emb = _emb()
+    torch.testing.assert_close(rescale(emb), emb)  # nothing asked: unchanged
+    centred = rescale(emb, centre=True)
+    torch.testing.assert_close(centred, emb - emb.mean(0, keepdim=True))
+    assert centred.mean(0).abs().max() < 1e-6
+    for norm, want in (("sqrt_m", 8 ** 0.5), (2.5, 2.5), (1, 1.0)):
+        out = rescale(emb, norm=norm)
+        torch.testing.assert_close(out.norm(dim=1), torch.full((5,), want))
+        torch.testing.assert_close(out, emb / emb.norm(dim=1, keepdim=True) * want)  # directions kept
+    both = rescale(emb, centre=True, norm="sqrt_m")
+    torch.testing.assert_close(both.norm(dim=1), torch.full((5,), 8 ** 0.5))
+    torch.testing.assert_close(both, centred / centred.norm(dim=1, keepdim=True) * 8 ** 0.5)
+    assert rescale(emb.half(), centre=True).dtype == torch.float16 and both.dtype == torch.float32
+    assert rescale(_emb(3, 300), norm="sqrt_m").norm(dim=1).allclose(torch.full((3,), 300 ** 0.5))
+    assert torch.equal(emb, _emb())  # the input is left alone
+
+
+@pytest.mark.parametrize("norm", [0, -1.0, True, "sqrt", "1"])
+def test_rescale_refuses_a_bad_norm(norm):
+    with pytest.raises(CprflError, match="semantics.norm"):
+        semantics.rescale(_emb(), norm=norm)
+
+
+def test_rescale_refuses_centring_one_class():
+    with pytest.raises(CprflError, match="two classes"):
+        semantics.rescale(_emb(1), centre=True)
+    torch.testing.assert_close(semantics.rescale(_emb(1), norm=2.0).norm(), torch.tensor(2.0))
+
+
+def test_mean_cosine_of_known_vectors():
+    from cprfl_lib.semantics import mean_cosine
+
+    assert mean_cosine(torch.eye(4)) == pytest.approx(0.0, abs=1e-12)
+    assert mean_cosine(torch.ones(3, 5)) == pytest.approx(1.0)
+    assert mean_cosine(torch.tensor([[1.0, 0.0], [-2.0, 0.0]])) == pytest.approx(-1.0)
+    # pairs: (0, 1) -> 0, (0, 2) and (1, 2) -> 1/sqrt(2): the mean of the three
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    assert mean_cosine(x) == pytest.approx(2 ** 0.5 / 3)
+    assert mean_cosine(x * torch.tensor([[3.0], [0.5], [7.0]])) == pytest.approx(2 ** 0.5 / 3)  # lengths do not count
+    assert mean_cosine(x.requires_grad_()) == pytest.approx(2 ** 0.5 / 3)  # a tensor that needs grad
+    emb = _emb(6, 16)
+    pairs = [torch.nn.functional.cosine_similarity(emb[i], emb[j], dim=0).item()
+             for i in range(6) for j in range(6) if i != j]
+    assert mean_cosine(emb) == pytest.approx(sum(pairs) / len(pairs), abs=1e-6)
+    assert mean_cosine(emb) > 0.8  # the common offset: mutually close
+    assert abs(mean_cosine(semantics.rescale(emb, centre=True))) < mean_cosine(emb) - 0.5  # centring spreads them
+    # a regular simplex (rows of one length summing to zero): every pair at cosine -1/(c-1); centring changes nothing
+    simplex = torch.tensor([[1.0, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]])
+    assert mean_cosine(simplex) == pytest.approx(-1 / 3)
+    torch.testing.assert_close(semantics.rescale(simplex, centre=True), simplex)
+    assert mean_cosine(torch.ones(1, 3)) != mean_cosine(torch.ones(1, 3))  # NaN for one row

@@ -156,6 +156,79 @@ def test_meta_text_tower_counts_what_the_model_trains() -> None:
     assert count_parameters(vm.text_tower("clip-tiny")) == count_parameters(built) > 0
 
 
+def _prompts_built_by_hand(config: dict, names: list[str]) -> torch.Tensor:
+    """What engine.train does before training: seed, then build the model with factory.model_from."""
+    from cprfl_lib.train.engine import seed_everything
+
+    seed_everything(config["train"]["seed"], config["train"]["deterministic"])
+    model = factory.model_from(config, names)
+    with torch.no_grad():
+        return model.head.prompts().detach().cpu()
+
+
+def test_initial_prompts_are_those_of_the_seeded_model() -> None:
+    config = recipes.load_recipe("smoke", {"train.seed": 3})
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        got = vm.initial_prompts(config, NAMES)
+        again = vm.initial_prompts(config, NAMES)
+        want = _prompts_built_by_hand(config, NAMES)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+    assert got.shape == (len(NAMES), config["model"]["dim"]) and not got.requires_grad
+    assert torch.equal(got, again) and torch.equal(got, want)
+    other = vm.initial_prompts(recipes.load_recipe("smoke", {"train.seed": 4}), NAMES)
+    assert not torch.allclose(other, got)  # the PI network's initialisation follows the run's seed
+    scaled = vm.initial_prompts(recipes.load_recipe("smoke", {"train.seed": 3, "semantics.centre": True}), NAMES)
+    assert not torch.allclose(scaled, got)  # and the prompts follow the embeddings W
+    assert -1 <= semantics.mean_cosine(got) <= 1
+    with pytest.raises(CprflError, match="model.head='linear' has no prompts"):
+        vm.initial_prompts(recipes.load_recipe("smoke", {"model.head": "linear"}), NAMES)
+
+
+def test_initial_prompts_leave_the_callers_torch_rng_alone() -> None:
+    torch.manual_seed(11)
+    expected = torch.rand(4)
+    torch.manual_seed(11)
+    vm.initial_prompts(recipes.load_recipe("smoke"), NAMES)
+    assert torch.equal(torch.rand(4), expected)
+
+
+def test_initial_prompts_leave_the_callers_numpy_rng_alone() -> None:
+    """seed_everything also seeds numpy's global generator, which torch.random.fork_rng does not restore."""
+    np.random.seed(11)
+    expected = np.random.rand(4)
+    np.random.seed(11)
+    vm.initial_prompts(recipes.load_recipe("smoke"), NAMES)
+    np.testing.assert_array_equal(np.random.rand(4), expected)
+
+
+def test_initial_prompts_equal_the_prompts_a_training_run_starts_from(tmp_path, monkeypatch) -> None:
+    from cprfl_lib.data.benchmarks import benchmark_class_names
+    from cprfl_lib.train import engine
+
+    config = recipes.load_recipe("smoke", {"data.synthetic_limit": 16, "optim.epochs": 1, "train.max_steps_per_epoch": 1,
+                                           "train.device": "cpu", "train.seed": 2, "train.save_weights": False})
+    built = []
+    real = factory.model_from
+
+    def keep(*args, **kwargs):
+        model = real(*args, **kwargs)
+        with torch.no_grad():
+            built.append(model.head.prompts().detach().clone())
+        return model
+
+    monkeypatch.setattr(factory, "model_from", keep)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        engine.train(config, tmp_path / "run", progress=False)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+    monkeypatch.setattr(factory, "model_from", real)
+    names = benchmark_class_names("synth-voc-lt")
+    assert len(built) == 1 and torch.equal(vm.initial_prompts(config, names), built[0])
+
+
 # ---------------------------------------------------------------- notebook 06 (viz_predictions)
 
 

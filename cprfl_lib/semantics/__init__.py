@@ -25,7 +25,10 @@ CLIP and MiniLM embed the templated sentences ("a photo of a {}." with ``_`` -> 
 CLIP gives the EOT feature after the text projection, unnormalised like the official code
 (``normalize=True`` L2-normalises the rows of any encoder). Embeddings of the pretrained
 encoders are computed once and cached under ``cache_dir("embeddings")``, keyed by every
-input that changes them. :func:`build_text_encoder` gives the model a module whose
+input that changes them. :func:`rescale` then centres (the mean class embedding removed)
+and rescales them to a stated norm, after the cache: the embedding scale is a declared study
+(notebook 05), because the PI network at its default initialisation turns unit-norm, mutually
+close embeddings such as MiniLM's into nearly identical prompts. :func:`build_text_encoder` gives the model a module whose
 ``forward()`` returns the (C, m) tensor, trainable for CLIP (the official code fine-tunes
 the text tower) or a fixed buffer.
 """
@@ -55,7 +58,7 @@ _CACHE_FORMAT = 2  # bump when the cached payload or its meaning changes (2: fil
 
 __all__ = [
     "CLIPTextEncoder", "DEFAULT_RANDN_DIM", "DEFAULT_TEMPLATE", "ENCODERS", "FixedEmbedding", "RANDOM_WEIGHTS",
-    "build_text_encoder", "embedding_dim", "encode_classes", "encoder_status",
+    "build_text_encoder", "embedding_dim", "encode_classes", "encoder_status", "mean_cosine", "rescale",
 ]
 
 
@@ -234,6 +237,30 @@ def encode_classes(
     atomic_torch_save({"embeddings": emb, "class_names": class_names, "dim": int(emb.shape[1]),
                        "encoder": encoder, "key": key_text}, file)
     return emb
+
+
+def rescale(emb: torch.Tensor, centre: bool = False, norm: float | str | None = None) -> torch.Tensor:
+    """``emb`` (C, m) with the mean class embedding removed (``centre``), then every row scaled to L2 norm
+    ``norm``: a number, ``"sqrt_m"`` (√m, so that a coordinate is of unit scale on average, like randn's), or
+    None (the rows keep their length)."""
+    out = emb.double()
+    if centre:
+        if len(out) < 2:
+            raise CprflError("semantics.centre needs two classes or more (one class centred is all zeros)")
+        out = out - out.mean(0, keepdim=True)
+    if norm is not None:
+        value = out.shape[1] ** 0.5 if norm == "sqrt_m" else norm
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise CprflError(f"semantics.norm must be a positive number, 'sqrt_m' or null, got {norm!r}")
+        out = nn.functional.normalize(out, dim=1) * value
+    return out.to(emb.dtype)
+
+
+def mean_cosine(x: torch.Tensor) -> float:
+    """The mean cosine between the rows of ``x`` over all pairs of distinct rows (NaN for one row)."""
+    x = nn.functional.normalize(x.detach().double(), dim=1)
+    c = len(x)
+    return float(((x @ x.T).sum() - x.pow(2).sum()) / (c * (c - 1))) if c > 1 else float("nan")
 
 
 class FixedEmbedding(nn.Module):

@@ -438,9 +438,9 @@ def _finish(out: Path, state: TrainState, config, benchmark, history, scores, me
         with open(tmp, "wb") as fh:
             arrays = {f"{tag}" if split == "test" else f"{split}_{tag}": v.numpy()
                       for split, by_tag in scores.items() for tag, v in by_tag.items()}
-            extra = {f"{s}_targets": getattr(benchmark, s).targets for s in scores if s != "test"}
-            np.savez_compressed(fh, targets=benchmark.test.targets, class_names=np.array(benchmark.class_names),
-                                train_counts=benchmark.train_counts, **arrays, **extra)
+            targets = {"targets" if s == "test" else f"{s}_targets": getattr(benchmark, s).targets for s in scores}
+            np.savez_compressed(fh, class_names=np.array(benchmark.class_names), train_counts=benchmark.train_counts,
+                                **arrays, **targets)
     if config["train"]["save_weights"]:
         _save(out / WEIGHTS, save_weights, model=model.state_dict(),
               ema=state.ema.module.state_dict() if state.ema else None, epoch=history[-1]["epoch"] if history else 0,
@@ -456,23 +456,40 @@ def _write_summary(path: Path, history: list[dict]) -> None:
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
+def _best_epoch(history: list[dict], split: str) -> tuple[int, str, dict] | None:
+    """(epoch, "model" | "ema", that row) of the best mAP on ``split``, where it was evaluated after several epochs."""
+    where = "" if split == "test" else f"{split}_"
+    evaluated = [(row["epoch"], tag, row[f"{p}{where}mAP"]) for row in history
+                 for tag, p in (("model", ""), ("ema", "ema_")) if f"{p}{where}mAP" in row]
+    if len({e for e, _, _ in evaluated}) < 2:
+        return None
+    epoch, tag, _ = max(evaluated, key=lambda t: t[2])
+    return epoch, tag, next(r for r in history if r["epoch"] == epoch)
+
+
+def _figures(row: dict, tag: str, split: str) -> dict:
+    p = ("" if tag == "model" else "ema_") + ("" if split == "test" else f"{split}_")
+    return {k: row[f"{p}{k}"] for k in ("mAP", "head", "medium", "tail") if f"{p}{k}" in row}
+
+
 def _final_metrics(config, benchmark, history, scores, seconds, device) -> dict:
     thr = config["train"]["threshold"]
     splits = {split: {tag: report_scores(s, benchmark, thr, split) for tag, s in by_tag.items()}
               for split, by_tag in scores.items()}
-    evaluated = [(row["epoch"], tag, row[f"{p}mAP"]) for row in history
-                 for tag, p in (("model", ""), ("ema", "ema_")) if f"{p}mAP" in row]
-    best = max(evaluated, key=lambda t: t[2]) if len({e for e, _, _ in evaluated}) > 1 else None
-    row = next(r for r in history if r["epoch"] == best[0]) if best else None
-    p = "" if not best or best[1] == "model" else "ema_"
-    test = benchmark.test
-    return {
-        "dataset": benchmark.name, "synthetic": benchmark.is_synthetic, "recipe": config["recipe"],
-        "seed": config["train"]["seed"], "epochs": len(history), "wall_s": round(seconds, 1), "device": str(device),
-        "test_images": len(test), "test_subset": test.subset,
-        "last_epoch": splits["test"], **({"val_last_epoch": splits["val"]} if "val" in splits else {}),
-        "best_on_test": None if not best else {
-            "epoch": best[0], "model": best[1], **{k: row[f"{p}{k}"] for k in ("mAP", "head", "medium", "tail")},
-            "note": "epoch selected on the test set, as the official code reported; optimistic, not a held-out estimate"},
-        "provenance": provenance(config),
-    }
+    out = {"dataset": benchmark.name, "synthetic": benchmark.is_synthetic, "recipe": config["recipe"],
+           "seed": config["train"]["seed"], "epochs": len(history), "wall_s": round(seconds, 1), "device": str(device)}
+    if "test" in splits:
+        out.update(test_images=len(benchmark.test), test_subset=benchmark.test.subset, last_epoch=splits["test"])
+    if "val" in splits:
+        out.update(val_images=len(benchmark.val), val_last_epoch=splits["val"])
+    best = _best_epoch(history, "test")
+    if "test" in splits:
+        out["best_on_test"] = None if not best else {
+            "epoch": best[0], "model": best[1], **_figures(best[2], best[1], "test"),
+            "note": "epoch selected on the test set, as the official code reported; optimistic, not a held-out estimate"}
+    best = _best_epoch(history, "val")
+    if best:  # a held-out choice of the epoch: the validation split's best, with the test figures of that epoch
+        out["best_on_val"] = {"epoch": best[0], "model": best[1], "val": _figures(best[2], best[1], "val"),
+                              **({"test": _figures(best[2], best[1], "test")} if "test" in splits else {})}
+    out["provenance"] = provenance(config)
+    return out

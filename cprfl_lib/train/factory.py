@@ -27,10 +27,13 @@ def benchmark_from(config: dict, download: bool = True) -> Benchmark:
     data = config["data"]
     kw = {}
     if data["dataset"].startswith("synth-"):
+        # a run that evaluates no test split does not draw one (design studies decide on validation only)
+        splits = ("train", *(data["eval_splits"] or ("val", "test")))
         kw = dict(synthetic_options={"seed": data["synthetic_seed"], "image_size": data["image_size"],
-                                     "limit": data["synthetic_limit"]})
+                                     "limit": data["synthetic_limit"], "scene": data["synthetic_scene"] or None,
+                                     "splits": splits})
     return load_benchmark(data["dataset"], list_dir=data["list_dir"], data_root=data["data_root"],
-                          download=download, test_subset=data["test_subset"], **kw)
+                          download=download, test_subset=data["test_subset"], eval_splits=data["eval_splits"], **kw)
 
 
 def preprocessing_from(config: dict, backbone: nn.Module) -> Preprocessing:
@@ -86,7 +89,7 @@ def _semantics(config: dict, class_names: list[str], semantics) -> tuple[torch.T
     emb = semantics.encode_classes(s["encoder"], class_names, template=s["template"], weights=s["weights"],
                                    normalize=s["normalize"], dim=s["dim"], seed=s["seed"], path=s["path"],
                                    quick_gelu=s["quick_gelu"])
-    return emb, None, emb.shape[1]
+    return semantics.rescale(emb, centre=s["centre"], norm=s["norm"]), None, emb.shape[1]
 
 
 def backbone_from(config: dict) -> nn.Module:

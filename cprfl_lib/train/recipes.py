@@ -47,12 +47,15 @@ def defaults() -> dict:
     return _read_yaml(RECIPE_DIR / "defaults.yaml", "defaults file")
 
 
+OPAQUE = ("params", "synthetic_scene")  # mappings replaced whole by an override, checked by their owner
+
+
 def _merge(base: dict, update: Mapping, where: str) -> None:
     for key, value in update.items():
         if key not in base:
             known = ", ".join(sorted(base))
             raise CprflError(f"unknown configuration key {where + key!r} (known here: {known})")
-        if isinstance(base[key], dict) and key != "params":
+        if isinstance(base[key], dict) and key not in OPAQUE:
             if not isinstance(value, Mapping):
                 raise CprflError(f"configuration key {where}{key!r} is a section; got {value!r}")
             _merge(base[key], value, f"{where}{key}.")
@@ -188,6 +191,20 @@ def _template(v) -> str | None:
     return None if isinstance(v, str) and "{}" in v else "a text holding {} (where the class name goes)"
 
 
+def _eval_splits(v) -> str | None:
+    ok = v is None or (isinstance(v, list) and v and set(v) <= {"val", "test"} and len(set(v)) == len(v))
+    return None if ok else "null (every split the benchmark has) or a list of 'val' and/or 'test'"
+
+
+def _norm(v) -> str | None:
+    ok = v is None or v == "sqrt_m" or _finite(v) and v > 0
+    return None if ok else "a positive number, 'sqrt_m' (√m) or null"
+
+
+def _mapping(v) -> str | None:
+    return None if isinstance(v, Mapping) else "a mapping (field: value)"
+
+
 def _rules() -> dict[str, Callable[[Any], str | None]]:
     from cprfl_lib.backbones import KNOWN_BACKBONES
     from cprfl_lib.data.benchmarks import known_benchmarks
@@ -201,10 +218,12 @@ def _rules() -> dict[str, Callable[[Any], str | None]]:
         "data.transform": _one_of(PRESETS), "data.num_workers": _workers,
         "data.decoded_cache": _one_of(SWITCHES), "data.synthetic_seed": _int(0),
         "data.synthetic_limit": _int(1, optional=True), "data.test_subset": _int(1, optional=True),
+        "data.eval_splits": _eval_splits, "data.synthetic_scene": _mapping,
         "semantics.encoder": _one_of(ENCODERS), "semantics.template": _template,
         "semantics.normalize": _one_of((True, False)), "semantics.dim": _int(1, optional=True),
         "semantics.seed": _int(0), "semantics.trainable": _one_of((True, False)),
         "semantics.quick_gelu": _one_of((None, True, False)),
+        "semantics.centre": _one_of((True, False)), "semantics.norm": _norm,
         "model.head": _one_of(("cprfl", "linear")), "model.backbone": _one_of(KNOWN_BACKBONES),
         "model.freeze_backbone": _one_of((True, False)), "model.dim": _int(1), "model.tau": _real(0, lo_open=True),
         "model.depth": _int(1), "model.heads": _int(1), "model.dim_head": _int(1), "model.mlp_dim": _int(1),
@@ -258,6 +277,17 @@ def validate(config: dict) -> dict:
                f"semantics.encoder={sem['encoder']!r}; set semantics.weights=null")
     if sem["path"] is not None and sem["encoder"] not in ("glove", "word2vec"):
         refuse(f"semantics.path={sem['path']!r} applies only to glove/word2vec, not {sem['encoder']!r}")
+    if sem["trainable"] and (sem["centre"] or sem["norm"] is not None):
+        refuse("semantics.centre and semantics.norm apply to frozen class embeddings, not to a trained text "
+               "encoder (semantics.trainable=true)")
+    if sem["normalize"] and sem["norm"] is not None:
+        refuse(f"semantics.normalize=true and semantics.norm={sem['norm']!r} both set the norm; keep one")
+    if data["synthetic_scene"]:
+        if not synthetic:
+            refuse(f"data.synthetic_scene applies only to the generated datasets, not {data['dataset']!r}")
+        from cprfl_lib.data.synthetic import scene_params
+
+        scene_params(data["dataset"], dict(data["synthetic_scene"]))  # unknown fields named now
     if not synthetic and data["synthetic_limit"] is not None:
         refuse(f"data.synthetic_limit applies only to the generated datasets, not {data['dataset']!r}; "
                "to evaluate on fewer test images use data.test_subset")
