@@ -96,6 +96,36 @@ def figure3(options: dict | None = None, own: str | None = None) -> dict:
     return out
 
 
+EMBEDDING_SCALES = {"raw": {"semantics.centre": False, "semantics.norm": None},
+                    "centred": {"semantics.centre": True, "semantics.norm": None},
+                    "centred, norm √m": {"semantics.centre": True, "semantics.norm": "sqrt_m"}}
+SCALE_SEP = " · "
+
+
+def embedding_scale(options: dict | None = None, own: dict | None = None) -> dict:
+    """The embedding scale as a declared study: every encoder that runs here, raw, centred (the mean class embedding
+    removed) and centred then rescaled to norm √m. ``own``: the recipe's semantics (its row is Table 1's run)."""
+    options = options or {}
+    out = {}
+    for enc in ("randn", "word2vec", "glove", "clip-rn50", "clip-vit-b-16", "minilm"):
+        base = semantics_variant(enc, options.get(enc))
+        for label, scale in EMBEDDING_SCALES.items():
+            name = f"{ENCODER_LABELS[enc]}{SCALE_SEP}{label}"
+            if isinstance(base, Unavailable):
+                out[name] = base
+                continue
+            out[name] = {**base, **scale}
+            if own and own["encoder"] == enc and own["centre"] == scale["semantics.centre"] \
+                    and own["norm"] == scale["semantics.norm"]:
+                out[name].update(KEEP_WEIGHTS)
+    return out
+
+
+def scale_reference(variant: str) -> str:
+    """The raw row of the same encoder: what each embedding-scale row is compared with."""
+    return variant.split(SCALE_SEP)[0] + SCALE_SEP + "raw"
+
+
 def extra_studies() -> dict[str, dict]:
     """Ablations the paper does not report."""
     return {
@@ -114,9 +144,18 @@ def finetune(epochs: int) -> dict:
             "optim.epochs": epochs, "optim.warmup_epochs": 0}
 
 
-def ablations(names, encoder_options: dict | None = None, own: str | None = None) -> dict[str, dict]:
-    """Notebook 05's studies by name (Tables 2-3, Fig. 3 and :func:`extra_studies`), in the order given."""
-    known = {"table2": table2, "table3": table3, "figure3": lambda: figure3(encoder_options, own),
+# What each study's rows are compared with (the interval columns): a variant, or variant -> variant.
+REFERENCES = {"table2": "ASL", "table3": "Baseline", "figure3": "Randn", "embedding_scale": scale_reference,
+              "dual_path": "both paths (P1 + P2)", "tau": "tau=0.5", "depth": "depth=1",
+              "residual": "no residual (paper, code)"}
+
+
+def ablations(names, encoder_options: dict | None = None, own: dict | None = None) -> dict[str, dict]:
+    """Notebook 05's studies by name (Tables 2-3, Fig. 3, the embedding scale and :func:`extra_studies`), in the
+    order given. ``own``: the recipe's semantics section."""
+    encoder = own["encoder"] if own else None
+    known = {"table2": table2, "table3": table3, "figure3": lambda: figure3(encoder_options, encoder),
+             "embedding_scale": lambda: embedding_scale(encoder_options, own),
              **{k: (lambda v=v: v) for k, v in extra_studies().items()}}
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -151,7 +190,7 @@ def training_studies(ctx: RunContext, recipes: Mapping[str, str], seeds, glove_p
 def ablation_studies(ctx: RunContext, recipe: str, seeds, studies, encoder_options: Mapping | None = None
                      ) -> dict[str, Study]:
     """Notebook 05: the chosen ablation studies on one recipe."""
-    plan = ablations(studies, _encoder_options(ctx, recipe, encoder_options), ctx.recipe(recipe)["semantics"]["encoder"])
+    plan = ablations(studies, _encoder_options(ctx, recipe, encoder_options), ctx.recipe(recipe)["semantics"])
     return {name: Study(recipe, variants, tuple(seeds), ctx.run_overrides(recipe)) for name, variants in plan.items()}
 
 
@@ -160,6 +199,24 @@ def visualization_studies(ctx: RunContext, recipe: str, seed: int = 0) -> dict[s
     encoder = ctx.recipe(recipe)["semantics"]["encoder"]
     variants = {k: v for k, v in table1(encoder).items() if k in ("ERM", cprfl_label(encoder))}
     return {"table1": Study(recipe, variants, (seed,), ctx.run_overrides(recipe))}
+
+
+def initial_prompt_cosines(study: Study) -> dict[str, float]:
+    """Per CPRFL variant of ``study``: the mean cosine between its initial prompts (the first seed's run)."""
+    from cprfl_lib.data.benchmarks import benchmark_class_names
+    from cprfl_lib.model_analysis import initial_prompts
+    from cprfl_lib.semantics import mean_cosine
+    from cprfl_repro.studies import run_config
+
+    out = {}
+    for name, variant in study.variants.items():
+        if isinstance(variant, Unavailable):
+            continue
+        config = run_config(study.recipe, {**study.overrides, **variant}, study.seeds[0])
+        if config["model"]["head"] == "cprfl":
+            names = benchmark_class_names(config["data"]["dataset"], config["data"]["list_dir"])
+            out[name] = round(mean_cosine(initial_prompts(config, names)), 4)
+    return out
 
 
 NOTEBOOK_STUDIES = {"04_training": training_studies, "05_ablations": ablation_studies,

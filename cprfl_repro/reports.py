@@ -1,7 +1,9 @@
 """The paper's tables rebuilt from our runs: our figures beside the paper's, in separate columns.
 
-Every table built here has: our last-epoch figures (mean ± std over seeds), our best epoch
-selected on the test set in its own, flagged column (what the official code reported), and
+Every table built here has: our last-epoch figures (mean ± std over seeds) on the validation
+split (where there is one) beside the test split, our best epoch selected on the test set in its
+own, flagged column (what the official code reported), each comparison's difference with a 95 %
+interval (a paired bootstrap over test images combined over seeds, :mod:`cprfl_repro.stats`), and
 the paper's number for the same row. Which data produced "ours" goes into the caption.
 """
 
@@ -11,7 +13,12 @@ import numpy as np
 import pandas as pd
 
 from cprfl_repro.reported import COLUMNS, avg_delta, paper_row
+from cprfl_repro.stats import Bootstrap
 from cprfl_repro.tables import mean_std
+
+CI_COLUMNS = ("mAP", "tail")  # the differences given with an interval
+CI_NOTE = ("Δ [95 % CI]: the difference of the seed means on the test split, with the 2.5-97.5 % range of a paired "
+           "bootstrap over test images and seeds (1,000 replicates)")
 
 BEST_FLAG = "best-on-test mAP †"
 BEST_NOTE = ("† best epoch selected on the test set, as the official code reported: optimistic, shown only "
@@ -50,21 +57,90 @@ def study_metrics(runs: pd.DataFrame) -> dict:
     return out
 
 
-def compare_with_paper(runs: pd.DataFrame, paper_table: dict, family: str, paper_names: dict | None = None) -> pd.DataFrame:
-    """One row per variant: ours (mean ± std), ours best-on-test (flagged), the paper's row of the same name."""
+def _run_dirs(runs: pd.DataFrame, variant: str) -> dict[int, str]:
+    ok = runs[(runs["status"] == "ok") & (runs["variant"] == variant)]
+    return dict(zip(ok["seed"].astype(int), ok["run_dir"]))
+
+
+def _bootstrap(runs: pd.DataFrame) -> Bootstrap | None:
+    ok = runs[runs["status"] == "ok"]
+    if ok.empty:
+        return None
+    with np.load(f"{ok['run_dir'].iloc[0]}/predictions.npz") as npz:
+        if "targets" not in npz:  # runs that evaluated no test split (design studies): nothing to resample
+            return None
+        return Bootstrap(npz["targets"], npz["train_counts"])
+
+
+def intervals(runs: pd.DataFrame, reference, reverse: bool = False, columns=CI_COLUMNS) -> dict[str, dict[str, str]]:
+    """Per variant: its difference from ``reference`` (a variant name, or variant -> name) in each column, as
+    'Δ [low, high]' over the seeds both have; ``reverse``: reference minus variant. Empty where there is nothing
+    to compare (the reference itself, a variant that could not run)."""
+    boot = _bootstrap(runs)
+    out: dict[str, dict[str, str]] = {}
+    for name in runs["variant"].unique():
+        ref = reference(name) if callable(reference) else reference
+        a, b = _run_dirs(runs, name), _run_dirs(runs, ref)
+        seeds = sorted(set(a) & set(b))
+        if boot is None or name == ref or not seeds:
+            out[name] = {c: "" for c in columns}
+            continue
+        x, y = [a[k] for k in seeds], [b[k] for k in seeds]
+        if reverse:
+            x, y = y, x
+        out[name] = {c: str(boot.compare(x, y, c, point=_seed_mean_diff(runs, x, y, c))) for c in columns}
+    return out
+
+
+def _seed_mean_diff(runs: pd.DataFrame, a: list, b: list, column: str) -> float:
+    by_dir = runs.set_index("run_dir")[column]
+    return float(np.mean([by_dir[d] for d in a]) - np.mean([by_dir[d] for d in b]))
+
+
+def interval_columns(runs: pd.DataFrame, reference, reverse: bool = False) -> dict[str, list[str]]:
+    """:func:`intervals` as table columns in the variants' order, named after the comparison."""
+    what = "{ref} − row" if reverse else "row − {ref}"
+    label = what.format(ref=reference if isinstance(reference, str) else "reference")
+    found = intervals(runs, reference, reverse)
+    names = list(runs["variant"].unique())
+    return {f"{label}: Δ {c} [95 % CI]": [found[n][c] for n in names] for c in CI_COLUMNS}
+
+
+def compare_with_paper(runs: pd.DataFrame, paper_table: dict, family: str, paper_names: dict | None = None,
+                       reference=None, reverse: bool = False) -> pd.DataFrame:
+    """One row per variant: ours on validation and test (mean ± std), ours best-on-test (flagged), the difference
+    from ``reference`` with its interval (see :func:`interval_columns`), the paper's row of the same name."""
     ours = summarize(runs)
     best = summarize(runs, columns=("mAP",), best=True).set_index("variant")["mAP"]
     has_val = runs["val_mAP"].notna().any()
     val = summarize(runs, prefix="val_").set_index("variant") if has_val else None
+    deltas = interval_columns(runs, reference, reverse) if reference is not None else {}
     rows = []
-    for _, r in ours.iterrows():
+    for i, (_, r) in enumerate(ours.iterrows()):
         name = r["variant"]
         paper = paper_row(paper_table, (paper_names or {}).get(name, name), family) or {}
         rows.append({"method": name, "seeds": r["seeds"],
                      **({f"ours val {c}": val.loc[name, c] for c in ("mAP", "tail")} if has_val else {}),
-                     **{f"ours {c}": r[c] for c in COLUMNS}, f"ours {BEST_FLAG}": best.get(name, "n/a"),
+                     **{f"ours {c}": r[c] for c in COLUMNS}, **{k: v[i] for k, v in deltas.items()},
+                     f"ours {BEST_FLAG}": best.get(name, "n/a"),
                      **{f"paper {c}": paper.get(c, np.nan) for c in COLUMNS}, "note": r["note"]})
     return pd.DataFrame(rows)
+
+
+def study_table(runs: pd.DataFrame, reference=None, extra: dict | None = None) -> pd.DataFrame:
+    """A study the paper does not report: ours on validation and test, differences from ``reference`` with their
+    intervals, and ``extra`` columns (variant -> value)."""
+    table = summarize(runs)
+    if runs["val_mAP"].notna().any():
+        val = summarize(runs, prefix="val_").set_index("variant")
+        for i, c in enumerate(("mAP", "tail")):
+            table.insert(2 + i, f"val {c}", [val.loc[v, c] for v in table["variant"]])
+    for name, values in (extra or {}).items():
+        table[name] = [values.get(v, np.nan) for v in table["variant"]]
+    if reference is not None:
+        for k, v in interval_columns(runs, reference).items():
+            table[k] = v
+    return table
 
 
 def reported_only(paper_table: dict, family: str, exclude) -> pd.DataFrame:
@@ -76,8 +152,9 @@ def reported_only(paper_table: dict, family: str, exclude) -> pd.DataFrame:
 
 
 def with_avg_delta(runs: pd.DataFrame, paper_table: dict, family: str, baseline: str) -> pd.DataFrame:
-    """Table 3: ours and the paper's avg.Δ (mean of the four column gains over the baseline) and total-mAP gain."""
-    table = compare_with_paper(runs, paper_table, family)
+    """Table 3: ours and the paper's avg.Δ (mean of the four column gains over the baseline) and total-mAP gain;
+    each row's difference from the baseline with its interval."""
+    table = compare_with_paper(runs, paper_table, family, reference=baseline)
     m = means(runs)
     paper_base = paper_row(paper_table, "Baseline", family)
     ours_delta, ours_gain, paper_delta, paper_gain = [], [], [], []

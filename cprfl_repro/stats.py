@@ -8,8 +8,8 @@ difference of the seed-mean of the metric; the 95 % interval is the 2.5-97.5 per
 those differences. The point estimate is the difference of the seed means on the whole test set.
 
 Average precision under a resample is computed exactly (scikit-learn's definition: precision at
-every distinct score, ties grouped) from the images' draw counts, for all replicates at once:
-one sort per class, then weighted cumulative sums.
+every distinct score, ties grouped) from the images' draw counts, for all replicates at once, as
+matrix products (see :func:`resampled_ap`).
 """
 
 from __future__ import annotations
@@ -40,24 +40,34 @@ class Interval:
         return self.low > 0 or self.high < 0
 
 
-def resampled_ap(scores: np.ndarray, targets: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def resampled_ap(scores: np.ndarray, targets: np.ndarray, counts: np.ndarray, chunk: int = 2048) -> np.ndarray:
     """Per-class AP (B, C) of ``scores`` (n, C) under B resamples given by draw ``counts`` (B, n); NaN where a
-    resample holds no positive of a class. Equals scikit-learn's average_precision_score on the resample."""
+    resample holds no positive of a class. Equals scikit-learn's average_precision_score on the resample.
+
+    AP is the mean over the resample's positives of the precision at their score (ties grouped): for positive p of
+    class k, precision = tp / seen over the items scored at least as high. Both are counts @ a 0/1 matrix
+    (item i scored >= p), so all replicates come out of two matrix products per chunk of positives.
+    """
     n, c = scores.shape
-    out = np.full((counts.shape[0], c), np.nan)
-    for k in range(c):
-        order = np.argsort(-scores[:, k], kind="stable")
-        s, y = scores[order, k], targets[order, k].astype(bool)
-        w = counts[:, order].astype(np.float64)  # (B, n)
-        tp, seen = np.cumsum(w * y, axis=1), np.cumsum(w, axis=1)
-        ends = np.flatnonzero(np.r_[s[1:] != s[:-1], True])  # the last item of every group of equal scores
-        tp, seen = tp[:, ends], seen[:, ends]
-        positives = tp[:, -1]
+    w = np.ascontiguousarray(counts, dtype=np.float32)  # draw counts are small integers: exact in float32
+    y = np.asarray(targets).astype(bool)
+    cls = np.concatenate([np.full(int(y[:, k].sum()), k) for k in range(c)]) if y.any() else np.zeros(0, int)
+    item = np.concatenate([np.flatnonzero(y[:, k]) for k in range(c)]) if y.any() else np.zeros(0, int)
+    weighted = np.zeros((len(w), c))  # sum over positives of draws x precision
+    drawn = np.zeros((len(w), c))  # positives drawn
+    for start in range(0, len(item), chunk):
+        k, i = cls[start:start + chunk], item[start:start + chunk]
+        above = scores[:, k] >= scores[i, k][None, :]  # (n, P): scored at least as high as positive p
+        seen = (w @ above.astype(np.float32)).astype(np.float64)  # exact integers, then divided in float64
+        tp = (w @ (above & y[:, k]).astype(np.float32)).astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             precision = np.where(seen > 0, tp / seen, 0.0)
-            gained = np.diff(np.concatenate([np.zeros((len(tp), 1)), tp], axis=1), axis=1)
-            out[:, k] = np.where(positives > 0, (gained * precision).sum(1) / positives, np.nan)
-    return out
+        for klass in np.unique(k):
+            sel = k == klass
+            weighted[:, klass] += (w[:, i[sel]].astype(np.float64) * precision[:, sel]).sum(1)
+            drawn[:, klass] += w[:, i[sel]].sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(drawn > 0, weighted / drawn, np.nan)
 
 
 class Bootstrap:

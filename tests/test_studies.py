@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from cprfl_lib.errors import CprflError
@@ -187,3 +190,199 @@ def test_the_run_digest_covers_every_module_of_the_library(tmp_path):
     assert after != before  # ... imported by the transforms: the runs retrain
     (lib / "train" / "recipes" / "quick-voc.yaml").write_text("description: edited\n")
     assert digest.source_digest(lib) != after  # a recipe too
+
+
+# --- the differences with their intervals (reports.intervals) ----------------------------------------
+
+INTERVAL = re.compile(r"^([+-]\d+\.\d\d) \[([+-]\d+\.\d\d), ([+-]\d+\.\d\d)\]$")
+TRAIN_COUNTS = [500, 300, 60, 40, 12, 6]  # head 2, medium 2, tail 2
+
+
+def _parse(text: str) -> tuple[float, float, float]:
+    match = INTERVAL.match(text)
+    assert match, text
+    return tuple(float(v) for v in match.groups())
+
+
+@pytest.fixture
+def hand_made_runs(tmp_path):
+    """Run folders with predictions.npz: "good" scores the positives higher than "ref", whose scores are noise;
+    "noise" is noise of its own; "off" could not run. Two seeds each."""
+    from cprfl_lib.metrics import map_report
+
+    rng = np.random.default_rng(0)
+    n, c = 240, len(TRAIN_COUNTS)
+    targets = (rng.random((n, c)) < 0.25).astype(np.uint8)
+    targets[0] = 1  # every class has a positive
+    strength = {"good": 3.0, "ref": 0.0, "noise": 0.0}
+    rows = []
+    for name in ("ref", "good", "noise", "off"):
+        for seed in (0, 1):
+            if name == "off":
+                rows.append({"variant": name, "seed": seed, "status": "not available: offline"})
+                continue
+            folder = tmp_path / f"{name}-{seed}"
+            folder.mkdir()
+            logits = strength[name] * targets + rng.normal(size=(n, c))
+            np.savez(folder / "predictions.npz", model=logits, targets=targets, train_counts=np.array(TRAIN_COUNTS))
+            r = map_report(logits, targets, TRAIN_COUNTS).as_dict()
+            rows.append({"variant": name, "seed": seed, "status": "ok", "dataset": "synth", "run_dir": str(folder),
+                         **{k: r[k] for k in COLUMNS}, **{f"val_{k}": r[k] - 1.0 for k in COLUMNS},
+                         **{f"best_{k}": r[k] for k in COLUMNS}, "best_epoch": 1, "wall_s": 0.0})
+    return pd.DataFrame(rows, columns=studies.ROW_COLUMNS)
+
+
+def test_a_strictly_better_variant_has_an_interval_above_zero(hand_made_runs):
+    runs = hand_made_runs
+    got = reports.intervals(runs, "ref")
+    assert list(got) == ["ref", "good", "noise", "off"]
+    assert got["ref"] == {"mAP": "", "tail": ""} and got["off"] == {"mAP": "", "tail": ""}  # nothing to compare
+    for column in reports.CI_COLUMNS:
+        diff, low, high = _parse(got["good"][column])
+        ours = runs[runs.variant == "good"][column].mean() - runs[runs.variant == "ref"][column].mean()
+        assert diff == pytest.approx(ours, abs=0.006)  # the point: the difference of the seed means
+        assert 0 < low <= diff <= high and diff > 10, column
+    diff, low, high = _parse(got["noise"]["mAP"])
+    assert low < high and abs(diff) < 10
+
+
+def test_reverse_flips_the_sign(hand_made_runs):
+    forward, backward = reports.intervals(hand_made_runs, "ref"), reports.intervals(hand_made_runs, "ref", reverse=True)
+    for name in ("good", "noise"):
+        for column in reports.CI_COLUMNS:
+            d, lo, hi = _parse(forward[name][column])
+            rd, rlo, rhi = _parse(backward[name][column])
+            assert rd == pytest.approx(-d, abs=0.011)
+            assert (rlo, rhi) == pytest.approx((-hi, -lo), abs=0.011)
+    assert _parse(backward["good"]["mAP"])[2] < 0  # the reference is strictly worse
+    assert backward["ref"]["mAP"] == ""
+
+
+def test_a_reference_per_variant_and_the_seeds_both_have(hand_made_runs):
+    runs = hand_made_runs
+    ref = {"good": "noise", "noise": "ref", "ref": "ref", "off": "ref"}
+    got = reports.intervals(runs, ref.get)
+    assert got["good"]["mAP"] and _parse(got["good"]["mAP"])[1] > 0  # good against noise
+    assert got["noise"]["mAP"] == reports.intervals(runs, "ref")["noise"]["mAP"]
+    one_seed = runs[~((runs.variant == "ref") & (runs.seed == 1))]  # the reference ran on seed 0 only
+    d, _, _ = _parse(reports.intervals(one_seed, "ref")["good"]["mAP"])
+    want = runs[(runs.variant == "good") & (runs.seed == 0)]["mAP"].iloc[0] - \
+        runs[(runs.variant == "ref") & (runs.seed == 0)]["mAP"].iloc[0]
+    assert d == pytest.approx(want, abs=0.006)
+    assert reports.intervals(runs, "absent")["good"] == {"mAP": "", "tail": ""}
+
+
+def test_interval_columns_are_named_after_the_comparison(hand_made_runs):
+    runs = hand_made_runs
+    columns = reports.interval_columns(runs, "ref")
+    assert list(columns) == ["row − ref: Δ mAP [95 % CI]", "row − ref: Δ tail [95 % CI]"]
+    assert all(len(v) == 4 for v in columns.values())  # one per variant, in the variants' order
+    assert columns["row − ref: Δ mAP [95 % CI]"][1] == reports.intervals(runs, "ref")["good"]["mAP"]
+    assert list(reports.interval_columns(runs, "ref", reverse=True))[0] == "ref − row: Δ mAP [95 % CI]"
+    assert list(reports.interval_columns(runs, lambda v: "ref"))[0] == "row − reference: Δ mAP [95 % CI]"
+
+
+def test_compare_with_paper_and_study_table_carry_the_intervals(hand_made_runs):
+    runs = hand_made_runs
+    table = reports.compare_with_paper(runs, {}, "voc", reference="ref")
+    assert list(table["method"]) == ["ref", "good", "noise", "off"]
+    key = "row − ref: Δ mAP [95 % CI]"
+    assert key in table and "row − ref: Δ tail [95 % CI]" in table
+    assert list(table[key]) == [reports.intervals(runs, "ref")[v]["mAP"] for v in table["method"]]
+    assert "ours val mAP" in table  # the runs have validation figures
+    assert not any(c.startswith("row −") for c in reports.compare_with_paper(runs, {}, "voc"))  # no reference
+    flipped = reports.compare_with_paper(runs, {}, "voc", reference="ref", reverse=True)
+    assert "ref − row: Δ mAP [95 % CI]" in flipped
+
+    study = reports.study_table(runs, "ref", extra={"initial prompt cosine": {"good": 0.5, "ref": 0.9}})
+    assert list(study["variant"]) == ["ref", "good", "noise", "off"]
+    assert list(study.columns[:4]) == ["variant", "seeds", "val mAP", "val tail"]
+    assert study["initial prompt cosine"].tolist()[:2] == [0.9, 0.5] and study["initial prompt cosine"].isna().sum() == 2
+    assert list(study[key]) == list(table[key])
+    plain = reports.study_table(runs)
+    assert not any(str(c).startswith("row −") for c in plain.columns)
+    no_val = runs.assign(**{f"val_{c}": np.nan for c in COLUMNS})
+    assert "val mAP" not in reports.study_table(no_val).columns
+
+
+# --- the embedding-scale study and the references ------------------------------------------------------
+
+SEMANTICS_MINILM = {"encoder": "minilm", "centre": False, "norm": None}
+
+
+@pytest.fixture
+def every_encoder_but_glove(monkeypatch):
+    monkeypatch.setattr(experiments, "encoder_status",
+                        lambda encoder, **kw: (False, "no GloVe file") if encoder == "glove" else (True, ""))
+
+
+def test_the_embedding_scale_study(every_encoder_but_glove):
+    plan = experiments.embedding_scale({}, SEMANTICS_MINILM)
+    labels = ("Randn", "Word2Vec", "GloVe", "CLIP-RN50", "CLIP-ViT-B/16", "MiniLM")
+    scales = ("raw", "centred", "centred, norm √m")
+    assert list(plan) == [f"{e} · {s}" for e in labels for s in scales]
+    for s in scales:
+        assert isinstance(plan[f"GloVe · {s}"], studies.Unavailable)
+    assert plan["Randn · raw"]["semantics.centre"] is False and plan["Randn · raw"]["semantics.norm"] is None
+    assert plan["MiniLM · centred"]["semantics.centre"] is True and plan["MiniLM · centred"]["semantics.norm"] is None
+    assert plan["CLIP-RN50 · centred, norm √m"]["semantics.norm"] == "sqrt_m"
+    assert plan["CLIP-RN50 · centred, norm √m"]["semantics.encoder"] == "clip-rn50"
+    # the recipe's own row is figure 3's (and Table 1's) run: kept with its weights, trained once
+    keep = [name for name, v in plan.items() if isinstance(v, dict) and v.get("train.save_weights")]
+    assert keep == ["MiniLM · raw"]
+    assert experiments.embedding_scale({}, {**SEMANTICS_MINILM, "centre": True})["MiniLM · centred"].get(
+        "train.save_weights") is True
+    own = experiments.ablations(["figure3"], {}, SEMANTICS_MINILM)["figure3"]["MiniLM"]
+    same = {k: v for k, v in plan["MiniLM · raw"].items() if k not in ("semantics.centre", "semantics.norm")}
+    assert same == own
+    for name in ("Randn · raw", "Randn · centred", "Randn · centred, norm √m"):
+        config = studies.run_config("smoke", plan[name])  # every row is a valid configuration
+        assert config["semantics"]["encoder"] == "randn"
+    assert experiments.ablations(["embedding_scale"], {}, SEMANTICS_MINILM)["embedding_scale"] == plan
+    assert experiments.scale_reference("MiniLM · centred, norm √m") == "MiniLM · raw"
+    assert experiments.scale_reference("CLIP-ViT-B/16 · raw") == "CLIP-ViT-B/16 · raw"
+
+
+def test_every_study_reference_is_one_of_its_variants(every_encoder_but_glove):
+    plan = experiments.ablations(list(experiments.REFERENCES), {}, SEMANTICS_MINILM)
+    assert set(plan) == set(experiments.REFERENCES)
+    for study, ref in experiments.REFERENCES.items():
+        for name in plan[study]:
+            want = ref(name) if callable(ref) else ref
+            assert want in plan[study], (study, name, want)
+
+
+def test_initial_prompt_cosines_of_a_study():
+    from cprfl_lib.data.benchmarks import benchmark_class_names
+    from cprfl_lib.model_analysis import initial_prompts
+    from cprfl_lib.semantics import mean_cosine
+
+    variants = {"raw": {}, "centred √m": {"semantics.centre": True, "semantics.norm": "sqrt_m"}, "linear": LINEAR,
+                "off": studies.Unavailable("offline")}
+    study = studies.Study("smoke", variants, (3, 4))
+    got = experiments.initial_prompt_cosines(study)
+    assert list(got) == ["raw", "centred √m"]  # the CPRFL variants that can run
+    names = benchmark_class_names("synth-voc-lt")
+    for name in got:
+        config = studies.run_config("smoke", variants[name], 3)  # the first seed's run
+        assert got[name] == round(mean_cosine(initial_prompts(config, names)), 4)
+        assert -1 <= got[name] <= 1
+    assert got["raw"] != got["centred √m"]
+
+
+def test_a_design_run_without_test_is_a_row_with_its_validation_figures(tmp_path, monkeypatch, capsys):
+    def train(config, run_dir, resume=False, progress=True):
+        row = {c: 30.0 + config["train"]["seed"] for c in COLUMNS}
+        metrics = {"dataset": config["data"]["dataset"], "wall_s": 0.0, "val_last_epoch": {"model": row}}
+        (Path(run_dir) / "metrics.json").write_text(json.dumps(metrics))
+        return metrics
+
+    monkeypatch.setattr(studies, "train", train)
+    monkeypatch.delenv(studies.PROGRESS_ENV, raising=False)
+    plan = {"d": studies.Study("smoke", {"raw": {}}, (0, 1), {"data.eval_splits": ["val"]})}
+    rows = studies.run_studies(plan, tmp_path, progress=True)["d"]
+    assert list(rows["val_mAP"]) == [30.0, 31.0] and rows["mAP"].isna().all() and rows["best_mAP"].isna().all()
+    assert rows["best_epoch"].isna().all() and list(rows["status"]) == ["ok", "ok"]
+    out = capsys.readouterr().out
+    assert "raw, seed 0: val mAP 30.00" in out and "raw, seed 1: val mAP 31.00" in out
+    assert reports.summarize(rows, prefix="val_")["mAP"].tolist() == ["30.50 ± 0.71"]
