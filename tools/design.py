@@ -1,0 +1,234 @@
+"""How the embedded default was chosen: a design study on the validation split alone.
+
+Every run here evaluates the generated validation split and nothing else (``data.eval_splits=[val]``),
+so the generated test split is not even drawn while the choices are made. Three stages, each with
+the previous stages' choices fixed, each with its rule stated before the runs:
+
+1. ``scene``: the generator's scene model. Candidates scale the object sizes of both benchmarks
+   together. Rule: the candidate whose synth-coco-lt instances are nearest COCO's size classes
+   (41 % small, 34 % medium, 24 % large; total absolute difference), among those where every class
+   group stays learnable (linear probe: head, medium and tail val mAP each at least
+   ``LEARNABLE`` times the group's chance AP, its mean positive rate) on both benchmarks.
+2. ``embedding``: how the recipe's class embeddings (MiniLM) enter the PI network: raw, centred
+   (the mean class embedding removed), centred and rescaled to norm √m. Rule: the best CPRFL val
+   mAP, mean over seeds and both benchmarks.
+3. ``schedule``: learning rate x epochs, shared by every head of a recipe, so chosen on the mean of
+   the linear probe's and CPRFL's (d = 64) val mAP, taking the shortest schedule within
+   ``TIE_MAP`` of the best (``make reproduce`` must fit its budget); then the width d on CPRFL's val
+   mAP, the smallest within ``TIE_MAP`` of the best; per benchmark.
+
+Writes ``results/design/<stage>.{csv,md,tex}`` (every run's validation figures, with the initial
+prompts' mean cosine) and ``results/design/choices.json`` (what each rule picked, from which
+numbers). Run from the repository root: ``python tools/design.py`` (about an hour on 2 cores);
+``--stages``, ``--seeds``, ``--workers``, ``--limit`` and ``--image-size`` (a quick check) narrow it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cprfl_lib.data import synthetic
+from cprfl_lib.errors import CprflError, run_command
+from cprfl_lib.io import atomic_write_json
+from cprfl_lib.paths import cache_dir
+from cprfl_lib.runinfo import provenance
+from cprfl_repro.experiments import initial_prompt_cosines
+from cprfl_repro.studies import Study, run_config, run_studies
+from cprfl_repro.tables import mean_std, write_table
+
+RECIPES = {"voc": "quick-voc", "coco": "quick-coco"}
+VAL_ONLY = {"data.eval_splits": ["val"]}
+COCO_SIZES = {"small": 0.41, "medium": 0.34, "large": 0.24}  # COCO's instances by area (issue 15)
+LEARNABLE = 3.0
+LINEAR_ASL = {"model.head": "linear"}
+SCENES = {"objects x0.8": 0.8, "objects x1.0": 1.0, "objects x1.25": 1.25}  # object sizes relative to the spec's
+EMBEDDINGS = {"raw": {}, "centred": {"semantics.centre": True},
+              "centred, norm √m": {"semantics.centre": True, "semantics.norm": "sqrt_m"}}
+LRS, EPOCHS, DIMS = (5e-4, 1e-3, 2e-3), (5, 10, 20), (32, 64, 128)
+TIE_MAP = 0.5  # val mAP within which a cheaper choice is taken
+
+
+def scene_overrides(family: str, factor: float) -> dict:
+    """The spec's scene model with every object size multiplied by ``factor`` (no override for 1)."""
+    if factor == 1.0:
+        return {}
+    base = synthetic.get_spec(f"synth-{family}-lt").scene
+    lo, hi = base.object_range
+    return {"data.synthetic_scene": {"object_median": round(base.object_median * factor, 4),
+                                     "object_range": [round(lo * factor, 4), round(min(0.9, hi * factor), 4)]}}
+
+
+def _run(studies: dict[str, Study], work_dir: Path, workers, label: str) -> pd.DataFrame:
+    rows = run_studies(studies, work_dir, workers=workers, label=label)
+    out = []
+    for name, study in studies.items():
+        cosines = initial_prompt_cosines(study)
+        df = rows[name]
+        out.append(df.assign(study=name, prompt_cos=df["variant"].map(cosines)))
+    return pd.concat(out, ignore_index=True)
+
+
+def _summary(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    cols = ["val_mAP", "val_head", "val_medium", "val_tail"]
+    g = runs.groupby(keys, sort=False)
+    table = g[cols].agg(lambda v: mean_std(list(v))).reset_index()
+    table["mean val mAP"] = g["val_mAP"].mean().values
+    table["initial prompt cosine"] = g["prompt_cos"].first().values
+    table["seeds"] = g["seed"].nunique().values
+    return table
+
+
+def _chance(family: str, limit) -> dict[str, float]:
+    from cprfl_lib.metrics import class_groups
+
+    name = f"synth-{family}-lt"
+    sets = synthetic.sample_label_sets(name, 0, ("train", "val"))
+    y = np.zeros((len(sets["val"][:limit]), len(synthetic.class_names(name))))
+    for i, s in enumerate(sets["val"][:limit]):
+        y[i, s] = 1
+    groups = class_groups(np.array(synthetic.target_train_counts(name)))
+    return {g: float(y[:, groups == g].mean()) * 100 for g in ("head", "medium", "tail")}
+
+
+def stage_scene(args, work_dir: Path, choices: dict) -> dict:
+    studies = {}
+    for family, recipe in RECIPES.items():
+        for label, factor in SCENES.items():
+            base = {**VAL_ONLY, **args.base, **scene_overrides(family, factor)}
+            studies[f"{family} | {label}"] = Study(recipe, {
+                "linear ASL": dict(LINEAR_ASL), "CPRFL-Randn": {"semantics.encoder": "randn", "semantics.dim": None},
+                "CPRFL-MiniLM raw": {}, "CPRFL-MiniLM centred": {"semantics.centre": True}}, args.seeds, base)
+    runs = _run(studies, work_dir, args.workers, "scene")
+    runs[["family", "scene"]] = runs["study"].str.split(" | ", regex=False, expand=True)
+    table = _summary(runs, ["family", "scene", "variant"])
+    sizes, learnable = {}, {}
+    for family in RECIPES:
+        chance = _chance(family, args.limit)
+        for label, factor in SCENES.items():
+            config = run_config(RECIPES[family], {**VAL_ONLY, **args.base, **scene_overrides(family, factor)}, 0)
+            folder = synthetic.generated_folder(config["data"]["dataset"], seed=0, image_size=config["data"]["image_size"],
+                                                limit=config["data"]["synthetic_limit"],
+                                                scene=config["data"]["synthetic_scene"] or None,
+                                                splits=("train", "val"))
+            objects = json.loads((folder / "GENERATOR.json").read_text())["counts"]["train"]["objects"]
+            sizes[(family, label)] = objects
+            lin = runs[(runs["family"] == family) & (runs["scene"] == label) & (runs["variant"] == "linear ASL")]
+            learnable[(family, label)] = all(lin[f"val_{g}"].mean() >= LEARNABLE * chance[g] for g in chance)
+        for g in ("small", "medium", "large"):
+            table.loc[table["family"] == family, f"instances {g}"] = [
+                sizes[(family, s)][g] for s in table.loc[table["family"] == family, "scene"]]
+    distance = {label: sum(abs(sizes[("coco", label)][g] - COCO_SIZES[g]) for g in COCO_SIZES) for label in SCENES}
+    ok = [label for label in SCENES if all(learnable[(f, label)] for f in RECIPES)]
+    if not ok:
+        raise CprflError("no scene candidate keeps every class group learnable; widen the candidates")
+    pick = min(ok, key=distance.get)
+    write_table(table, "scene", args.out, "Design stage 1: the scene model (validation split only; generated data)",
+                notes=[f"rule: nearest COCO's size classes {COCO_SIZES} among candidates whose linear probe reaches "
+                       f"{LEARNABLE}x the chance AP in every group on both benchmarks",
+                       f"size distance (COCO): {json.dumps({k: round(v, 3) for k, v in distance.items()})}",
+                       f"learnable: {sorted(k for k in SCENES if k in ok)}; chosen: {pick}"])
+    return {"scene": {"chosen": pick, "factor": SCENES[pick], "distance": distance, "learnable": ok,
+                      "overrides": {f: scene_overrides(f, SCENES[pick]).get("data.synthetic_scene") for f in RECIPES}}}
+
+
+def _with_scene(args, family: str, choices: dict) -> dict:
+    scene = choices.get("scene", {}).get("overrides", {}).get(family)
+    return {**VAL_ONLY, **args.base, **({"data.synthetic_scene": scene} if scene else {})}
+
+
+def stage_embedding(args, work_dir: Path, choices: dict) -> dict:
+    studies = {family: Study(recipe, dict(EMBEDDINGS), args.seeds,
+                             _with_scene(args, family, choices)) for family, recipe in RECIPES.items()}
+    runs = _run(studies, work_dir, args.workers, "embedding").rename(columns={"study": "family"})
+    table = _summary(runs, ["family", "variant"])
+    score = runs.groupby("variant", sort=False)["val_mAP"].mean()
+    pick = str(score.idxmax())
+    write_table(table, "embedding", args.out, "Design stage 2: the MiniLM embeddings' preprocessing (validation only)",
+                notes=["rule: the best CPRFL val mAP, mean over seeds and both benchmarks",
+                       f"means: {json.dumps(score.round(3).to_dict())}; chosen: {pick}"])
+    return {"embedding": {"chosen": pick, "overrides": EMBEDDINGS[pick], "score": score.to_dict()}}
+
+
+def _cheapest(score: pd.Series, cost) -> tuple:
+    """The lowest-cost index among those within TIE_MAP of the best score."""
+    near = score[score >= score.max() - TIE_MAP]
+    return min(near.index, key=cost)
+
+
+def stage_schedule(args, work_dir: Path, choices: dict) -> dict:
+    emb = choices.get("embedding", {}).get("overrides", {})
+    picks, tables = {}, []
+    for family, recipe in RECIPES.items():
+        base = _with_scene(args, family, choices)
+        grid = {}
+        for lr in LRS:
+            for ep in EPOCHS:
+                sched = {"optim.lr": lr, "optim.epochs": ep}
+                grid[f"linear ASL | lr={lr:g} | epochs={ep} | d=-"] = {**LINEAR_ASL, **sched}
+                grid[f"CPRFL | lr={lr:g} | epochs={ep} | d=64"] = {**emb, **sched}
+        runs = _run({family: Study(recipe, grid, args.seeds, base)}, work_dir, args.workers, f"schedule {family}")
+        runs = _split(runs)
+        mean = runs.groupby(["head", "lr", "epochs"], sort=False)["val_mAP"].mean()
+        shared = (mean.xs("linear ASL", level="head") + mean.xs("CPRFL", level="head")) / 2
+        lr, ep = _cheapest(shared, lambda i: (int(i[1].split("=")[1]), -float(i[0].split("=")[1])))
+        widths = {f"CPRFL | {lr} | {ep} | d={d}": {**emb, "optim.lr": float(lr.split("=")[1]),
+                                                    "optim.epochs": int(ep.split("=")[1]), "model.dim": d,
+                                                    "model.mlp_dim": 2 * d} for d in DIMS}
+        wide = _split(_run({family: Study(recipe, widths, args.seeds, base)}, work_dir, args.workers, f"width {family}"))
+        d = _cheapest(wide.groupby("d", sort=False)["val_mAP"].mean(), lambda i: int(i.split("=")[1]))
+        picks[family] = {"lr": float(lr.split("=")[1]), "epochs": int(ep.split("=")[1]), "dim": int(d.split("=")[1]),
+                         "shared_val_mAP": round(float(shared.max()), 3)}
+        tables.append(_summary(pd.concat([runs, wide], ignore_index=True), ["family", "head", "lr", "epochs", "d"]))
+    table = pd.concat(tables, ignore_index=True)
+    write_table(table, "schedule", args.out, "Design stage 3: learning rate, epochs, width (validation only)",
+                notes=[f"rule: lr and epochs by the mean of the linear probe's and CPRFL's (d = 64) val mAP, the shortest "
+                       f"schedule within {TIE_MAP} of the best; then d by CPRFL's val mAP, the smallest within "
+                       f"{TIE_MAP}; per benchmark", f"chosen: {json.dumps(picks)}"])
+    return {"schedule": picks}
+
+
+def _split(runs: pd.DataFrame) -> pd.DataFrame:
+    runs = runs.rename(columns={"study": "family"})
+    runs[["head", "lr", "epochs", "d"]] = runs["variant"].str.split(" | ", regex=False, expand=True)
+    return runs
+
+
+STAGES = {"scene": stage_scene, "embedding": stage_embedding, "schedule": stage_schedule}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    ap.add_argument("--workers", default="2")
+    ap.add_argument("--limit", type=int, default=None, help="images per split (a quick check of the tool)")
+    ap.add_argument("--image-size", type=int, default=None, help="generated image size (a quick check of the tool)")
+    ap.add_argument("--out", type=Path, default=Path("results/design"))
+    args = ap.parse_args(argv)
+    args.seeds = tuple(args.seeds)
+    args.workers = args.workers if args.workers == "auto" else int(args.workers)
+    args.base = {**({"data.synthetic_limit": args.limit} if args.limit else {}),
+                 **({"data.image_size": args.image_size} if args.image_size else {})}
+    check = args.limit or args.image_size
+    work_dir = cache_dir("runs") / ("design-check" if check else "design")
+    file = args.out / "choices.json"
+    choices = json.loads(file.read_text()) if file.is_file() else {}
+    started = time.time()
+    for stage in args.stages:
+        choices.update(STAGES[stage](args, work_dir, choices))
+        choices["provenance"] = {**provenance(run_config("quick-voc", {}, 0)), "stages_run": args.stages,
+                                 "seeds": list(args.seeds), "limit": args.limit,
+                                 "wall_s": round(time.time() - started, 1)}
+        atomic_write_json(file, choices)
+        print(f"{stage}: {json.dumps(choices[stage])}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(run_command("tools/design.py", lambda: main(sys.argv[1:])))
