@@ -141,13 +141,14 @@ def _run_job(job: tuple[dict, str]) -> dict:
     return run_once(config, Path(run_dir))
 
 
-def _init_worker(counter, gpus: list[int], threads: int | None) -> None:
-    """A pool process: its own GPU (one each, in turn) or its share of the CPU threads."""
+def _init_worker(gpus: list[int], threads: int | None) -> None:
+    """A pool process: its own GPU (one each, in turn, by the order the pool started its processes) or its share of
+    the CPU threads."""
+    import multiprocessing as mp
+
     import torch
 
-    with counter.get_lock():
-        index = counter.value
-        counter.value += 1
+    index = (mp.current_process()._identity or (1,))[0] - 1
     if gpus:
         torch.cuda.set_device(gpus[index % len(gpus)])
     if threads:
@@ -256,11 +257,10 @@ def _train_in_parallel(configs: dict[str, dict], workers: int, gpus: list[int], 
             sizes[key] = prepare(configs[run_dir], progress=progress)
     order = sorted(configs, key=lambda d: expected_cost(configs[d], sizes[keys[d]]), reverse=True)
     ctx = mp.get_context("spawn")
-    counter = ctx.Value("i", 0)
     # one thread each on a CPU (two small runs in parallel beat one run on two threads)
     threads = None if gpus else 1
     pool = ProcessPoolExecutor(min(workers, len(order)), mp_context=ctx, initializer=_init_worker,
-                               initargs=(counter, gpus, threads))
+                               initargs=(gpus, threads))
     try:
         started = {}
         futures = {}
@@ -274,8 +274,14 @@ def _train_in_parallel(configs: dict[str, dict], workers: int, gpus: list[int], 
             except CprflError as exc:
                 raise CprflError(f"run {run_dir}: {exc}") from exc
             done(run_dir, metrics, time.time() - started[run_dir])
-    except BaseException:  # a failed run or an interrupt: drop the queued runs instead of training them first
+    except BaseException:  # a failed run or an interrupt: drop the queued runs and stop the running ones (their
+        # checkpoints are atomic: the next call resumes them); else the pool would train them to the end first
+        processes = list((pool._processes or {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.join(timeout=30)
         raise
     pool.shutdown()
 

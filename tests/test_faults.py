@@ -764,3 +764,53 @@ def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_previous_file(tmp_p
     monkeypatch.undo()
     assert torch.load(target, weights_only=True) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(pid) and fields.get("State", "").strip()[:1] != "Z":
+            out.append(int(status.parent.name))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads the process table from /proc")
+def test_sigterm_stops_a_study_and_its_workers(env, cwd, tmp_path):
+    """SIGTERM to a process training a study in two worker processes: it exits (130, one line) within seconds and
+    its workers stop with it, instead of training their runs to the end first."""
+    script = tmp_path / "study.py"
+    script.write_text(
+        "import sys\n"
+        "from cprfl_lib.errors import run_command\n"
+        "from cprfl_repro.studies import run_study\n"
+        "variants = {f'tau={t}': {'model.tau': t} for t in (0.25, 0.5, 1.0, 2.0)}\n"
+        f"job = lambda: run_study('s', 'smoke', variants, [0], {str(tmp_path / 'runs')!r}, "
+        "{'optim.epochs': 400, 'train.max_steps_per_epoch': None}, progress=True, workers=2)\n"
+        "if __name__ == '__main__':\n"
+        "    sys.exit(run_command('study', job))\n")
+    proc = subprocess.Popen([sys.executable, str(script)], env=env, cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while len(workers := _children(proc.pid)) < 2 or not list((tmp_path / "runs").rglob("config.yaml")):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the workers never started training"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr[-2000:]
+    # the one line; Python's resource tracker may add its note on a queue lock of the stopped pool
+    ours = [line for line in stderr.strip().splitlines() if line.startswith("study:")]
+    assert ours == ["study: interrupted by SIGTERM"], stderr[-2000:]
+    time.sleep(1)
+    alive = [w for w in workers if Path(f"/proc/{w}").exists() and "Z" not in Path(f"/proc/{w}/stat").read_text()
+             .split(")")[-1].split()[0]]
+    assert not alive, f"worker processes {alive} outlived the study"
+    assert not list((tmp_path / "runs").rglob("metrics.json"))  # nothing trained to the end after the signal
