@@ -99,11 +99,12 @@ _COCO_SUPER_RUNS = (("person", 1), ("vehicle", 8), ("outdoor", 5), ("animal", 10
                     ("furniture", 6), ("electronic", 6), ("appliance", 5), ("indoor", 7))
 
 
-# The scene models, chosen on the validation split (README, "How the embedded default was chosen"). VOC's
-# objects are fewer and larger than COCO's; COCO has more, smaller instances per label.
-VOC_SCENE = SceneParams(object_median=0.26, object_sigma=0.4, object_range=(0.1, 0.6), extra_instances=0.3,
+# The scene models. Object sizes: chosen on the validation split by tools/design.py (results/design/: 0.6 x the sizes
+# it started from, the candidate nearest COCO's size classes that keeps every class group learnable). VOC's objects
+# are fewer and larger than COCO's; COCO has more, smaller instances per label.
+VOC_SCENE = SceneParams(object_median=0.156, object_sigma=0.4, object_range=(0.06, 0.36), extra_instances=0.3,
                         extra_scale=0.6, clutter=(6, 14), decoys=1.0, occluders=0.6)
-COCO_SCENE = SceneParams(object_median=0.19, object_sigma=0.45, object_range=(0.07, 0.5), extra_instances=0.5,
+COCO_SCENE = SceneParams(object_median=0.114, object_sigma=0.45, object_range=(0.042, 0.3), extra_instances=0.5,
                          extra_scale=0.6, clutter=(6, 14), decoys=1.5, occluders=0.6)
 
 
