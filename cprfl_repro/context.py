@@ -21,7 +21,9 @@ from cprfl_lib.errors import CprflError
 from cprfl_lib.paths import cache_dir
 from cprfl_lib.train.recipes import load_recipe, parse_overrides
 
-PROFILES = ("smoke", "quick", "paper", "paper-check")
+PROFILES = ("smoke", "quick", "quick-extra", "paper", "paper-check")
+# a profile whose runs are another's (same recipes): it finds them trained already
+RUNS_OF = {"paper-check": "paper", "quick-extra": "quick"}
 CHECK_LABEL = "PIPELINE CHECK, NOT RESULTS"
 CHECK_NOTE = ("pipeline check, not results: every run trained a step or two and was evaluated on a fixed subset of "
               "the test images; these numbers only show that the data, weights and code run end to end")
@@ -138,7 +140,7 @@ def resolve(profile: str, output_dir: str | os.PathLike | None = None, work_dir:
     if profile not in PROFILES:
         raise CprflError(f"unknown profile {profile!r}; choose one of {PROFILES}")
     out = Path(output_dir or os.environ.get("CPRFL_RESULTS_DIR") or results_root() / profile)
-    work = Path(work_dir) if work_dir else cache_dir("runs", "paper" if profile == "paper-check" else profile)
+    work = Path(work_dir) if work_dir else cache_dir("runs", RUNS_OF.get(profile, profile))
     for folder in (out, out / "tables", out / "figures", out / "metrics", work):
         folder.mkdir(parents=True, exist_ok=True)
     as_path = lambda p: Path(p).expanduser().resolve() if p else None  # noqa: E731

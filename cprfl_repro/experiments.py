@@ -138,10 +138,11 @@ def extra_studies() -> dict[str, dict]:
     }
 
 
-def finetune(epochs: int) -> dict:
-    """The short end-to-end run: the backbone trains too (at a tenth of the head's learning rate)."""
+def finetune(epochs: int, steps: int | None = None) -> dict:
+    """The short end-to-end run: the backbone trains too (at a tenth of the head's learning rate); ``steps``: at most
+    this many optimizer steps an epoch (a CPU demonstration of the path)."""
     return {"model.freeze_backbone": False, "train.cache_features": False, "optim.backbone_lr_mult": 0.1,
-            "optim.epochs": epochs, "optim.warmup_epochs": 0}
+            "optim.epochs": epochs, "optim.warmup_epochs": 0, **({"train.max_steps_per_epoch": steps} if steps else {})}
 
 
 # What each study's rows are compared with (the interval columns): a variant, or variant -> variant.
@@ -175,14 +176,14 @@ def _encoder_options(ctx: RunContext, recipe: str, extra: Mapping | None) -> dic
 
 
 def training_studies(ctx: RunContext, recipes: Mapping[str, str], seeds, glove_path: str | None = None,
-                     finetune_epochs: int = 0) -> dict[str, Study]:
+                     finetune_epochs: int = 0, finetune_steps: int | None = None) -> dict[str, Study]:
     """Notebook 04: Table 1 on each benchmark family, and the short end-to-end run on the first."""
     glove = {"path": glove_path} if glove_path else None
     plan = {family: Study(name, table1(ctx.recipe(name)["semantics"]["encoder"], glove), tuple(seeds),
                           ctx.run_overrides(name)) for family, name in recipes.items()}
     if finetune_epochs:
         first = next(iter(recipes.values()))
-        plan["finetune"] = Study(first, {"CPRFL end-to-end": finetune(finetune_epochs)}, tuple(seeds[:1]),
+        plan["finetune"] = Study(first, {"CPRFL end-to-end": finetune(finetune_epochs, finetune_steps)}, tuple(seeds[:1]),
                                  ctx.run_overrides(first))
     return plan
 

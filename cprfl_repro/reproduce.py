@@ -46,7 +46,14 @@ def profile_parameters(profile: str) -> dict[str, dict]:
     if profile not in PROFILES:
         raise CprflError(f"unknown profile {profile!r}; choose one of {PROFILES}")
     text = (resources.files("cprfl_repro") / "profiles" / f"{profile}.yaml").read_text()
-    return yaml.safe_load(text) or {}
+    own = yaml.safe_load(text) or {}
+    base = own.pop("base", None)  # a profile that extends another: notebook by notebook, its keys win
+    if base is None:
+        return own
+    merged = profile_parameters(base)
+    for stem, params in own.items():
+        merged[stem] = {**merged.get(stem, {}), **params}
+    return merged
 
 
 def notebooks(root: Path) -> list[Path]:

@@ -39,3 +39,14 @@ def test_swap_in_replaces_the_whole_folder(tmp_path):
     _swap_in(staging, final, keep_old=False)
     assert sorted(p.name for p in (final / "tables").iterdir()) == ["table1.csv"]
     assert not staging.exists() and [p.name for p in final.parent.iterdir()] == ["quick"]
+
+
+def test_quick_extra_extends_quick_and_finds_its_runs():
+    from cprfl_repro.context import RUNS_OF
+
+    quick, extra = profile_parameters("quick"), profile_parameters("quick-extra")
+    assert "base" not in extra and set(extra) == set(quick)
+    assert set(extra["05_ablations"]["studies"]) > set(quick["05_ablations"]["studies"])
+    assert {k: v for k, v in extra["05_ablations"].items() if k != "studies"} == \
+        {k: v for k, v in quick["05_ablations"].items() if k != "studies"}
+    assert RUNS_OF["quick-extra"] == "quick"
