@@ -276,7 +276,7 @@ def _train_in_parallel(configs: dict[str, dict], workers: int, gpus: list[int], 
             done(run_dir, metrics, time.time() - started[run_dir])
     except BaseException:  # a failed run or an interrupt: drop the queued runs and stop the running ones (their
         # checkpoints are atomic: the next call resumes them); else the pool would train them to the end first
-        processes = list((pool._processes or {}).values())
+        processes = list((getattr(pool, "_processes", None) or {}).values())  # private: no public handle
         pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:
             process.terminate()

@@ -100,9 +100,14 @@ def test_the_check_scale_runs_the_whole_paper_protocol(standin):
         assert "pipeline check, not results" in json.loads(metrics.read_text())["pipeline_check"]
     pngs = sorted((out / "figures").glob("*.png"))
     assert len(pngs) >= 20 and all(p.with_suffix(".pdf").is_file() for p in pngs)
-    # one line per finished run, and every study of the paper profile ran
-    finished = [line for line in done.stdout.splitlines() if re.search(r"seed 0: mAP [\d.]+ \(", line)]
-    assert len(finished) == 30, done.stdout[-3000:]
+    # every run the plan announced finished, each with its one line
+    planned = {nb: int(n) for nb, n in re.findall(r"(0[456])_\w+: (\d+) distinct runs", done.stdout)}
+    assert set(planned) >= {"04", "05"}, done.stdout[-3000:]
+    for nb in ("04", "05"):
+        finished = re.findall(rf"{nb}: .*, seed 0: test mAP [\d.]+ \(.*\[(\d+)/(\d+)\]", done.stdout + done.stderr)
+        totals = {int(n) for _, n in finished}  # the pool's count: the notebook's runs not finished earlier
+        assert len(totals) == 1 and 0 < min(totals) <= planned[nb], (nb, planned, finished)
+        assert sorted(int(k) for k, _ in finished) == list(range(1, min(totals) + 1)), (nb, finished)
 
 
 def test_the_paper_profile_prints_its_plan_and_refuses_on_a_cpu(standin):
@@ -113,10 +118,11 @@ def test_the_paper_profile_prints_its_plan_and_refuses_on_a_cpu(standin):
     done, seconds = run_readme(standin, "make reproduce PROFILE=paper ")
     print(f"make reproduce PROFILE=paper: plan and refusal in {seconds:.0f} s")
     assert done.returncode != 0
-    assert "reproduce [paper]: the plan" in done.stdout and "90 distinct runs" not in done.stderr
-    for needle in ("04_training: 36 distinct runs", "05_ablations: 54 distinct runs", "PFLOP", "h on this machine",
-                   "GiB"):
+    assert "reproduce [paper]: the plan" in done.stdout
+    for needle in ("PFLOP", "h on this machine", "GiB"):
         assert needle in done.stdout, done.stdout
+    runs = {nb: int(n) for nb, n in re.findall(r"(0[456])_\w+: (\d+) distinct runs", done.stdout)}
+    assert runs["04"] >= 36 and runs["05"] >= 54, done.stdout  # every Table 1 row on both, every ablation
     errors = [line for line in done.stderr.splitlines() if line.startswith("reproduce: error:")]
     assert len(errors) == 1 and "FORCE=1" in errors[0] and "hours on this CPU" in errors[0], done.stderr
     assert not (Path(standin["env"]["CPRFL_RESULTS_ROOT"]) / "paper").exists()  # nothing written
@@ -131,6 +137,6 @@ def test_the_gpu_check_runs_in_its_cpu_mode(standin):
     print(done.stdout[-1500:])
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     for needle in ("training img/s", "waiting for data", "s per epoch", "evaluation:", "TFLOP/s",
-                   "the paper profile (90 runs): about", "gpu_check: OK"):
+                   "the paper profile (", "runs): about", "gpu_check: OK"):
         assert needle in done.stdout, needle
     print(f"gpu check (CPU, tiny): {time.perf_counter() - start:.0f} s")
