@@ -273,7 +273,8 @@ def _train_in_parallel(configs: dict[str, dict], workers: int, gpus: list[int], 
                 metrics = future.result()
             except CprflError as exc:
                 raise CprflError(f"run {run_dir}: {exc}") from exc
-            done(run_dir, metrics, time.time() - started[run_dir])
+            # the run's own time in its worker (time since submission would count its wait in the queue)
+            done(run_dir, metrics, metrics.get("wall_s", time.time() - started[run_dir]))
     except BaseException:  # a failed run or an interrupt: drop the queued runs and stop the running ones (their
         # checkpoints are atomic: the next call resumes them); else the pool would train them to the end first
         processes = list((getattr(pool, "_processes", None) or {}).values())  # private: no public handle
