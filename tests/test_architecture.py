@@ -34,3 +34,19 @@ def test_every_module_is_on_the_page():
             if rel not in named and f"{package}/{rel}" not in named:
                 unnamed.append(f"{package}/{rel}")
     assert not unnamed, f"modules missing from docs/ARCHITECTURE.md: {unnamed}"
+
+
+def test_every_path_the_readme_names_exists():
+    """A path in backticks that starts at a top-level folder of the checkout (globs and {a,b} sets expanded)."""
+    text = (ROOT / "README.md").read_text()
+    tops = ("cprfl_lib/", "cprfl_repro/", "tools/", "docs/", "notebooks/", "tests/", "scripts/", ".ci/")
+    missing = []
+    for path in re.findall(r"`([^`\s]+)`", text):
+        path = path.split(" ")[0]
+        if not path.startswith(tops) or "<" in path:
+            continue
+        sets = re.match(r"(.*)\{([^}]*)\}(.*)", path)
+        for candidate in ([sets[1] + alt + sets[3] for alt in sets[2].split(",")] if sets else [path]):
+            if not any(ROOT.glob(candidate.rstrip("/"))):
+                missing.append(candidate)
+    assert not missing, f"README.md names paths that do not exist: {missing}"

@@ -117,6 +117,7 @@ def test_the_paper_profile_prints_its_plan_and_refuses_on_a_cpu(standin):
         pytest.skip("on a GPU machine the paper profile starts; this checks the CPU refusal")
     done, seconds = run_readme(standin, "make reproduce PROFILE=paper ")
     print(f"make reproduce PROFILE=paper: plan and refusal in {seconds:.0f} s")
+    print(done.stdout[-2500:])  # the plan, for the README's figures
     assert done.returncode != 0
     assert "reproduce [paper]: the plan" in done.stdout
     for needle in ("PFLOP", "h on this machine", "GiB"):
