@@ -116,10 +116,11 @@ def stage_scene(args, work_dir: Path, choices: dict) -> dict:
     for family, recipe in RECIPES.items():
         for label, factor in SCENES.items():
             base = {**VAL_ONLY, **args.base, **scene_overrides(family, factor)}
-            studies[f"{family} | {label}"] = Study(recipe, {
-                "linear ASL": dict(LINEAR_ASL), "CPRFL-Randn": {"semantics.encoder": "randn", "semantics.dim": None,
-                                                              **EMBEDDINGS["raw"]},
-                "CPRFL-MiniLM raw": dict(EMBEDDINGS["raw"]), "CPRFL-MiniLM centred": dict(EMBEDDINGS["centred"])}, args.seeds, base)
+            variants = {"linear ASL": dict(LINEAR_ASL),
+                        "CPRFL-Randn": {"semantics.encoder": "randn", "semantics.dim": None, **EMBEDDINGS["raw"]},
+                        "CPRFL-MiniLM raw": dict(EMBEDDINGS["raw"]),
+                        "CPRFL-MiniLM centred": dict(EMBEDDINGS["centred"])}
+            studies[f"{family} | {label}"] = Study(recipe, variants, args.seeds, base)
     runs = _run(studies, work_dir, args.workers, "scene")
     runs[["family", "scene"]] = runs["study"].str.split(" | ", regex=False, expand=True)
     table = _summary(runs, ["family", "scene", "variant"])
