@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 LABEL = "PIPELINE CHECK, NOT RESULTS"
 
-pytestmark = [pytest.mark.slow, pytest.mark.shared_data]
+pytestmark = [pytest.mark.slow, pytest.mark.shared_data, pytest.mark.protocol]
 
 
 def readme_command(prefix: str) -> str:

@@ -11,6 +11,7 @@ the feature every epoch; runs on cached features therefore train without data au
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -38,6 +39,10 @@ def features_key(model: nn.Module, dataset) -> str:
     }, FORMAT)
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 @torch.no_grad()
 def extract_features(model: nn.Module, dataset, batch_size: int = 64, device: str | torch.device = "cpu",
                      num_workers: int = 0, desc: str = "features", progress: bool = True) -> torch.Tensor:
@@ -56,12 +61,16 @@ def extract_features(model: nn.Module, dataset, batch_size: int = 64, device: st
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         generator=torch.Generator(), pin_memory=torch.device(device).type == "cuda")
     chunks = []
+    threads = torch.get_num_threads()
+    if torch.device(device).type == "cpu":  # a one-off cache fill: every core, whatever a run trains with
+        torch.set_num_threads(max(threads, _cores()))
     try:
         for images, _ in tqdm(loader, desc=desc, leave=False, disable=not progress):
             x = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             chunks.append(model.features(x).contiguous().half().cpu())
     finally:
         backbone.to(memory_format=own_format)
+        torch.set_num_threads(threads)
     return torch.cat(chunks)
 
 
