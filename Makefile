@@ -67,20 +67,11 @@ lint: $(STAMP)
 # The stored notebooks (executed at smoke scale) run first under nbval and record their metrics in
 # .cache/nbval-results; tests/test_notebook_metrics.py then checks those against tests/notebook_metrics/.
 NBVAL_RESULTS := $(CURDIR)/.cache/nbval-results
-# The paper-protocol tests (one long make reproduce PROFILE=paper-check, mostly torch on both cores) run in a
-# second pytest beside the rest (mostly kernels, subprocesses and small tensors): 2 cores, one budget.
-PROTOCOL_LOG := $(CURDIR)/.cache/test-protocol.log
 test: $(STAMP) lint
-	rm -rf $(NBVAL_RESULTS) $(PROTOCOL_LOG)
+	rm -rf $(NBVAL_RESULTS)
 	mkdir -p $(TEST_CACHE)
-	@$(TEST_ENV) $(PY) -m pytest -q --durations=5 -m protocol tests/test_paper_protocol.py > $(PROTOCOL_LOG) 2>&1 & \
-	protocol=$$!; \
-	$(TEST_ENV) CPRFL_RESULTS_DIR=$(NBVAL_RESULTS) $(PY) -m pytest -q --durations=15 -m "not protocol" --nbval-lax \
-		--nbval-kernel-name $(KERNEL) --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 \
-		notebooks tests; rest=$$?; \
-	wait $$protocol; proto=$$?; \
-	echo "== tests/test_paper_protocol.py (run beside the others) =="; cat $(PROTOCOL_LOG); \
-	test $$rest -eq 0 -a $$proto -eq 0
+	$(TEST_ENV) CPRFL_RESULTS_DIR=$(NBVAL_RESULTS) $(PY) -m pytest -q --durations=15 --nbval-lax --nbval-kernel-name $(KERNEL) \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 notebooks tests
 
 # Re-execute the stored notebooks at smoke scale and refresh their reference metrics (before committing them).
 notebooks: $(STAMP)

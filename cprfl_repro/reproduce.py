@@ -92,7 +92,29 @@ def execute(notebook: Path, out_path: Path, params: dict) -> float:
     except PapermillExecutionError as exc:
         raise CprflError(f"{notebook.name} failed in cell [{exc.exec_count}]: {exc.ename}: {exc.evalue} "
                          f"(executed copy: {out_path})") from None
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: papermill may not get to shut the kernel down
+        stop_children()
+        raise
     return time.time() - start
+
+
+def stop_children(timeout: float = 10) -> None:
+    """Stop this process's children (the notebook's kernel, its training workers): left alone, a kernel
+    would run its cell to the end, holding this process's output open."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        try:
+            child.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(children, timeout=timeout)
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 class _Tail(threading.Thread):

@@ -408,6 +408,18 @@ def _fake_checkout(root: Path) -> Path:
     return root
 
 
+def _group_empty(pgid: int, wait: float = 10) -> bool:
+    """Whether every process of the group has exited (orphans are reaped by init within moments)."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
 @pytest.mark.slow
 def test_interrupted_reproduce_keeps_the_previous_results(env, tmp_path):
     """SIGTERM to one `make reproduce`, SIGINT to another, while their notebook runs (both at once: the
@@ -432,6 +444,7 @@ def test_interrupted_reproduce_keeps_the_previous_results(env, tmp_path):
             time.sleep(0.1)
         for name, proc in procs.items():
             stderr[name] = proc.communicate(timeout=60)[1]
+            assert _group_empty(proc.pid), f"{name}: a process of the interrupted run (its kernel?) still runs"
     finally:
         for proc in procs.values():
             try:  # the kernel is in the process group we started

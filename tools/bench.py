@@ -204,8 +204,9 @@ def section_step(device: torch.device, quick: bool, configs: list[str], out=_say
     cpu = device.type == "cpu"
     plan = {"quick-e2e": [8] if quick else [16, 32], "quick-head": [32] if quick else [32, 128],
             "paper": ([1] if quick else [1, 2]) if cpu else ([16] if quick else [16, 32])}
-    quick_d, paper_d = load_recipe("quick-voc")["model"]["dim"], load_recipe("paper-voc")["model"]["dim"]
-    what = {"quick-e2e": f"quick-voc: frozen EfficientNet-Lite0 128 px per step + d={quick_d} head",
+    qr, pr = load_recipe("quick-voc"), load_recipe("paper-voc")
+    quick_d, quick_px, paper_d = qr["model"]["dim"], qr["data"]["image_size"], pr["model"]["dim"]
+    what = {"quick-e2e": f"quick-voc: frozen EfficientNet-Lite0 {quick_px} px per step + d={quick_d} head",
             "quick-head": f"quick-voc: the d={quick_d} head on cached tokens",
             "paper": f"paper-voc: ResNet-101 448 px fine-tuned + d={paper_d} VSI, 20 classes"}
     out("\n== training step (random weights and batches in memory; the engine's train state and train_one_epoch)")
