@@ -426,9 +426,11 @@ def test_interrupted_reproduce_keeps_the_previous_results(env, tmp_path):
     kernels' start-up is what takes time). Each exits non-zero with results/smoke as it was."""
     signals = {"SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT}
     roots = {name: _fake_checkout(tmp_path / name) for name in signals}
+    # Ctrl-C as in a terminal: a shell that starts a job in the background (a CI runner's) hands it SIGINT ignored
     procs = {name: subprocess.Popen([sys.executable, "-m", "cprfl_repro.reproduce", "--profile", "smoke"], cwd=root,
                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                    start_new_session=True)
+                                    start_new_session=True,
+                                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
              for name, root in roots.items()}
     stderr = {}
     try:
