@@ -4,7 +4,7 @@ A study is how the notebooks produce every table. :func:`run_studies` trains eac
 seed) of several studies into a folder named by the hash of its resolved configuration
 (``<work_dir>/<recipe>/seed<k>-<hash>/``, the run store) and returns one table of rows per study.
 A run whose folder holds a ``metrics.json`` and a ``run.json`` stamp for the same configuration,
-the same library source (every file of ``cprfl_lib``) and the same inputs (lists, images and
+the same code (the library modules a run imports: :func:`run_modules`) and the same inputs (lists, images and
 weight files, by content) is reused: an interrupted study resumes, the same configuration in
 two studies (Table 1's CPRFL is Table 2's ASL row) trains once, and notebook 06 gets notebook
 04's runs without training. A variant that cannot run on this machine (an encoder without
@@ -31,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from cprfl_lib.digest import source_digest as _tree_digest
+from cprfl_lib.digest import files_digest, import_closure
 from cprfl_lib.errors import CprflError
 from cprfl_lib.io import atomic_write_json
 from cprfl_lib.metrics import COLUMNS
@@ -39,6 +39,7 @@ from cprfl_lib.train.engine import prepare, train
 from cprfl_lib.train.recipes import apply_overrides, dump, load_recipe
 
 LIBRARY = Path(__file__).resolve().parents[1] / "cprfl_lib"
+RUN_ENTRY = ("cprfl_lib.train.engine",)  # what a run executes: the engine (train, prepare) and what it imports
 PROGRESS_ENV = "CPRFL_PROGRESS"  # a file finished-run lines are appended to (make reproduce shows them)
 
 
@@ -61,9 +62,18 @@ class Study:
     overrides: dict = field(default_factory=dict)
 
 
+def run_modules() -> list[str]:
+    """The library's source files a training run executes: the engine's modules and everything they import, lazily
+    imported ones included (backbones, encoders, losses, the generator), relative to ``LIBRARY``'s parent. Not the
+    CLI, the notebooks or the analysis modules; not the recipe files (a run's resolved configuration holds their
+    values)."""
+    return import_closure(LIBRARY.parent, RUN_ENTRY)
+
+
 def source_digest() -> str:
-    """A hash of the library: every module a run can import, and the recipes. A change retrains."""
-    return _tree_digest(LIBRARY)[:16]
+    """A hash of the code a run executes (:func:`run_modules`, names and bytes). A change there retrains; an edit
+    anywhere else in the library (the CLI, a recipe the run does not read) keeps every finished run."""
+    return files_digest(LIBRARY.parent, run_modules())[:16]
 
 
 def slug(text: str) -> str:
@@ -97,9 +107,14 @@ def inputs_identity(config: dict) -> dict:
     return _inputs_memo[memo]
 
 
+def _stamped(config: dict) -> dict:
+    """The configuration as a stamp holds it: without its description (a recipe's prose changes no result)."""
+    return yaml.safe_load(dump({k: v for k, v in config.items() if k != "description"}))
+
+
 def stamp(config: dict) -> dict:
     """What a run folder's run.json must hold for its run to be reused: configuration, code and inputs."""
-    return {"config": yaml.safe_load(dump(config)), "source": source_digest(), "inputs": inputs_identity(config)}
+    return {"config": _stamped(config), "source": source_digest(), "inputs": inputs_identity(config)}
 
 
 def _same_stamp(run_dir: Path, config: dict) -> bool:
@@ -107,7 +122,7 @@ def _same_stamp(run_dir: Path, config: dict) -> bool:
     if not stamp_file.is_file():
         return False
     stored = json.loads(stamp_file.read_text())
-    cheap = {"config": yaml.safe_load(dump(config)), "source": source_digest()}
+    cheap = {"config": _stamped(config), "source": source_digest()}
     return all(stored.get(k) == v for k, v in cheap.items()) and stored.get("inputs") == inputs_identity(config)
 
 

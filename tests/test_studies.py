@@ -173,23 +173,67 @@ def test_two_worker_processes_give_the_same_metrics_as_one(tmp_path):
     assert all((Path(d) / "weights.pt").is_file() and not (Path(d) / "checkpoint.pt").exists() for d in two["run_dir"])
 
 
-def test_the_run_digest_covers_every_module_of_the_library(tmp_path):
-    """Finished runs are stale when any file of cprfl_lib changes, a module nobody listed included."""
+@pytest.fixture
+def library_copy(tmp_path, monkeypatch):
+    """A copy of cprfl_lib that the run store keys runs by (the real files are never edited)."""
     import shutil
 
-    from cprfl_lib import digest
-
-    lib = tmp_path / "cprfl_lib"
+    lib = tmp_path / "lib" / "cprfl_lib"
     shutil.copytree(studies.LIBRARY, lib, ignore=shutil.ignore_patterns("__pycache__"))
-    before = digest.source_digest(lib)
-    assert studies.source_digest() == before[:16] and studies.LIBRARY.name == "cprfl_lib"
-    (lib / "data" / "extra_augmentation.py").write_text("STRENGTH = 2\n")  # a new module ...
-    transforms = lib / "data" / "transforms.py"
-    transforms.write_text(transforms.read_text() + "\nfrom cprfl_lib.data.extra_augmentation import STRENGTH\n")
-    after = digest.source_digest(lib)
-    assert after != before  # ... imported by the transforms: the runs retrain
-    (lib / "train" / "recipes" / "quick-voc.yaml").write_text("description: edited\n")
-    assert digest.source_digest(lib) != after  # a recipe too
+    monkeypatch.setattr(studies, "LIBRARY", lib)
+    return lib
+
+
+def append(path: Path, text: str) -> None:
+    path.write_text(path.read_text() + text)
+
+
+def test_the_run_digest_covers_the_modules_a_run_imports(library_copy):
+    """Finished runs are stale when a module a run executes changes, one imported lazily or newly included."""
+    modules = studies.run_modules()
+    for name in ("train/engine.py", "model.py", "losses.py", "backbones.py", "semantics/clip.py", "data/synthetic.py",
+                 "data/synthetic_draw.py", "train/features.py", "__init__.py", "train/__init__.py"):
+        assert f"cprfl_lib/{name}" in modules, name
+    for name in ("cli.py", "__main__.py", "inference.py", "model_analysis.py", "zero_shot.py"):
+        assert f"cprfl_lib/{name}" not in modules, name
+    assert not [m for m in modules if not m.endswith(".py")]  # recipes: their values are in the configuration
+    before = studies.source_digest()
+    (library_copy / "data" / "extra_augmentation.py").write_text("STRENGTH = 2\n")  # a module nobody imports ...
+    assert studies.source_digest() == before
+    append(library_copy / "data" / "transforms.py", "\nfrom cprfl_lib.data.extra_augmentation import STRENGTH\n")
+    after = studies.source_digest()
+    assert after != before and "cprfl_lib/data/extra_augmentation.py" in studies.run_modules()  # ... until imported
+    append(library_copy / "data" / "extra_augmentation.py", "STRENGTH = 3\n")
+    assert studies.source_digest() != after
+    relative = library_copy / "data" / "relative_import.py"  # relative imports are followed too
+    relative.write_text("from . import extra_augmentation\n")
+    assert "cprfl_lib/data/relative_import.py" not in studies.run_modules()
+    append(library_copy / "model.py", "\n\ndef _lazy():\n    from .data import relative_import  # noqa\n")
+    assert "cprfl_lib/data/relative_import.py" in studies.run_modules()
+
+
+def test_editing_the_cli_or_a_recipe_keeps_every_finished_run_and_editing_the_model_retrains(
+        tmp_path, fake_train, library_copy):
+    plan = {"a": studies.Study("smoke", {"cprfl": {}, "linear": LINEAR}, (0, 1))}
+    studies.run_studies(plan, tmp_path / "runs")
+    assert len(fake_train) == 4
+    append(library_copy / "cli.py", "\n# a help text changed\n")
+    append(library_copy / "train" / "recipes" / "paper-coco.yaml", "\n# touched\n")
+    append(library_copy / "train" / "recipes" / "smoke.yaml", "\n# the recipe these runs read: its values decide\n")
+    studies.run_studies(plan, tmp_path / "runs")
+    assert len(fake_train) == 4  # nothing retrained
+    append(library_copy / "model.py", "\n# the model changed\n")
+    studies.run_studies(plan, tmp_path / "runs")
+    assert len(fake_train) == 8  # every run retrained
+
+
+def test_a_recipe_description_is_not_part_of_a_run_stamp(tmp_path, fake_train):
+    config = studies.run_config("smoke")
+    plan = {"a": studies.Study(config, {"cprfl": {}}, (0,))}
+    studies.run_studies(plan, tmp_path)
+    plan = {"a": studies.Study({**config, "description": "another text"}, {"cprfl": {}}, (0,))}
+    studies.run_studies(plan, tmp_path)
+    assert len(fake_train) == 1
 
 
 # --- the differences with their intervals (reports.intervals) ----------------------------------------
