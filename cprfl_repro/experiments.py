@@ -146,7 +146,10 @@ def bind_study(study: Study, where: str, ctx: RunContext, recipe: str, seeds,
     overrides, encoders completed (:func:`with_encoder`); every variant that can run checked against the recipe
     (an unknown key or a bad value refused with ``where`` and the variant's label, before anything runs)."""
     own = study.recipe if study.recipe is not None else recipe
-    bound = study.bind(own, seeds, ctx.run_overrides(own))
+    try:
+        bound = study.bind(own, seeds, ctx.run_overrides(own))
+    except CprflError as exc:  # the study's own recipe: unknown, or not a recipe file
+        raise CprflError(f"{where}: {exc}") from None
     variants = {label: v if isinstance(v, Unavailable) else with_encoder(v, encoder_options)
                 for label, v in bound.variants.items()}
     bound = replace(bound, variants=variants)
