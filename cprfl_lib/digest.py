@@ -65,15 +65,6 @@ def files_digest(root: str | os.PathLike, rel_paths: Iterable[str], workers: int
     return h.hexdigest()
 
 
-def source_digest(folder: str | os.PathLike, suffixes: tuple[str, ...] = (".py", ".yaml")) -> str:
-    """A sha256 over every source file under ``folder`` (relative names and bytes), in sorted order."""
-    folder = Path(folder)
-    h = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.suffix in suffixes and "__pycache__" not in p.parts):
-        h.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()
-
-
 _imports_memo: dict[tuple, tuple[str, ...]] = {}
 
 

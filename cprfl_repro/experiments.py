@@ -23,7 +23,7 @@ from typing import Any, Mapping
 from cprfl_lib.errors import CprflError
 from cprfl_lib.semantics import encoder_status
 from cprfl_repro.context import RunContext
-from cprfl_repro.studies import Study, Unavailable, read_study
+from cprfl_repro.studies import Study, Unavailable, read_study, run_config
 
 ENCODER_LABELS = {"clip-rn50": "CLIP-RN50", "clip-vit-b-16": "CLIP-ViT-B/16", "minilm": "MiniLM", "glove": "GloVe",
                   "word2vec": "Word2Vec", "randn": "Randn", "onehot": "One-hot", "clip-tiny": "CLIP-tiny"}
@@ -154,12 +154,24 @@ def bind_study(study: Study, where: str, ctx: RunContext, recipe: str, seeds,
                 for label, v in bound.variants.items()}
     bound = replace(bound, variants=variants)
     for label, v in variants.items():
-        if not isinstance(v, Unavailable):
-            try:
+        try:
+            if not isinstance(v, Unavailable):
                 bound.config(label, bound.seeds[0])
-            except CprflError as exc:
-                raise CprflError(f"{where}: variant {label!r}: {exc}") from None
+            elif not isinstance(study.variants[label], Unavailable):  # it cannot run here: its keys must still exist
+                _check_keys(bound, study.variants[label])
+        except CprflError as exc:
+            raise CprflError(f"{where}: variant {label!r}: {exc}") from None
     return bound
+
+
+def _check_keys(study: Study, variant: Mapping) -> None:
+    """Refuse a key the recipe does not know in a variant that cannot run here (its values are checked where it
+    runs: another encoder's settings need that encoder's weights)."""
+    try:
+        run_config(study.recipe, {**study.overrides, **variant}, study.seeds[0])
+    except CprflError as exc:
+        if str(exc).startswith("unknown configuration key") or " is a section" in str(exc):
+            raise
 
 
 # ---------------------------------------------------------------- the studies of notebooks 04-06

@@ -87,6 +87,9 @@ BAD = {
                            r"study\.yaml: variant 'b': unknown configuration key 'model\.taux'"),
     "unknown nested key": ("reference: a\nvariants:\n  a: {}\n  b: {model: {depth: 2, tau: 1, taux: 2}}\n",
                            r"study\.yaml: variant 'b': unknown configuration key 'model\.taux'"),
+    "unknown key in a row that cannot run here": ("reference: a\nvariants:\n  a: {}\n  b: {semantics.encoder: glove, "
+                                                  "semantics.paht: g.txt}\n",
+                                                  r"study\.yaml: variant 'b': unknown configuration key 'semantics\.paht'"),
     "bad value": ("reference: a\nvariants:\n  a: {}\n  b: {model.tau: -1}\n",
                   r"study\.yaml: variant 'b': configuration key 'model\.tau' must be"),
     "reference not a variant": ("reference: tau=0.5\nvariants: {tau=1: {model.tau: 1.0}}\n",
