@@ -104,7 +104,8 @@ def load_study(entry: str | os.PathLike) -> tuple[str, Study, str]:
     if is_study_file(entry):
         path = Path(entry).expanduser()
         if not path.is_file():
-            raise CprflError(f"study file {entry} does not exist (looked in {Path.cwd()})")
+            raise CprflError(f"study file {entry} does not exist" + ("" if path.is_absolute() else
+                                                                       f" (relative to {Path.cwd()})"))
         name, study = read_study(path)
         if name in builtin_studies():
             raise CprflError(f"{path}: name {name!r} is a built-in study's; give the study another name")
