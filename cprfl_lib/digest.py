@@ -14,6 +14,7 @@ is hashed again.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -64,13 +65,62 @@ def files_digest(root: str | os.PathLike, rel_paths: Iterable[str], workers: int
     return h.hexdigest()
 
 
-def source_digest(folder: str | os.PathLike, suffixes: tuple[str, ...] = (".py", ".yaml")) -> str:
-    """A sha256 over every source file under ``folder`` (relative names and bytes), in sorted order."""
-    folder = Path(folder)
-    h = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.suffix in suffixes and "__pycache__" not in p.parts):
-        h.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()
+_imports_memo: dict[tuple, tuple[str, ...]] = {}
+
+
+def _imports(path: Path, module: str, is_package: bool) -> tuple[str, ...]:
+    """Every module name an import statement of ``path`` names, wherever it stands (a function's lazy import
+    included): ``import a.b``, ``from a import b`` (``a`` and ``a.b``: ``b`` may be a submodule), relative forms
+    resolved against ``module``. Memoised by the file's identity (a rewritten file is read again)."""
+    ident = _identity(path)
+    if ident in _imports_memo:
+        return _imports_memo[ident]
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except SyntaxError as exc:
+        raise CprflError(f"{path}:{exc.lineno}: not valid Python ({exc.msg})") from None
+    names: list[str] = []
+    here = module.split(".") if is_package else module.split(".")[:-1]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(here[:len(here) - node.level + 1] + ([node.module] if node.module else [])) \
+                if node.level else node.module or ""
+            names += [base, *(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")]
+    _imports_memo[ident] = tuple(names)
+    return _imports_memo[ident]
+
+
+def import_closure(root: str | os.PathLike, entries: Iterable[str]) -> list[str]:
+    """The source files (relative to ``root``, sorted) of the modules ``entries`` import, transitively, within the
+    packages under ``root``: each package's ``__init__.py`` on the way included, modules outside ``root`` (torch,
+    the standard library) left out. Read statically (``ast``), so a module imported only inside a function, which a
+    run executes on some configurations only, counts as well."""
+    root = Path(root)
+
+    def source(name: str) -> tuple[Path, bool] | None:
+        parts = name.split(".")
+        package = root.joinpath(*parts, "__init__.py")
+        if package.is_file():
+            return package, True
+        module = root.joinpath(*parts[:-1], parts[-1] + ".py")
+        return (module, False) if module.is_file() else None
+
+    seen: dict[str, Path] = {}
+    todo = list(entries)
+    while todo:
+        name = todo.pop()
+        if not name or name in seen:
+            continue
+        found = source(name)
+        if found is None:
+            continue
+        seen[name] = found[0]
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # the packages executed on the way
+        todo += _imports(found[0], name, found[1])
+    return sorted(str(p.relative_to(root)) for p in seen.values())
 
 
 def weights_identity(weights: object) -> object:

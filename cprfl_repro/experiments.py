@@ -1,21 +1,29 @@
 """The paper's experiments as studies: for each table or figure, its variants as recipe overrides.
 
-A variant's name is the row label of the paper's table. A variant that needs something this
-machine lacks (CLIP weights offline, a GloVe file) is an :class:`~cprfl_repro.studies.Unavailable`
-with the reason. The studies of notebooks 04-06 are built here, by :func:`training_studies`,
-:func:`ablation_studies` and :func:`visualization_studies`, so that the notebooks and the plan
-``make reproduce`` prints before it starts (:mod:`cprfl_repro.plan`) count the same runs.
+A variant's name is the row label of the paper's table. Notebook 05's studies are data: one YAML
+file each in ``cprfl_repro/study_files/`` (Tables 2 and 3, Fig. 3, the embedding scale, and the
+studies beyond the paper), read by :func:`cprfl_repro.studies.read_study` like a user's own study
+file, and bound to the notebook's recipe, seeds and run context by :func:`ablation_studies`. A
+variant that needs something this machine lacks (CLIP weights offline, a GloVe file) becomes an
+:class:`~cprfl_repro.studies.Unavailable` with the reason (:func:`with_encoder`). The studies of
+notebooks 04-06 are built here, by :func:`training_studies`, :func:`ablation_studies` and
+:func:`visualization_studies`, so that the notebooks and the plan ``make reproduce`` prints before
+it starts (:mod:`cprfl_repro.plan`) count the same runs.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
+from dataclasses import replace
+from importlib import resources
+from pathlib import Path
 from typing import Any, Mapping
 
 from cprfl_lib.errors import CprflError
 from cprfl_lib.semantics import encoder_status
 from cprfl_repro.context import RunContext
-from cprfl_repro.studies import Study, Unavailable
+from cprfl_repro.studies import Study, Unavailable, read_study, run_config
 
 ENCODER_LABELS = {"clip-rn50": "CLIP-RN50", "clip-vit-b-16": "CLIP-ViT-B/16", "minilm": "MiniLM", "glove": "GloVe",
                   "word2vec": "Word2Vec", "randn": "Randn", "onehot": "One-hot", "clip-tiny": "CLIP-tiny"}
@@ -66,78 +74,6 @@ def table1(encoder: str, glove: dict | None = None) -> dict:
     }
 
 
-def table2() -> dict:
-    """Table 2: CPRFL trained with six losses."""
-    return {"BCE": loss("bce"), "MLS": loss("mls"), "CB Focal": loss("cb_focal"), "DB No-Focal": loss("db_nofocal"),
-            "DB Focal": loss("db_focal"), "ASL": dict(KEEP_WEIGHTS)}
-
-
-def table3() -> dict:
-    """Table 3, cumulative: baseline (focal) → +VSI (random prompts) → +PI (semantic prompts) → +RW (ASL)."""
-    focal = loss("focal")
-    return {
-        "Baseline": {**LINEAR, **focal},
-        "+VSI": {**focal, **semantics_variant("randn")},
-        "+VSI+PI": {**focal},
-        "CPRFL (+VSI+PI+RW)": dict(KEEP_WEIGHTS),
-    }
-
-
-def figure3(options: dict | None = None, own: str | None = None) -> dict:
-    """Fig. 3: the prompt initialization's semantics; the paper's five plus MiniLM (this machine's).
-
-    ``own``: the recipe's encoder, whose row is Table 1's CPRFL run (the same configuration, trained once).
-    """
-    options = options or {}
-    encoders = ("randn", "word2vec", "glove", "clip-rn50", "clip-vit-b-16", "minilm")
-    out = {ENCODER_LABELS[enc]: semantics_variant(enc, options.get(enc)) for enc in encoders}
-    if own in encoders and not isinstance(out[ENCODER_LABELS[own]], Unavailable):
-        out[ENCODER_LABELS[own]] = {**out[ENCODER_LABELS[own]], **KEEP_WEIGHTS}
-    return out
-
-
-EMBEDDING_SCALES = {"raw": {"semantics.centre": False, "semantics.norm": None},
-                    "centred": {"semantics.centre": True, "semantics.norm": None},
-                    "centred, norm √m": {"semantics.centre": True, "semantics.norm": "sqrt_m"}}
-SCALE_SEP = " · "
-
-
-def embedding_scale(options: dict | None = None, own: dict | None = None) -> dict:
-    """The embedding scale as a declared study: every encoder that runs here, raw, centred (the mean class embedding
-    removed) and centred then rescaled to norm √m. ``own``: the recipe's semantics (its row is Table 1's run)."""
-    options = options or {}
-    out = {}
-    for enc in ("randn", "word2vec", "glove", "clip-rn50", "clip-vit-b-16", "minilm"):
-        base = semantics_variant(enc, options.get(enc))
-        for label, scale in EMBEDDING_SCALES.items():
-            name = f"{ENCODER_LABELS[enc]}{SCALE_SEP}{label}"
-            if isinstance(base, Unavailable):
-                out[name] = base
-                continue
-            out[name] = {**base, **scale}
-            if own and own["encoder"] == enc and own["centre"] == scale["semantics.centre"] \
-                    and own["norm"] == scale["semantics.norm"]:
-                out[name].update(KEEP_WEIGHTS)
-    return out
-
-
-def scale_reference(variant: str) -> str:
-    """The raw row of the same encoder: what each embedding-scale row is compared with."""
-    return variant.split(SCALE_SEP)[0] + SCALE_SEP + "raw"
-
-
-def extra_studies() -> dict[str, dict]:
-    """Ablations the paper does not report."""
-    return {
-        "dual_path": {"both paths (P1 + P2)": dict(KEEP_WEIGHTS), "P1 only (cut P2)": {"model.cut_p2": True},
-                      "P2 only (cut P1)": {"model.cut_p1": True},
-                      "official no_feature_grad": {"model.no_feature_grad": True}},
-        "tau": {f"tau={t}": {"model.tau": t, **(KEEP_WEIGHTS if t == 0.5 else {})} for t in (0.25, 0.5, 1.0, 2.0)},
-        "depth": {f"depth={d}": {"model.depth": d, **(KEEP_WEIGHTS if d == 1 else {})} for d in (1, 2)},
-        "residual": {"no residual (paper, code)": dict(KEEP_WEIGHTS), "residual": {"model.residual": True}},
-    }
-
-
 def finetune(epochs: int, steps: int | None = None) -> dict:
     """The short end-to-end run: the backbone trains too (at a tenth of the head's learning rate); ``steps``: at most
     this many optimizer steps an epoch (a CPU demonstration of the path)."""
@@ -145,23 +81,98 @@ def finetune(epochs: int, steps: int | None = None) -> dict:
             "optim.epochs": epochs, "optim.warmup_epochs": 0, **({"train.max_steps_per_epoch": steps} if steps else {})}
 
 
-# What each study's rows are compared with (the interval columns): a variant, or variant -> variant.
-REFERENCES = {"table2": "ASL", "table3": "Baseline", "figure3": "Randn", "embedding_scale": scale_reference,
-              "dual_path": "both paths (P1 + P2)", "tau": "tau=0.5", "depth": "depth=1",
-              "residual": "no residual (paper, code)"}
+# ---------------------------------------------------------------- the studies of notebook 05, as data
+
+STUDY_DIR = resources.files("cprfl_repro") / "study_files"  # the built-in studies: one YAML file each
+PAPER_STUDIES = ("table2", "table3", "figure3", "embedding_scale")  # notebook 05 shows these beside the paper's
 
 
-def ablations(names, encoder_options: dict | None = None, own: dict | None = None) -> dict[str, dict]:
-    """Notebook 05's studies by name (Tables 2-3, Fig. 3, the embedding scale and :func:`extra_studies`), in the
-    order given. ``own``: the recipe's semantics section."""
-    encoder = own["encoder"] if own else None
-    known = {"table2": table2, "table3": table3, "figure3": lambda: figure3(encoder_options, encoder),
-             "embedding_scale": lambda: embedding_scale(encoder_options, own),
-             **{k: (lambda v=v: v) for k, v in extra_studies().items()}}
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise CprflError(f"unknown stud{'y' if len(unknown) == 1 else 'ies'} {unknown}; choose from {list(known)}")
-    return {n: known[n]() for n in names}
+def builtin_studies() -> list[str]:
+    """The names of the built-in studies (``cprfl_repro/study_files/<name>.yaml``)."""
+    return sorted(p.name[:-5] for p in STUDY_DIR.iterdir() if p.name.endswith(".yaml"))
+
+
+def is_study_file(entry: str) -> bool:
+    """A ``studies`` entry that is a path to a study file (else a built-in study's name)."""
+    return str(entry).endswith((".yaml", ".yml")) or "/" in str(entry) or os.sep in str(entry)
+
+
+def load_study(entry: str | os.PathLike) -> tuple[str, Study, str]:
+    """(name, study, where it was read) of a built-in study's name or a study file's path (relative to the current
+    folder); recipe and seeds unset where the study names none."""
+    entry = str(entry)
+    if is_study_file(entry):
+        path = Path(entry).expanduser()
+        if not path.is_file():
+            raise CprflError(f"study file {entry} does not exist" + ("" if path.is_absolute() else
+                                                                       f" (relative to {Path.cwd()})"))
+        name, study = read_study(path)
+        if name in builtin_studies():
+            raise CprflError(f"{path}: name {name!r} is a built-in study's; give the study another name")
+        return name, study, str(path)
+    if entry not in builtin_studies():
+        raise CprflError(f"unknown study {entry!r}; choose from {builtin_studies()} or give a study file's path "
+                         "(name.yaml)")
+    path = STUDY_DIR / f"{entry}.yaml"
+    return (*read_study(Path(str(path))), f"built-in study {entry}")
+
+
+def _flat(variant: Mapping) -> dict:
+    """A variant's overrides with nested sections written as dotted keys (one level: ``semantics.encoder``)."""
+    out = {}
+    for key, value in variant.items():
+        if "." not in key and isinstance(value, Mapping):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
+def with_encoder(variant: Mapping, encoder_options: Mapping | None = None) -> dict | Unavailable:
+    """A variant that switches ``semantics.encoder``, completed by :func:`semantics_variant` (the encoder's weights
+    and width, the notebook's options for it, the variant's own settings last), or why the encoder cannot run here;
+    any other variant as it is."""
+    flat = _flat(variant)
+    encoder = flat.get("semantics.encoder")
+    if not isinstance(encoder, str):
+        return dict(variant)
+    own = {k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith("semantics.") and k != "semantics.encoder"}
+    base = semantics_variant(encoder, {**dict((encoder_options or {}).get(encoder) or {}), **own})
+    return base if isinstance(base, Unavailable) else {**base, **variant}
+
+
+def bind_study(study: Study, where: str, ctx: RunContext, recipe: str, seeds,
+               encoder_options: Mapping | None = None) -> Study:
+    """A study ready to run in ``ctx``: the notebook's recipe and seeds where it names none, the context's
+    overrides, encoders completed (:func:`with_encoder`); every variant that can run checked against the recipe
+    (an unknown key or a bad value refused with ``where`` and the variant's label, before anything runs)."""
+    own = study.recipe if study.recipe is not None else recipe
+    try:
+        bound = study.bind(own, seeds, ctx.run_overrides(own))
+    except CprflError as exc:  # the study's own recipe: unknown, or not a recipe file
+        raise CprflError(f"{where}: {exc}") from None
+    variants = {label: v if isinstance(v, Unavailable) else with_encoder(v, encoder_options)
+                for label, v in bound.variants.items()}
+    bound = replace(bound, variants=variants)
+    for label, v in variants.items():
+        try:
+            if not isinstance(v, Unavailable):
+                bound.config(label, bound.seeds[0])
+            elif not isinstance(study.variants[label], Unavailable):  # it cannot run here: its keys must still exist
+                _check_keys(bound, study.variants[label])
+        except CprflError as exc:
+            raise CprflError(f"{where}: variant {label!r}: {exc}") from None
+    return bound
+
+
+def _check_keys(study: Study, variant: Mapping) -> None:
+    """Refuse a key the recipe does not know in a variant that cannot run here (its values are checked where it
+    runs: another encoder's settings need that encoder's weights)."""
+    try:
+        run_config(study.recipe, {**study.overrides, **variant}, study.seeds[0])
+    except CprflError as exc:
+        if str(exc).startswith("unknown configuration key") or " is a section" in str(exc):
+            raise
 
 
 # ---------------------------------------------------------------- the studies of notebooks 04-06
@@ -190,9 +201,16 @@ def training_studies(ctx: RunContext, recipes: Mapping[str, str], seeds, glove_p
 
 def ablation_studies(ctx: RunContext, recipe: str, seeds, studies, encoder_options: Mapping | None = None
                      ) -> dict[str, Study]:
-    """Notebook 05: the chosen ablation studies on one recipe."""
-    plan = ablations(studies, _encoder_options(ctx, recipe, encoder_options), ctx.recipe(recipe)["semantics"])
-    return {name: Study(recipe, variants, tuple(seeds), ctx.run_overrides(recipe)) for name, variants in plan.items()}
+    """Notebook 05: the chosen studies on one recipe, in the order given. ``studies``: built-in studies' names
+    (:func:`builtin_studies`) and study files' paths (relative to the current folder; :func:`read_study`)."""
+    options = _encoder_options(ctx, recipe, encoder_options)
+    out: dict[str, Study] = {}
+    for entry in studies:
+        name, study, where = load_study(entry)
+        if name in out:
+            raise CprflError(f"{where}: a study named {name!r} is already in the list {list(studies)}")
+        out[name] = bind_study(study, where, ctx, recipe, seeds, options)
+    return out
 
 
 def visualization_studies(ctx: RunContext, recipe: str, seed: int = 0) -> dict[str, Study]:
@@ -207,13 +225,12 @@ def initial_prompt_cosines(study: Study) -> dict[str, float]:
     from cprfl_lib.data.benchmarks import benchmark_class_names
     from cprfl_lib.model_analysis import initial_prompts
     from cprfl_lib.semantics import mean_cosine
-    from cprfl_repro.studies import run_config
 
     out = {}
     for name, variant in study.variants.items():
         if isinstance(variant, Unavailable):
             continue
-        config = run_config(study.recipe, {**study.overrides, **variant}, study.seeds[0])
+        config = study.config(name, study.seeds[0])
         if config["model"]["head"] == "cprfl":
             names = benchmark_class_names(config["data"]["dataset"], config["data"]["list_dir"])
             out[name] = round(mean_cosine(initial_prompts(config, names)), 4)

@@ -28,7 +28,7 @@ from cprfl_lib.errors import CprflError
 from cprfl_lib.train.engine import is_eval_epoch
 from cprfl_repro.context import RunContext
 from cprfl_repro.experiments import NOTEBOOK_STUDIES, notebook_studies
-from cprfl_repro.studies import Unavailable, finished, run_config, run_dir_for, start_run
+from cprfl_repro.studies import finished, run_dir_for, start_run
 
 GPU_UTILISATION = 0.35  # of the measured rate, when only a FLOP count is known (the paper model fits it)
 
@@ -210,21 +210,17 @@ def make_plan(ctx: RunContext, params_by_notebook: dict[str, dict], notebooks: l
             continue
         params = {**notebook_defaults(nb), **params_by_notebook.get(nb.stem, {})}
         for study_name, study in notebook_studies(nb.stem, ctx, params).items():
-            for variant_name, variant in study.variants.items():
-                if isinstance(variant, Unavailable):
+            for variant_name, seed, config in study.runs():
+                run_dir = run_dir_for(config, ctx.work_dir)
+                if str(run_dir) in runs:
                     continue
-                for seed in study.seeds:
-                    config = run_config(study.recipe, {**study.overrides, **variant}, seed)
-                    run_dir = run_dir_for(config, ctx.work_dir)
-                    if str(run_dir) in runs:
-                        continue
-                    bkey = json.dumps(config["data"], sort_keys=True, default=str)
-                    if bkey not in benchmarks:
-                        benchmarks[bkey] = factory.benchmark_from(config)
-                    bench = benchmarks[bkey]
-                    runs[str(run_dir)] = r = _planned(nb.stem, f"{study_name}: {variant_name}, seed {seed}", config,
-                                                      run_dir, bench)
-                    _add_caches(config, bench, decoded, features, r.done)
+                bkey = json.dumps(config["data"], sort_keys=True, default=str)
+                if bkey not in benchmarks:
+                    benchmarks[bkey] = factory.benchmark_from(config)
+                bench = benchmarks[bkey]
+                runs[str(run_dir)] = r = _planned(nb.stem, f"{study_name}: {variant_name}, seed {seed}", config,
+                                                  run_dir, bench)
+                _add_caches(config, bench, decoded, features, r.done)
     return Plan(list(runs.values()), sum(decoded.values()), sum(b for b, _ in features.values()),
                 sum(f for _, f in features.values()))
 

@@ -4,7 +4,7 @@ A study is how the notebooks produce every table. :func:`run_studies` trains eac
 seed) of several studies into a folder named by the hash of its resolved configuration
 (``<work_dir>/<recipe>/seed<k>-<hash>/``, the run store) and returns one table of rows per study.
 A run whose folder holds a ``metrics.json`` and a ``run.json`` stamp for the same configuration,
-the same library source (every file of ``cprfl_lib``) and the same inputs (lists, images and
+the same code (the library modules a run imports: :func:`run_modules`) and the same inputs (lists, images and
 weight files, by content) is reused: an interrupted study resumes, the same configuration in
 two studies (Table 1's CPRFL is Table 2's ASL row) trains once, and notebook 06 gets notebook
 04's runs without training. A variant that cannot run on this machine (an encoder without
@@ -25,13 +25,14 @@ import re
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable, Iterator, Mapping
 
 import pandas as pd
 import yaml
 
-from cprfl_lib.digest import source_digest as _tree_digest
+from cprfl_lib.digest import files_digest, import_closure
 from cprfl_lib.errors import CprflError
 from cprfl_lib.io import atomic_write_json
 from cprfl_lib.metrics import COLUMNS
@@ -39,6 +40,7 @@ from cprfl_lib.train.engine import prepare, train
 from cprfl_lib.train.recipes import apply_overrides, dump, load_recipe
 
 LIBRARY = Path(__file__).resolve().parents[1] / "cprfl_lib"
+RUN_ENTRY = ("cprfl_lib.train.engine",)  # what a run executes: the engine (train, prepare) and what it imports
 PROGRESS_ENV = "CPRFL_PROGRESS"  # a file finished-run lines are appended to (make reproduce shows them)
 
 
@@ -49,21 +51,171 @@ class Unavailable:
 
 @dataclass(frozen=True)
 class Study:
-    """What one table needs: variants of a recipe (overrides, or ``Unavailable``), each trained once per seed.
+    """One table's runs as data: variants of a recipe, each trained once per seed, and the row(s) they are
+    compared with.
 
-    ``overrides`` apply to every run of the study before the variant's (the run context's: image root,
-    list folder, OVERRIDES).
+    ``variants``: row label -> recipe overrides (a mapping of dotted keys or nested sections, as a SETTINGS file
+    or :func:`cprfl_lib.train.recipes.apply_overrides` takes them), or :class:`Unavailable` (an encoder this
+    machine lacks). ``overrides`` apply to every run before the variant's (the run context's: image root, list
+    folder, OVERRIDES). ``reference``: the label of the row every other row is compared with, or a mapping row ->
+    its reference row (rows it does not name are compared with nothing), or None. ``recipe`` None and ``seeds``
+    () mean "the notebook's" (a study file that names neither); :func:`Study.bind` fills them.
+
+    :meth:`config` is the one expansion (variant, seed) -> run configuration: the notebooks, the plan, the run
+    store and tools/design.py all go through it.
     """
 
-    recipe: str | dict
+    recipe: str | dict | None
     variants: dict[str, dict | Unavailable]
     seeds: tuple[int, ...] = (0,)
     overrides: dict = field(default_factory=dict)
+    reference: str | dict[str, str] | None = None
+
+    def config(self, variant: str, seed: int) -> dict:
+        """The run configuration of ``variant`` with ``seed``: the recipe, the study's overrides, the variant's.
+
+        A variant that resolves to the recipe itself keeps its weights (``train.save_weights``): it is the same run
+        as Table 1's CPRFL row, whose weights notebook 06 reads, trained once whichever study asks for it.
+        """
+        if self.recipe is None:
+            raise CprflError(f"study variant {variant!r}: the study names no recipe (bind it to the notebook's)")
+        over = self.variants[variant]
+        if isinstance(over, Unavailable):
+            raise CprflError(f"study variant {variant!r} cannot run here: {over.reason}")
+        config = run_config(self.recipe, {**self.overrides, **over}, seed)
+        if not config["train"]["save_weights"] and config == run_config(self.recipe, self.overrides, seed):
+            config["train"]["save_weights"] = True
+        return config
+
+    def runs(self) -> Iterator[tuple[str, int, dict]]:
+        """(variant, seed, configuration) of every run of the study, variants that cannot run here left out."""
+        for name, over in self.variants.items():
+            if not isinstance(over, Unavailable):
+                for seed in self.seeds:
+                    yield name, seed, self.config(name, seed)
+
+    def reference_of(self, variant: str) -> str | None:
+        """The row ``variant`` is compared with (None: none; its own label: it is a reference)."""
+        if isinstance(self.reference, Mapping):
+            return self.reference.get(variant, variant)
+        return self.reference
+
+    @property
+    def compared_with(self) -> str | Callable[[str], str | None] | None:
+        """The reference as :mod:`cprfl_repro.reports` takes it: a row label, or row -> its reference row."""
+        return self.reference_of if isinstance(self.reference, Mapping) else self.reference
+
+    def bind(self, recipe: str | dict, seeds, overrides: Mapping | None = None) -> "Study":
+        """This study with the notebook's recipe and seeds where it names none, and ``overrides`` for every run."""
+        return replace(self, recipe=self.recipe if self.recipe is not None else recipe,
+                       seeds=tuple(self.seeds) if self.seeds else tuple(seeds), overrides=dict(overrides or {}))
+
+    def describe(self) -> dict:
+        """The study as plain data (for a manifest or a metrics file)."""
+        return {"recipe": self.recipe if isinstance(self.recipe, (str, type(None))) else self.recipe.get("recipe"),
+                "seeds": list(self.seeds), "reference": self.reference,
+                "variants": {k: ({"not available": v.reason} if isinstance(v, Unavailable) else v)
+                             for k, v in self.variants.items()}}
+
+
+# ---------------------------------------------------------------- a study as a YAML file
+
+STUDY_KEYS = {"name": "the table's name (default: the file's name)", "recipe": "optional: else the notebook's",
+              "reference": "the row every other row is compared with, or row -> its reference row",
+              "seeds": "optional: else the notebook's", "variants": "row label -> recipe overrides"}
+STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def read_study(path: str | os.PathLike) -> tuple[str, Study]:
+    """A study file: (its name, the study, recipe and seeds possibly unset). The format::
+
+        name: tau_fine            # optional: else the file's name; letters, digits, _ . -
+        recipe: quick-voc         # optional: a recipe name (or a recipe file, relative to this file)
+        reference: tau=0.5        # a variant's label, or a mapping {row: the row it is compared with}
+        seeds: [0, 1]             # optional: whole numbers >= 0
+        variants:                 # at least one; a variant is a mapping of recipe overrides
+          tau=0.25: {model.tau: 0.25}         # dotted keys ...
+          gamma 2: {loss: {params: {gamma_neg: 2}}}   # ... or nested sections (or both)
+          as is: {}                           # the recipe itself
+
+    Refused with one line naming the file: an unknown key, no variants, a reference that is not a variant, seeds
+    that are not whole numbers. Keys inside a variant are checked against the recipe when the study is bound
+    (:func:`cprfl_repro.experiments.ablation_studies`).
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise CprflError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CprflError(f"study file {path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    if not isinstance(data, dict):
+        raise CprflError(f"{path}: a study file is a mapping with the keys {', '.join(STUDY_KEYS)}")
+    unknown = [k for k in data if k not in STUDY_KEYS]
+    if unknown:
+        raise CprflError(f"{path}: unknown key {unknown[0]!r} (a study file has: "
+                         f"{'; '.join(f'{k}: {v}' for k, v in STUDY_KEYS.items())})")
+    name = data.get("name", path.stem)
+    if not isinstance(name, str) or not STUDY_NAME.match(name):
+        raise CprflError(f"{path}: name must be letters, digits, '_', '.' or '-' (it names the table's files), "
+                         f"got {name!r}")
+    recipe = data.get("recipe")
+    if recipe is not None:
+        if not isinstance(recipe, str) or not recipe:
+            raise CprflError(f"{path}: recipe must be a recipe's name or a recipe file, got {recipe!r}")
+        if recipe.endswith((".yaml", ".yml")):
+            recipe = str((path.parent / recipe).resolve())
+    seeds = data.get("seeds")
+    if seeds is not None and (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds) or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+        raise CprflError(f"{path}: seeds must be a list of distinct whole numbers >= 0, got {seeds!r}")
+    variants = data.get("variants")
+    if not isinstance(variants, dict) or not variants:
+        raise CprflError(f"{path}: variants must be a non-empty mapping of row label -> recipe overrides, "
+                         f"got {variants!r}")
+    out = {}
+    for label, over in variants.items():
+        if not isinstance(label, str) or not label.strip():
+            raise CprflError(f"{path}: a variant's label must be a text, got {label!r}")
+        over = {} if over is None else over
+        if not isinstance(over, dict) or not all(isinstance(k, str) for k in over):
+            raise CprflError(f"{path}: variant {label!r} must be a mapping of recipe overrides "
+                             f"(e.g. {{model.tau: 0.25}}), got {over!r}")
+        out[label] = over
+    reference = data.get("reference")
+    check_reference(reference, out, str(path))
+    return name, Study(recipe, out, tuple(seeds or ()), {}, reference)
+
+
+def check_reference(reference, variants: Mapping, where: str) -> None:
+    """A reference names variants: one label, or a mapping of labels to labels."""
+    labels = list(variants)
+    if isinstance(reference, str):
+        if reference not in variants:
+            raise CprflError(f"{where}: reference {reference!r} is not one of its variants {labels}")
+    elif isinstance(reference, dict) and reference:
+        for row, ref in reference.items():
+            for label in (row, ref):
+                if label not in variants:
+                    raise CprflError(f"{where}: reference {{{row!r}: {ref!r}}}: {label!r} is not one of its "
+                                     f"variants {labels}")
+    else:
+        raise CprflError(f"{where}: reference must be one variant's label (the row every other row is compared "
+                         f"with) or a mapping row -> reference row, got {reference!r}")
+
+
+def run_modules() -> list[str]:
+    """The library's source files a training run executes: the engine's modules and everything they import, lazily
+    imported ones included (backbones, encoders, losses, the generator), relative to ``LIBRARY``'s parent. Not the
+    CLI, the notebooks or the analysis modules; not the recipe files (a run's resolved configuration holds their
+    values)."""
+    return import_closure(LIBRARY.parent, RUN_ENTRY)
 
 
 def source_digest() -> str:
-    """A hash of the library: every module a run can import, and the recipes. A change retrains."""
-    return _tree_digest(LIBRARY)[:16]
+    """A hash of the code a run executes (:func:`run_modules`, names and bytes). A change there retrains; an edit
+    anywhere else in the library (the CLI, a recipe the run does not read) keeps every finished run."""
+    return files_digest(LIBRARY.parent, run_modules())[:16]
 
 
 def slug(text: str) -> str:
@@ -97,9 +249,14 @@ def inputs_identity(config: dict) -> dict:
     return _inputs_memo[memo]
 
 
+def _stamped(config: dict) -> dict:
+    """The configuration as a stamp holds it: without its description (a recipe's prose changes no result)."""
+    return yaml.safe_load(dump({k: v for k, v in config.items() if k != "description"}))
+
+
 def stamp(config: dict) -> dict:
     """What a run folder's run.json must hold for its run to be reused: configuration, code and inputs."""
-    return {"config": yaml.safe_load(dump(config)), "source": source_digest(), "inputs": inputs_identity(config)}
+    return {"config": _stamped(config), "source": source_digest(), "inputs": inputs_identity(config)}
 
 
 def _same_stamp(run_dir: Path, config: dict) -> bool:
@@ -107,7 +264,7 @@ def _same_stamp(run_dir: Path, config: dict) -> bool:
     if not stamp_file.is_file():
         return False
     stored = json.loads(stamp_file.read_text())
-    cheap = {"config": yaml.safe_load(dump(config)), "source": source_digest()}
+    cheap = {"config": _stamped(config), "source": source_digest()}
     return all(stored.get(k) == v for k, v in cheap.items()) and stored.get("inputs") == inputs_identity(config)
 
 
@@ -213,14 +370,10 @@ def run_studies(studies: dict[str, Study], work_dir: str | Path, progress: bool 
     configs: dict[str, dict] = {}  # run folder -> configuration (one entry per distinct run)
     names: dict[str, str] = {}  # run folder -> "variant, seed k" for the progress lines
     for study_name, study in studies.items():
-        for name, variant in study.variants.items():
-            if isinstance(variant, Unavailable):
-                continue
-            for seed in study.seeds:
-                config = run_config(study.recipe, {**study.overrides, **variant}, seed)
-                planned[(study_name, name, seed)] = run_dir = str(run_dir_for(config, work_dir))
-                configs.setdefault(run_dir, config)
-                names.setdefault(run_dir, f"{name}, seed {seed}")
+        for name, seed, config in study.runs():
+            planned[(study_name, name, seed)] = run_dir = str(run_dir_for(config, work_dir))
+            configs.setdefault(run_dir, config)
+            names.setdefault(run_dir, f"{name}, seed {seed}")
     results = {d: m for d, c in configs.items() if (m := finished(c, Path(d))) is not None}
     todo = {d: c for d, c in configs.items() if d not in results}
     if progress and configs:
@@ -316,18 +469,23 @@ def run_study(study: str, recipe: str | dict, variants: dict[str, dict | Unavail
                        workers)[study]
 
 
-def finished_seeds(work_dir: str | Path, recipe: str | dict, overrides: dict | None = None) -> list[Path]:
-    """Every seed's run folder of this configuration in the run store that finished with the current code."""
-    parent = run_dir_for(run_config(recipe, overrides, 0), work_dir).parent
+def _seed_of(folder: Path) -> int | None:
+    seed = folder.name.split("-", 1)[0][4:]
+    return int(seed) if seed.isdigit() else None
+
+
+def finished_seeds(work_dir: str | Path, study: Study, variant: str) -> list[Path]:
+    """Every seed's run folder of ``variant`` of ``study`` in the run store that finished with the current code."""
+    parent = run_dir_for(study.config(variant, 0), work_dir).parent
     found = []
     for folder in parent.glob("seed*-*"):
-        seed = folder.name.split("-", 1)[0][4:]
-        if not seed.isdigit():
+        seed = _seed_of(folder)
+        if seed is None:
             continue
-        config = run_config(recipe, overrides, int(seed))
+        config = study.config(variant, seed)
         if run_dir_for(config, work_dir) == folder and finished(config, folder) is not None:
             found.append(folder)
-    return sorted(found, key=lambda f: int(f.name.split("-", 1)[0][4:]))
+    return sorted(found, key=_seed_of)
 
 
 def seeds_of(runs: pd.DataFrame, work_dir: str | Path, study: Study) -> dict[str, list[Path]]:
@@ -338,7 +496,5 @@ def seeds_of(runs: pd.DataFrame, work_dir: str | Path, study: Study) -> dict[str
         if isinstance(variant, Unavailable):
             continue
         shown = {Path(d) for d in ok[ok["variant"] == label]["run_dir"]}
-        more = finished_seeds(work_dir, study.recipe, {**study.overrides, **variant})
-        out[label] = sorted(shown | set(more), key=lambda f: int(f.name.split("-", 1)[0][4:]))
+        out[label] = sorted(shown | set(finished_seeds(work_dir, study, label)), key=_seed_of)
     return out
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -41,12 +42,35 @@ def test_the_embedding_stage_runs_on_validation_only(tmp_path: Path, monkeypatch
 
 
 def test_the_cheapest_choice_within_the_tie_margin() -> None:
-    score = pd.Series({("lr=0.001", "epochs=20"): 30.0, ("lr=0.001", "epochs=10"): 29.7,
-                       ("lr=0.002", "epochs=5"): 29.0})
-    pick = design._cheapest(score, lambda i: int(i[1].split("=")[1]))
-    assert pick == ("lr=0.001", "epochs=10")  # 5 epochs is 1.0 below the best, beyond TIE_MAP
-    assert design._cheapest(pd.Series({"d=32": 20.0, "d=64": 20.6, "d=128": 21.0}),
-                            lambda i: int(i.split("=")[1])) == "d=64"
+    score = pd.Series({(0.001, 20): 30.0, (0.001, 10): 29.7, (0.002, 5): 29.0})
+    pick = design._cheapest(score, lambda i: i[1])
+    assert pick == (0.001, 10)  # 5 epochs is 1.0 below the best, beyond TIE_MAP
+    assert design._cheapest(pd.Series({32: 20.0, 64: 20.6, 128: 21.0}), lambda i: i) == 64
+
+
+def test_the_schedule_stage_keeps_each_setting_as_a_value(tmp_path: Path, monkeypatch) -> None:
+    """lr, epochs and d come from each run's configuration (the one expansion), never from its row label."""
+    from cprfl_repro import studies
+
+    def train(config, run_dir, resume=False, progress=True):  # val mAP: best at lr 1e-3, 10 epochs, d = 64
+        o, d = config["optim"], config["model"]["dim"] if config["model"]["head"] == "cprfl" else 64
+        score = 30 - abs(o["lr"] - 1e-3) * 1000 - abs(o["epochs"] - 10) / 5 - abs(d - 64) / 16
+        row = {c: score for c in ("mAP", "head", "medium", "tail")}
+        metrics = {"dataset": config["data"]["dataset"], "wall_s": 0.0, "val_last_epoch": {"model": row}}
+        (Path(run_dir) / "metrics.json").write_text(json.dumps(metrics))
+        return metrics
+
+    monkeypatch.setattr(studies, "train", train)
+    monkeypatch.setattr(design, "initial_prompt_cosines", lambda study: {})
+    monkeypatch.setattr(design, "RECIPES", {"voc": "smoke"})
+    args = argparse.Namespace(seeds=(0,), workers=1, base={}, out=tmp_path / "design")
+    picks = design.stage_schedule(args, tmp_path / "runs", {})["schedule"]["voc"]
+    assert (picks["best"]["lr"], picks["best"]["epochs"], picks["best"]["dim"]) == (1e-3, 10, 64)
+    assert picks["within_budget"]["epochs"] <= design.BUDGET["epochs"]
+    table = pd.read_csv(tmp_path / "design" / "tables" / "schedule.csv", comment="#")
+    assert set(table["lr"]) == set(design.LRS) and set(table["epochs"]) == set(design.EPOCHS)
+    linear = table[table["head"] == "linear ASL"]
+    assert linear["d"].isna().all() and set(table[table["head"] == "CPRFL"]["d"]) == {32, 64, 128}
 
 
 def test_scene_candidates_scale_the_base() -> None:

@@ -155,10 +155,11 @@ def test_a_study_where_nothing_can_run_still_summarizes(tmp_path, fake_train):
     assert list(reports.summarize(rows)["note"]) == ["not available: offline"] and reports.means(rows).empty
 
 
-def test_unknown_ablation_names_are_an_error():
-    assert list(experiments.ablations(["tau", "table2"])) == ["tau", "table2"]
-    with pytest.raises(CprflError, match=r"unknown study \['tabel2'\].*table2"):
-        experiments.ablations(["tabel2"])
+def test_unknown_study_names_are_an_error():
+    assert experiments.builtin_studies() == sorted(["table2", "table3", "figure3", "embedding_scale", "dual_path", "tau",
+                                                    "depth", "residual"])
+    with pytest.raises(CprflError, match=r"unknown study 'tabel2'; choose from \[.*'table2'.*study file"):
+        experiments.load_study("tabel2")
 
 
 @pytest.mark.usefixtures("private_cache")
@@ -173,23 +174,67 @@ def test_two_worker_processes_give_the_same_metrics_as_one(tmp_path):
     assert all((Path(d) / "weights.pt").is_file() and not (Path(d) / "checkpoint.pt").exists() for d in two["run_dir"])
 
 
-def test_the_run_digest_covers_every_module_of_the_library(tmp_path):
-    """Finished runs are stale when any file of cprfl_lib changes, a module nobody listed included."""
+@pytest.fixture
+def library_copy(tmp_path, monkeypatch):
+    """A copy of cprfl_lib that the run store keys runs by (the real files are never edited)."""
     import shutil
 
-    from cprfl_lib import digest
-
-    lib = tmp_path / "cprfl_lib"
+    lib = tmp_path / "lib" / "cprfl_lib"
     shutil.copytree(studies.LIBRARY, lib, ignore=shutil.ignore_patterns("__pycache__"))
-    before = digest.source_digest(lib)
-    assert studies.source_digest() == before[:16] and studies.LIBRARY.name == "cprfl_lib"
-    (lib / "data" / "extra_augmentation.py").write_text("STRENGTH = 2\n")  # a new module ...
-    transforms = lib / "data" / "transforms.py"
-    transforms.write_text(transforms.read_text() + "\nfrom cprfl_lib.data.extra_augmentation import STRENGTH\n")
-    after = digest.source_digest(lib)
-    assert after != before  # ... imported by the transforms: the runs retrain
-    (lib / "train" / "recipes" / "quick-voc.yaml").write_text("description: edited\n")
-    assert digest.source_digest(lib) != after  # a recipe too
+    monkeypatch.setattr(studies, "LIBRARY", lib)
+    return lib
+
+
+def append(path: Path, text: str) -> None:
+    path.write_text(path.read_text() + text)
+
+
+def test_the_run_digest_covers_the_modules_a_run_imports(library_copy):
+    """Finished runs are stale when a module a run executes changes, one imported lazily or newly included."""
+    modules = studies.run_modules()
+    for name in ("train/engine.py", "model.py", "losses.py", "backbones.py", "semantics/clip.py", "data/synthetic.py",
+                 "data/synthetic_draw.py", "train/features.py", "__init__.py", "train/__init__.py"):
+        assert f"cprfl_lib/{name}" in modules, name
+    for name in ("cli.py", "__main__.py", "inference.py", "model_analysis.py", "zero_shot.py"):
+        assert f"cprfl_lib/{name}" not in modules, name
+    assert not [m for m in modules if not m.endswith(".py")]  # recipes: their values are in the configuration
+    before = studies.source_digest()
+    (library_copy / "data" / "extra_augmentation.py").write_text("STRENGTH = 2\n")  # a module nobody imports ...
+    assert studies.source_digest() == before
+    append(library_copy / "data" / "transforms.py", "\nfrom cprfl_lib.data.extra_augmentation import STRENGTH\n")
+    after = studies.source_digest()
+    assert after != before and "cprfl_lib/data/extra_augmentation.py" in studies.run_modules()  # ... until imported
+    append(library_copy / "data" / "extra_augmentation.py", "STRENGTH = 3\n")
+    assert studies.source_digest() != after
+    relative = library_copy / "data" / "relative_import.py"  # relative imports are followed too
+    relative.write_text("from . import extra_augmentation\n")
+    assert "cprfl_lib/data/relative_import.py" not in studies.run_modules()
+    append(library_copy / "model.py", "\n\ndef _lazy():\n    from .data import relative_import  # noqa\n")
+    assert "cprfl_lib/data/relative_import.py" in studies.run_modules()
+
+
+def test_editing_the_cli_or_a_recipe_keeps_every_finished_run_and_editing_the_model_retrains(
+        tmp_path, fake_train, library_copy):
+    plan = {"a": studies.Study("smoke", {"cprfl": {}, "linear": LINEAR}, (0, 1))}
+    studies.run_studies(plan, tmp_path / "runs")
+    assert len(fake_train) == 4
+    append(library_copy / "cli.py", "\n# a help text changed\n")
+    append(library_copy / "train" / "recipes" / "paper-coco.yaml", "\n# touched\n")
+    append(library_copy / "train" / "recipes" / "smoke.yaml", "\n# the recipe these runs read: its values decide\n")
+    studies.run_studies(plan, tmp_path / "runs")
+    assert len(fake_train) == 4  # nothing retrained
+    append(library_copy / "model.py", "\n# the model changed\n")
+    studies.run_studies(plan, tmp_path / "runs")
+    assert len(fake_train) == 8  # every run retrained
+
+
+def test_a_recipe_description_is_not_part_of_a_run_stamp(tmp_path, fake_train):
+    config = studies.run_config("smoke")
+    plan = {"a": studies.Study(config, {"cprfl": {}}, (0,))}
+    studies.run_studies(plan, tmp_path)
+    plan = {"a": studies.Study({**config, "description": "another text"}, {"cprfl": {}}, (0,))}
+    studies.run_studies(plan, tmp_path)
+    assert len(fake_train) == 1
 
 
 # --- the differences with their intervals (reports.intervals) ----------------------------------------
@@ -305,9 +350,7 @@ def test_compare_with_paper_and_study_table_carry_the_intervals(hand_made_runs):
     assert "val mAP" not in reports.study_table(no_val).columns
 
 
-# --- the embedding-scale study and the references ------------------------------------------------------
-
-SEMANTICS_MINILM = {"encoder": "minilm", "centre": False, "norm": None}
+# --- the built-in studies, as data ----------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -316,40 +359,55 @@ def every_encoder_but_glove(monkeypatch):
                         lambda encoder, **kw: (False, "no GloVe file") if encoder == "glove" else (True, ""))
 
 
-def test_the_embedding_scale_study(every_encoder_but_glove):
-    plan = experiments.embedding_scale({}, SEMANTICS_MINILM)
+def context(tmp_path, **overrides):
+    from cprfl_repro.context import resolve
+
+    return resolve("smoke", tmp_path / "out", tmp_path / "runs", overrides=overrides)
+
+
+def test_the_embedding_scale_and_figure3_studies(tmp_path, every_encoder_but_glove):
+    # train.save_weights=false everywhere: only the recipe's own run keeps its weights (notebook 06 reads them)
+    plan = experiments.ablation_studies(context(tmp_path, **{"train.save_weights": False}), "quick-voc", [0, 1],
+                                        ["embedding_scale", "figure3"])
+    scale, fig3 = plan["embedding_scale"], plan["figure3"]
     labels = ("Randn", "Word2Vec", "GloVe", "CLIP-RN50", "CLIP-ViT-B/16", "MiniLM")
     scales = ("raw", "centred", "centred, norm √m")
-    assert list(plan) == [f"{e} · {s}" for e in labels for s in scales]
+    assert list(scale.variants) == [f"{e} · {s}" for e in labels for s in scales]
+    assert list(fig3.variants) == list(labels) and scale.seeds == fig3.seeds == (0, 1)
     for s in scales:
-        assert isinstance(plan[f"GloVe · {s}"], studies.Unavailable)
-    assert plan["Randn · raw"]["semantics.centre"] is False and plan["Randn · raw"]["semantics.norm"] is None
-    assert plan["MiniLM · centred"]["semantics.centre"] is True and plan["MiniLM · centred"]["semantics.norm"] is None
-    assert plan["CLIP-RN50 · centred, norm √m"]["semantics.norm"] == "sqrt_m"
-    assert plan["CLIP-RN50 · centred, norm √m"]["semantics.encoder"] == "clip-rn50"
-    # the recipe's own row is figure 3's (and Table 1's) run: kept with its weights, trained once
-    keep = [name for name, v in plan.items() if isinstance(v, dict) and v.get("train.save_weights")]
-    assert keep == ["MiniLM · raw"]
-    assert experiments.embedding_scale({}, {**SEMANTICS_MINILM, "centre": True})["MiniLM · centred"].get(
-        "train.save_weights") is True
-    own = experiments.ablations(["figure3"], {}, SEMANTICS_MINILM)["figure3"]["MiniLM"]
-    same = {k: v for k, v in plan["MiniLM · raw"].items() if k not in ("semantics.centre", "semantics.norm")}
-    assert same == own
-    for name in ("Randn · raw", "Randn · centred", "Randn · centred, norm √m"):
-        config = studies.run_config("smoke", plan[name])  # every row is a valid configuration
-        assert config["semantics"]["encoder"] == "randn"
-    assert experiments.ablations(["embedding_scale"], {}, SEMANTICS_MINILM)["embedding_scale"] == plan
-    assert experiments.scale_reference("MiniLM · centred, norm √m") == "MiniLM · raw"
-    assert experiments.scale_reference("CLIP-ViT-B/16 · raw") == "CLIP-ViT-B/16 · raw"
+        assert isinstance(scale.variants[f"GloVe · {s}"], studies.Unavailable)
+    assert scale.variants["GloVe · raw"].reason == "no GloVe file" and isinstance(fig3.variants["GloVe"],
+                                                                                  studies.Unavailable)
+    config = {name: c["semantics"] for name, seed, c in scale.runs() if seed == 0}
+    assert config["Randn · raw"]["centre"] is False and config["Randn · raw"]["norm"] is None
+    assert config["MiniLM · centred"]["centre"] is True and config["MiniLM · centred"]["norm"] is None
+    assert config["CLIP-RN50 · centred, norm √m"]["norm"] == "sqrt_m"
+    assert config["CLIP-RN50 · centred, norm √m"]["encoder"] == "clip-rn50"
+    assert config["CLIP-RN50 · raw"]["weights"] == "openai" and config["MiniLM · raw"]["weights"] is None
+    # quick-voc's own semantics (MiniLM, centred, norm √m): the run of Table 1's CPRFL row, kept, trained once
+    keep = [name for name, seed, c in scale.runs() if seed == 0 and c["train"]["save_weights"]]
+    assert keep == ["MiniLM · centred, norm √m"]
+    assert [name for name, seed, c in fig3.runs() if seed == 0 and c["train"]["save_weights"]] == ["MiniLM"]
+    assert studies.run_dir_for(scale.config("MiniLM · centred, norm √m", 1), tmp_path) == \
+        studies.run_dir_for(fig3.config("MiniLM", 1), tmp_path)
+    # each row compared with its encoder's raw row; the raw rows with nothing but themselves
+    assert scale.reference_of("MiniLM · centred, norm √m") == "MiniLM · raw"
+    assert scale.reference_of("CLIP-ViT-B/16 · raw") == "CLIP-ViT-B/16 · raw"
+    assert scale.compared_with("Randn · centred") == "Randn · raw" and fig3.compared_with == "Randn"
 
 
-def test_every_study_reference_is_one_of_its_variants(every_encoder_but_glove):
-    plan = experiments.ablations(list(experiments.REFERENCES), {}, SEMANTICS_MINILM)
-    assert set(plan) == set(experiments.REFERENCES)
-    for study, ref in experiments.REFERENCES.items():
-        for name in plan[study]:
-            want = ref(name) if callable(ref) else ref
-            assert want in plan[study], (study, name, want)
+def test_every_built_in_study_is_a_study_file_with_its_reference(tmp_path, every_encoder_but_glove):
+    plan = experiments.ablation_studies(context(tmp_path), "smoke", [0], experiments.builtin_studies())
+    assert set(experiments.PAPER_STUDIES) < set(plan)
+    for name, study in plan.items():
+        assert study.recipe == "smoke" and study.seeds == (0,) and study.reference is not None
+        for variant in study.variants:
+            assert study.reference_of(variant) in study.variants, (name, variant)
+        assert list(study.runs())  # every study has a row that runs here
+    table2 = plan["table2"]
+    assert table2.config("BCE", 0)["loss"] == {**table2.config("ASL", 0)["loss"], "name": "bce", "params": {}}
+    assert plan["table3"].config("+VSI", 0)["semantics"]["encoder"] == "randn"
+    assert plan["table3"].config("Baseline", 0)["model"]["head"] == "linear"
 
 
 def test_initial_prompt_cosines_of_a_study():

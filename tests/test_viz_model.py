@@ -283,9 +283,10 @@ def test_predictions_seeds_and_group_table(tmp_path, labelled) -> None:
         _fake_run(folders[seed], rng.normal(size=targets.shape).astype(np.float32), targets, m)
     for seed in (0, 1, 2):  # seed 2: another configuration; seed 3: no stamp at all
         (folders[seed] / "run.json").write_text(json.dumps(studies.stamp(configs[seed])))
-    assert studies.finished_seeds(tmp_path, "smoke", variant) == [folders[0], folders[1]]
+    study = studies.Study("smoke", {"ERM": variant})
+    assert studies.finished_seeds(tmp_path, study, "ERM") == [folders[0], folders[1]]
     runs = pd.DataFrame([{"variant": "ERM", "status": "ok", "run_dir": str(folders[3])}])
-    found = studies.seeds_of(runs, tmp_path, studies.Study("smoke", {"ERM": variant}))
+    found = studies.seeds_of(runs, tmp_path, study)
     assert found == {"ERM": [folders[0], folders[1], folders[3]]}
 
     table = vp.group_map_table({"ERM": found["ERM"][:2]}, {"ERM": ("ERM", {"mAP": 70.0, "head": 69.0, "medium": 80.0,

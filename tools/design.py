@@ -79,19 +79,34 @@ def scene_overrides(family: str, factor: float) -> dict:
                                      "object_range": [round(lo * factor, 4), round(min(0.9, hi * factor), 4)]}}
 
 
-def _run(studies: dict[str, Study], work_dir: Path, workers, label: str) -> pd.DataFrame:
+def schedule_settings(config: dict) -> dict:
+    """The schedule stage's columns, read from a run's resolved configuration (values, never parsed from a label)."""
+    cprfl = config["model"]["head"] == "cprfl"
+    return {"head": "CPRFL" if cprfl else "linear ASL", "lr": config["optim"]["lr"],
+            "epochs": config["optim"]["epochs"], "d": config["model"]["dim"] if cprfl else None}
+
+
+def _run(studies: dict[str, Study], work_dir: Path, workers, label: str, about: dict | None = None,
+         settings=None) -> pd.DataFrame:
+    """Every run's row, with ``study`` (its name), ``about[study]`` (values that describe the study) and
+    ``settings(config)`` (values read from the row's own run configuration) as columns."""
     rows = run_studies(studies, work_dir, workers=workers, label=label)
     out = []
     for name, study in studies.items():
         cosines = initial_prompt_cosines(study)
-        df = rows[name]
-        out.append(df.assign(study=name, prompt_cos=df["variant"].map(cosines)))
+        df = rows[name].assign(study=name, prompt_cos=rows[name]["variant"].map(cosines), **(about or {}).get(name, {}))
+        if settings is not None:
+            values = pd.DataFrame([settings(study.config(v, int(seed))) for v, seed in zip(df["variant"], df["seed"])],
+                                  index=df.index).convert_dtypes()  # a width d stays a whole number beside None
+            # "head" names the classifier here: it replaces the test split's head-class mAP, empty in a design run
+            df = pd.concat([df.drop(columns=[c for c in values.columns if c in df.columns]), values], axis=1)
+        out.append(df)
     return pd.concat(out, ignore_index=True)
 
 
 def _summary(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     cols = ["val_mAP", "val_head", "val_medium", "val_tail"]
-    g = runs.groupby(keys, sort=False)
+    g = runs.groupby(keys, sort=False, dropna=False)  # a linear probe has no width d
     table = g[cols].agg(lambda v: mean_std(list(v))).reset_index()
     table["mean val mAP"] = g["val_mAP"].mean().values
     table["initial prompt cosine"] = g["prompt_cos"].first().values
@@ -112,7 +127,7 @@ def _chance(family: str, limit) -> dict[str, float]:
 
 
 def stage_scene(args, work_dir: Path, choices: dict) -> dict:
-    studies = {}
+    studies, about = {}, {}
     for family, recipe in RECIPES.items():
         for label, factor in SCENES.items():
             base = {**VAL_ONLY, **args.base, **scene_overrides(family, factor)}
@@ -121,14 +136,14 @@ def stage_scene(args, work_dir: Path, choices: dict) -> dict:
                         "CPRFL-MiniLM raw": dict(EMBEDDINGS["raw"]),
                         "CPRFL-MiniLM centred": dict(EMBEDDINGS["centred"])}
             studies[f"{family} | {label}"] = Study(recipe, variants, args.seeds, base)
-    runs = _run(studies, work_dir, args.workers, "scene")
-    runs[["family", "scene"]] = runs["study"].str.split(" | ", regex=False, expand=True)
+            about[f"{family} | {label}"] = {"family": family, "scene": label}
+    runs = _run(studies, work_dir, args.workers, "scene", about)
     table = _summary(runs, ["family", "scene", "variant"])
     sizes, learnable = {}, {}
     for family in RECIPES:
         chance = _chance(family, args.limit)
-        for label, factor in SCENES.items():
-            config = run_config(RECIPES[family], {**VAL_ONLY, **args.base, **scene_overrides(family, factor)}, 0)
+        for label in SCENES:
+            config = studies[f"{family} | {label}"].config("linear ASL", 0)
             folder = synthetic.generated_folder(config["data"]["dataset"], seed=0, image_size=config["data"]["image_size"],
                                                 limit=config["data"]["synthetic_limit"],
                                                 scene=config["data"]["synthetic_scene"] or None,
@@ -184,22 +199,22 @@ def _cheapest(score: pd.Series, cost) -> tuple:
     return min(near.index, key=cost)
 
 
-def _widths(recipe: str, family: str, emb: dict, lr: str, ep: str, dims, args, work_dir, base) -> pd.DataFrame:
-    widths = {f"CPRFL | {lr} | {ep} | d={d}": {**emb, "optim.lr": float(lr.split("=")[1]),
-                                                "optim.epochs": int(ep.split("=")[1]), "model.dim": d,
-                                                "model.mlp_dim": 2 * d} for d in dims}
-    return _split(_run({family: Study(recipe, widths, args.seeds, base)}, work_dir, args.workers, f"width {family}"))
+def _widths(recipe: str, family: str, emb: dict, lr: float, ep: int, dims, args, work_dir, base) -> pd.DataFrame:
+    widths = {f"CPRFL | lr={lr:g} | epochs={ep} | d={d}": {**emb, "optim.lr": lr, "optim.epochs": ep, "model.dim": d,
+                                                           "model.mlp_dim": 2 * d} for d in dims}
+    return _run({family: Study(recipe, widths, args.seeds, base)}, work_dir, args.workers, f"width {family}",
+                settings=schedule_settings).rename(columns={"study": "family"})
 
 
 def _schedule_pick(shared: pd.Series, wide_for, max_epochs=None, max_dim=None) -> dict:
     """(lr, epochs) by the shared score, the shortest within TIE_MAP; then d, the smallest within TIE_MAP."""
     if max_epochs is not None:
-        shared = shared[[int(ep.split("=")[1]) <= max_epochs for _, ep in shared.index]]
-    lr, ep = _cheapest(shared, lambda i: (int(i[1].split("=")[1]), -float(i[0].split("=")[1])))
-    wide = wide_for(lr, ep, [d for d in DIMS if max_dim is None or d <= max_dim])
+        shared = shared[[ep <= max_epochs for _, ep in shared.index]]
+    lr, ep = _cheapest(shared, lambda i: (i[1], -i[0]))  # (lr, epochs): the fewest epochs, then the larger rate
+    wide = wide_for(float(lr), int(ep), [d for d in DIMS if max_dim is None or d <= max_dim])
     score = wide.groupby("d", sort=False)["val_mAP"].mean()
-    d = _cheapest(score, lambda i: int(i.split("=")[1]))
-    return {"lr": float(lr.split("=")[1]), "epochs": int(ep.split("=")[1]), "dim": int(d.split("=")[1]),
+    d = _cheapest(score, lambda i: i)
+    return {"lr": float(lr), "epochs": int(ep), "dim": int(d),
             "shared_val_mAP": round(float(shared.max()), 3), "cprfl_val_mAP": round(float(score[d]), 3)}, wide
 
 
@@ -212,10 +227,10 @@ def stage_schedule(args, work_dir: Path, choices: dict) -> dict:
         for lr in LRS:
             for ep in EPOCHS:
                 sched = {"optim.lr": lr, "optim.epochs": ep}
-                grid[f"linear ASL | lr={lr:g} | epochs={ep} | d=-"] = {**LINEAR_ASL, **sched}
-                grid[f"CPRFL | lr={lr:g} | epochs={ep} | d=64"] = {**emb, **sched}
-        runs = _run({family: Study(recipe, grid, args.seeds, base)}, work_dir, args.workers, f"schedule {family}")
-        runs = _split(runs)
+                grid[f"linear ASL | lr={lr:g} | epochs={ep}"] = {**LINEAR_ASL, **sched}
+                grid[f"CPRFL | lr={lr:g} | epochs={ep}"] = {**emb, **sched}  # the recipe's width
+        runs = _run({family: Study(recipe, grid, args.seeds, base)}, work_dir, args.workers, f"schedule {family}",
+                    settings=schedule_settings).rename(columns={"study": "family"})
         mean = runs.groupby(["head", "lr", "epochs"], sort=False)["val_mAP"].mean()
         shared = (mean.xs("linear ASL", level="head") + mean.xs("CPRFL", level="head")) / 2
 
@@ -235,12 +250,6 @@ def stage_schedule(args, work_dir: Path, choices: dict) -> dict:
                        f"d <= {BUDGET['dim']}, what `make reproduce` can afford on 2 cores (the recipes use it)",
                        f"chosen: {json.dumps(picks)}"])
     return {"schedule": picks}
-
-
-def _split(runs: pd.DataFrame) -> pd.DataFrame:
-    runs = runs.rename(columns={"study": "family"})
-    runs[["head", "lr", "epochs", "d"]] = runs["variant"].str.split(" | ", regex=False, expand=True)
-    return runs
 
 
 STAGES = {"scene": stage_scene, "embedding": stage_embedding, "schedule": stage_schedule}

@@ -1,0 +1,152 @@
+"""A study as a YAML file: the format, its validation, and a user's study through notebook 05 end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cprfl_lib.errors import CprflError
+from cprfl_repro import experiments, studies
+from cprfl_repro.context import resolve
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TAU = """\
+name: tau_fine          # the table's name
+recipe: smoke           # optional: else the notebook's recipe
+reference: tau=0.5      # the row every other row is compared with
+seeds: [0, 1]           # optional: else the notebook's seeds
+variants:
+  tau=0.25: {model.tau: 0.25}
+  tau=0.5:  {model.tau: 0.5}
+  tau=1:    {model: {tau: 1.0}}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "study.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def smoke(tmp_path: Path, **overrides):
+    return resolve("smoke", tmp_path / "out", tmp_path / "runs", overrides=overrides)
+
+
+def test_a_study_file_is_read_and_bound_like_a_built_in_study(tmp_path, monkeypatch):
+    path = write(tmp_path, TAU)
+    name, study, where = experiments.load_study(str(path))
+    assert name == "tau_fine" and study.recipe == "smoke" and study.seeds == (0, 1) and study.reference == "tau=0.5"
+    assert study.variants["tau=1"] == {"model": {"tau": 1.0}}  # kept as written: values, never text to parse
+    monkeypatch.chdir(tmp_path)  # a relative path is read from the current folder
+    plan = experiments.ablation_studies(smoke(tmp_path, **{"optim.epochs": 1}), "quick-voc", [7],
+                                        ["study.yaml", "table2"])
+    assert list(plan) == ["tau_fine", "table2"]
+    tau, table2 = plan["tau_fine"], plan["table2"]
+    assert tau.recipe == "smoke" and tau.seeds == (0, 1)  # its own recipe and seeds
+    assert table2.recipe == "quick-voc" and table2.seeds == (7,)  # the notebook's
+    runs = list(tau.runs())
+    assert [(v, s) for v, s, _ in runs] == [(v, s) for v in ("tau=0.25", "tau=0.5", "tau=1") for s in (0, 1)]
+    assert [c["model"]["tau"] for _, s, c in runs if s == 0] == [0.25, 0.5, 1.0]
+    assert all(c["optim"]["epochs"] == 1 and c["train"]["seed"] == s for _, s, c in runs)  # the context's overrides
+    assert tau.compared_with == "tau=0.5" and tau.describe()["variants"]["tau=0.25"] == {"model.tau": 0.25}
+
+
+def test_dotted_and_nested_overrides_are_the_same_run(tmp_path):
+    path = write(tmp_path, """\
+reference: dotted
+variants:
+  dotted: {loss.name: asl, loss.params: {gamma_neg: 2}}
+  nested: {loss: {name: asl, params: {gamma_neg: 2}}}
+  empty:
+""")
+    name, study, _ = experiments.load_study(str(path))
+    assert name == "study" and study.recipe is None and study.seeds == ()  # the file's name; the notebook's rest
+    study = experiments.ablation_studies(smoke(tmp_path), "smoke", [0], [str(path)])["study"]
+    dotted, nested, empty = (study.config(v, 0) for v in ("dotted", "nested", "empty"))
+    assert dotted == nested and dotted["loss"]["params"] == {"gamma_neg": 2}
+    assert empty == studies.run_config("smoke", seed=0)
+
+
+def test_a_study_file_switching_the_encoder_gets_an_unavailable_row(tmp_path, monkeypatch):
+    monkeypatch.setattr(experiments, "encoder_status", lambda encoder, **kw: (encoder != "glove", "no GloVe file"))
+    path = write(tmp_path, "reference: randn\nvariants:\n  randn: {semantics: {encoder: randn, dim: 8}}\n"
+                           "  glove: {semantics.encoder: glove}\n")
+    study = experiments.ablation_studies(smoke(tmp_path), "smoke", [0], [str(path)])["study"]
+    assert study.variants["glove"] == studies.Unavailable("no GloVe file")
+    assert study.config("randn", 0)["semantics"]["dim"] == 8 and [v for v, _, _ in study.runs()] == ["randn"]
+
+
+BAD = {
+    "unknown key": ("reference: a\nvariants: {a: {}}\nvariant: {b: {}}\n", r"study\.yaml: unknown key 'variant'"),
+    "unknown recipe key": ("reference: a\nvariants:\n  a: {}\n  b: {model.taux: 2}\n",
+                           r"study\.yaml: variant 'b': unknown configuration key 'model\.taux'"),
+    "unknown nested key": ("reference: a\nvariants:\n  a: {}\n  b: {model: {depth: 2, tau: 1, taux: 2}}\n",
+                           r"study\.yaml: variant 'b': unknown configuration key 'model\.taux'"),
+    "unknown key in a row that cannot run here": ("reference: a\nvariants:\n  a: {}\n  b: {semantics.encoder: glove, "
+                                                  "semantics.paht: g.txt}\n",
+                                                  r"study\.yaml: variant 'b': unknown configuration key 'semantics\.paht'"),
+    "bad value": ("reference: a\nvariants:\n  a: {}\n  b: {model.tau: -1}\n",
+                  r"study\.yaml: variant 'b': configuration key 'model\.tau' must be"),
+    "reference not a variant": ("reference: tau=0.5\nvariants: {tau=1: {model.tau: 1.0}}\n",
+                                r"study\.yaml: reference 'tau=0\.5' is not one of its variants \['tau=1'\]"),
+    "no reference": ("variants: {a: {}}\n", r"study\.yaml: reference must be one variant's label"),
+    "empty variants": ("reference: a\nvariants: {}\n", r"study\.yaml: variants must be a non-empty mapping"),
+    "variants as a list": ("reference: a\nvariants: []\n", r"study\.yaml: variants must be a non-empty mapping"),
+    "a variant as text": ("reference: a\nvariants: {a: model.tau=1}\n",
+                          r"study\.yaml: variant 'a' must be a mapping of recipe overrides"),
+    "seeds": ("reference: a\nseeds: [0, -1]\nvariants: {a: {}}\n", r"study\.yaml: seeds must be a list"),
+    "a built-in study's name": ("name: tau\nreference: a\nvariants: {a: {}}\n",
+                                r"study\.yaml: name 'tau' is a built-in study's"),
+    "a name that is no file name": ("name: my study/1\nreference: a\nvariants: {a: {}}\n",
+                                    r"study\.yaml: name must be letters"),
+    "unknown recipe": ("recipe: quick-vcc\nreference: a\nvariants: {a: {}}\n",
+                       r"study\.yaml: unknown recipe 'quick-vcc'"),
+    "not YAML": ("reference: [a\n", r"study\.yaml: not valid YAML"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_a_bad_study_file_is_refused_in_one_line_before_anything_runs(tmp_path, case):
+    text, message = BAD[case]
+    path = write(tmp_path, text)
+    ctx = smoke(tmp_path)
+    with pytest.raises(CprflError, match=message) as err:
+        experiments.ablation_studies(ctx, "smoke", [0], ["table2", str(path)])
+    assert "\n" not in str(err.value)
+    assert not any(ctx.work_dir.iterdir())  # nothing trained, nothing written
+
+
+def test_missing_and_repeated_study_files_are_refused(tmp_path):
+    ctx = smoke(tmp_path)
+    with pytest.raises(CprflError, match=r"study file nowhere/tau\.yaml does not exist"):
+        experiments.ablation_studies(ctx, "smoke", [0], ["nowhere/tau.yaml"])
+    path = write(tmp_path, TAU)
+    with pytest.raises(CprflError, match=r"a study named 'tau_fine' is already in the list"):
+        experiments.ablation_studies(ctx, "smoke", [0], [str(path), str(path)])
+
+
+def test_a_user_study_runs_through_notebook_05_with_its_table_figure_and_intervals(tmp_path, monkeypatch):
+    """Notebook 05 executed by a Jupyter kernel with only the user's study: the table, figure and 95 % intervals
+    the built-in studies beyond the paper get."""
+    from cprfl_repro.reproduce import execute
+
+    monkeypatch.delenv("CPRFL_RESULTS_DIR", raising=False)
+    path = write(tmp_path, TAU.replace("  tau=0.25: {model.tau: 0.25}\n", ""), "tau_fine.yaml")
+    out = tmp_path / "out"
+    params = {"profile": "smoke", "output_dir": str(out), "work_dir": str(tmp_path / "runs"), "studies": [str(path)]}
+    execute(ROOT / "notebooks" / "05_ablations.ipynb", tmp_path / "executed.ipynb", params)
+    table = pd.read_csv(out / "tables" / "extra_tau_fine.csv", comment="#")
+    assert list(table["variant"]) == ["tau=0.5", "tau=1"] and set(table["seeds"]) == {2}
+    delta = table["row − tau=0.5: Δ mAP [95 % CI]"]
+    assert pd.isna(delta[0]) or delta[0] == ""  # the reference row itself
+    assert delta[1].count("[") == 1 and delta[1].endswith("]")
+    assert (out / "figures" / "extra_tau_fine.png").is_file()
+    metrics = json.loads((out / "metrics" / "05_ablations.json").read_text())
+    assert list(metrics["studies"]) == ["tau_fine"]
+    assert not [p for p in out.rglob("*") if p.is_file() and "table2" in p.name]  # only what was asked for
+    assert os.listdir(tmp_path / "runs") == ["smoke"] and len(list((tmp_path / "runs" / "smoke").iterdir())) == 4
