@@ -215,7 +215,8 @@ def initial_prompt_cosines(study: Study) -> dict[str, float]:
             continue
         config = run_config(study.recipe, {**study.overrides, **variant}, study.seeds[0])
         if config["model"]["head"] == "cprfl":
-            names = benchmark_class_names(config["data"]["dataset"], config["data"]["list_dir"])
+            names = benchmark_class_names(config["data"]["dataset"], config["data"]["list_dir"],
+                                          data_root=config["data"]["data_root"])
             out[name] = round(mean_cosine(initial_prompts(config, names)), 4)
     return out
 

@@ -69,7 +69,8 @@ def _bootstrap(runs: pd.DataFrame) -> Bootstrap | None:
     with np.load(f"{ok['run_dir'].iloc[0]}/predictions.npz") as npz:
         if "targets" not in npz:  # runs that evaluated no test split (design studies): nothing to resample
             return None
-        return Bootstrap(npz["targets"], npz["train_counts"])
+        thresholds = npz["group_thresholds"].tolist() if "group_thresholds" in npz else None
+        return Bootstrap(npz["targets"], npz["train_counts"], thresholds=thresholds)
 
 
 def intervals(runs: pd.DataFrame, reference, reverse: bool = False, columns=CI_COLUMNS) -> dict[str, dict[str, str]]:
