@@ -21,7 +21,7 @@ from cprfl_lib.errors import CprflError
 from cprfl_lib.paths import cache_dir
 from cprfl_lib.train.recipes import load_recipe, parse_overrides
 
-PROFILES = ("smoke", "quick", "quick-extra", "paper", "paper-check", "own")
+PROFILES = ("smoke", "quick", "quick-extra", "paper", "paper-check", "own", "own-paper")
 # a profile whose runs are another's (same recipes): it finds them trained already
 RUNS_OF = {"paper-check": "paper", "quick-extra": "quick"}
 CHECK_LABEL = "PIPELINE CHECK, NOT RESULTS"

@@ -52,7 +52,7 @@ def profile_parameters(profile: str) -> dict[str, dict]:
         return own
     merged = profile_parameters(base)
     for stem, params in own.items():
-        merged[stem] = {**merged.get(stem, {}), **params}
+        merged[stem] = {**merged.get(stem, {}), **params} if isinstance(params, dict) else params  # notebooks: a list
     return merged
 
 
