@@ -284,5 +284,6 @@ def test_readme_commands_run_as_written_on_a_dataset_of_ones_own(tmp_path, cprfl
     assert "Δ mAP [95 % CI]" in table1 and "CPRFL-MiniLM" in table1 and "DB Focal" in table1
     assert "head >= 12, medium 4-11, tail < 4" in (results / "tables" / "data_groups.md").read_text()
     assert (results / "figures" / "per_class_ap_vs_count.png").is_file()
+    assert not (results / "tables" / "data_generator.csv").exists()  # generated-data statistics: none here
     assert snapshot(data) == before  # nothing written in the user's folder
     assert not (ROOT / "results" / "own").exists()
