@@ -154,13 +154,18 @@ def test_class_with_no_training_image(lists):
     one_line_error(_load(lists), "train.txt", "1 class(es) have no training image: osprey")
 
 
-def test_image_in_train_and_test_is_leakage_counted_and_named(lists):
+def test_image_in_train_and_test_is_leakage_counted_and_named(lists, tmp_path, capsys):
     train = (lists / "train.txt").read_text().splitlines()
     with open(lists / "test.txt", "a") as fh:
         fh.write("\n".join(train[:3]) + "\n")
     msg = one_line_error(_load(lists), "3 image(s) are in both the train and the test split", "leakage",
                          "images/train/000.jpg")
     assert "images/train/002.jpg" in msg
+    before = snapshot(lists)
+    code, _, err = run_cli(capsys, "train", "--recipe", "own-cpu", "--data-root", lists, "--output-dir",
+                           tmp_path / "run")
+    assert code == 2 and err.count("\n") == 1 and "leakage" in err  # refused before anything is written
+    assert not (tmp_path / "run").exists() and snapshot(lists) == before
 
 
 def test_image_listed_twice_in_a_split(lists):
