@@ -38,7 +38,7 @@ TEST_ENV := CPRFL_CACHE=$(TEST_CACHE) TORCH_HOME=$(TEST_CACHE)/torch HF_HOME=$(T
 .PHONY: help env reproduce test lint notebooks strip-notebooks lab bench clean-env
 
 help:
-	@echo "make reproduce [PROFILE=quick|quick-extra|paper-check|paper] [DATA_ROOT=D] [LIST_DIR=L] [OVERRIDES=\"k=v ...\"] [FORCE=1] [COMMANDS=file]"
+	@echo "make reproduce [PROFILE=quick|quick-extra|paper-check|paper|own|own-paper] [DATA_ROOT=D] [LIST_DIR=L] [OVERRIDES=\"k=v ...\"] [FORCE=1] [COMMANDS=file]"
 	@echo "                 regenerate every table and figure into results/<profile>/ (paper profiles: the plan first)"
 	@echo "make test        lint, the stored notebooks under nbval, the unit tests, the README's commands"
 	@echo "make lab         JupyterLab on notebooks/ with the '$(KERNEL)' kernel"

@@ -12,7 +12,7 @@ from pathlib import Path
 from cprfl_lib.errors import CprflError, run_command
 
 # data.benchmarks.known_benchmarks(), without importing torch for --help
-BENCHMARKS = ("voc-lt", "coco-lt", "synth-voc-lt", "synth-coco-lt")
+BENCHMARKS = ("voc-lt", "coco-lt", "synth-voc-lt", "synth-coco-lt", "own")  # own: your dataset (--data-root DIR)
 
 
 def _cmd_recipes(args) -> None:
@@ -32,6 +32,9 @@ def _cmd_data(args) -> None:
     if args.action == "fetch":
         if args.dataset in SYNTHETIC:
             raise CprflError(f"{args.dataset} is generated, not fetched; `cprfl data info --dataset {args.dataset}`")
+        if args.dataset == "own":
+            raise CprflError("own is read from its folder, never fetched or copied; `cprfl data check --dataset own "
+                             "--data-root DIR`")
         if args.list_dir:  # a user's copy: verified, then copied into the cache for later runs
             files = install_split_lists(args.dataset, args.list_dir)
         else:
@@ -39,12 +42,26 @@ def _cmd_data(args) -> None:
         for role, path in files.items():
             print(f"{role:6s} {path}")
         return
-    bench = load_benchmark(args.dataset, list_dir=args.list_dir, data_root=args.data_root)
+    bench = load_benchmark(args.dataset, list_dir=args.list_dir, data_root=args.data_root,
+                           group_thresholds=args.group_thresholds)
     if args.action == "info":
+        from cprfl_lib.metrics import group_thresholds
+
         groups = bench.groups
         print(f"{bench.name}: {bench.num_classes} classes, {len(bench.train)} train / {len(bench.test)} test images"
-              + ("  [generated data, not a real benchmark]" if bench.is_synthetic else ""))
-        print(f"groups: head {sum(groups == 'head')}, medium {sum(groups == 'medium')}, tail {sum(groups == 'tail')}")
+              + ("  [generated data, not a real benchmark]" if bench.is_synthetic else "")
+              + (f"  [your dataset, {bench.image_root}]" if bench.is_own else ""))
+        if bench.is_own:
+            from cprfl_lib.data.own import unlabelled
+
+            print(f"lists: {', '.join(str(p) for p in bench.list_files.values())}")
+            print("validation split: " + (f"{len(bench.val)} images" if bench.val is not None else
+                                          "none (choices made on the test split are optimistic)"))
+            print("images with no label: " + ", ".join(f"{s} {unlabelled(getattr(bench, s))}"
+                                                       for s in ("train", "val", "test") if getattr(bench, s)))
+        head, medium = group_thresholds(bench.thresholds)
+        print(f"groups: head {sum(groups == 'head')}, medium {sum(groups == 'medium')}, tail {sum(groups == 'tail')}"
+              f" (head >= {head}, tail < {medium} training images)")
         for name, count, group in sorted(zip(bench.class_names, bench.train_counts, groups), key=lambda t: -t[1]):
             print(f"  {name:16s} {count:5d}  {group}")
     elif args.action == "check":
@@ -53,6 +70,13 @@ def _cmd_data(args) -> None:
         if bench.image_root is None:
             raise CprflError(f"{bench.name}: give --data-root, the folder that holds the images")
         paths = [p for split in (bench.train, *bench.eval_splits.values()) for p in split.paths]
+        if bench.is_own:  # every missing image listed, one a line, before the one-line error
+            missing = [p for p in paths if not (bench.image_root / p).is_file()]
+            for path in missing:
+                print(f"{bench.image_root / path}: missing")
+            if missing:
+                raise CprflError(f"{len(missing)} of {len(paths)} images of {bench.name} are missing under "
+                                 f"{bench.image_root} (listed above)")
         check_images(bench.image_root, paths)
         if not args.deep:
             print(f"all {len(paths)} images of {bench.name} are present under {bench.image_root} "
@@ -85,7 +109,8 @@ def _cmd_train(args) -> None:
 
     out = Path(args.output_dir or f"runs/{config['recipe']}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     metrics = train(config, out, resume=args.resume, progress=sys.stderr.isatty())  # bars on a terminal only
-    kind = "generated data" if metrics["synthetic"] else "real data"
+    kind = "generated data" if metrics["synthetic"] else "your data" if metrics["dataset"].startswith("own:") \
+        else "real data"
     for split, key in (("validation", "val_last_epoch"), ("test", "last_epoch")):
         if key in metrics:
             last = metrics[key]["model"]
@@ -135,12 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("overrides", nargs="*", help="section.key=value")
     r.set_defaults(func=_cmd_recipes)
 
-    d = sub.add_parser("data", help="fetch split lists, show a benchmark, check that its images are present")
+    d = sub.add_parser("data", help="fetch split lists, show a benchmark, check that its images are present "
+                       "(--dataset own --data-root DIR: your dataset)")
     d.add_argument("action", choices=("fetch", "info", "check"))
     d.add_argument("--dataset", choices=BENCHMARKS, default="synth-voc-lt")
     d.add_argument("--list-dir", help="the split lists: one benchmark's folder or a parent with voc_lt/ and coco_lt/ "
                    "(fetch: verified and copied into the cache)")
-    d.add_argument("--data-root", help="the image root (VOCdevkit/, train2017/, val2017/ inside it)")
+    d.add_argument("--data-root", help="the image root (VOCdevkit/, train2017/, val2017/ inside it; own: your "
+                   "dataset's folder)")
+    d.add_argument("--group-thresholds", nargs=2, type=_positive, metavar=("HEAD", "MEDIUM"),
+                   help="training images per class from which a class is head / medium (default: 100 20)")
     d.add_argument("--deep", action="store_true", help="check: decode every image and list the unreadable ones")
     d.add_argument("--workers", type=_count, default=min(8, os.cpu_count() or 1), help="check --deep: processes")
     d.set_defaults(func=_cmd_data)

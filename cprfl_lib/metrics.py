@@ -22,12 +22,35 @@ COLUMNS = ("mAP", *GROUPS)  # the figures every table reports
 HEAD_MIN, MEDIUM_MIN = 100, 20  # the official code's >= rule; only it gives 6/6/8 and 22/33/25
 
 
-def class_groups(train_counts) -> np.ndarray:
-    """Group of each class from its number of training images: 'head', 'medium' or 'tail'."""
+def class_groups(train_counts, thresholds=None) -> np.ndarray:
+    """Group of each class from its number of training images: 'head', 'medium' or 'tail'.
+
+    ``thresholds``: (head minimum, medium minimum), the paper's (100, 20) when None (``data.group_thresholds``).
+    """
     counts = np.asarray(train_counts)
     if counts.ndim != 1 or (counts < 0).any():
         raise CprflError(f"train counts must be a 1-D array of non-negative integers, got {counts!r}")
-    return np.where(counts >= HEAD_MIN, "head", np.where(counts >= MEDIUM_MIN, "medium", "tail"))
+    head, medium = group_thresholds(thresholds)
+    return np.where(counts >= head, "head", np.where(counts >= medium, "medium", "tail"))
+
+
+def group_thresholds(thresholds=None) -> tuple[int, int]:
+    """(head minimum, medium minimum) checked: whole numbers, head > medium >= 1; None: (HEAD_MIN, MEDIUM_MIN)."""
+    if thresholds is None:
+        return HEAD_MIN, MEDIUM_MIN
+    values = list(thresholds) if isinstance(thresholds, (list, tuple, np.ndarray)) else []
+    values = [int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else None for v in values]
+    if len(values) != 2 or None in values or not values[0] > values[1] >= 1:
+        raise CprflError(f"group thresholds must be [head minimum, medium minimum], whole numbers with "
+                         f"head > medium >= 1, got {thresholds!r}")
+    return values[0], values[1]
+
+
+def groups_note(thresholds=None) -> str:
+    """The sentence that says how the groups were cut."""
+    head, medium = group_thresholds(thresholds)
+    return (f"Groups by training images per class: head >= {head}, medium {medium}-{head - 1}, tail < {medium}"
+            + ("" if (head, medium) == (HEAD_MIN, MEDIUM_MIN) else " (not the paper's 100 / 20)") + ".")
 
 
 def _as_numpy(x) -> np.ndarray:
@@ -82,10 +105,10 @@ def _mean_pct(values: np.ndarray) -> float:
     return float(values.mean() * 100) if values.size else float("nan")
 
 
-def map_report(scores, targets, train_counts, class_names=None) -> Report:
+def map_report(scores, targets, train_counts, class_names=None, thresholds=None) -> Report:
     """mAP and head/medium/tail mAP; classes with no positive are listed, not averaged."""
     ap = average_precision(scores, targets)
-    groups = class_groups(train_counts)
+    groups = class_groups(train_counts, thresholds)
     if len(groups) != len(ap):
         raise CprflError(f"{len(groups)} train counts for {len(ap)} classes")
     names = list(class_names) if class_names is not None else [str(i) for i in range(len(ap))]

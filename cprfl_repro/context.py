@@ -21,7 +21,7 @@ from cprfl_lib.errors import CprflError
 from cprfl_lib.paths import cache_dir
 from cprfl_lib.train.recipes import load_recipe, parse_overrides
 
-PROFILES = ("smoke", "quick", "quick-extra", "paper", "paper-check")
+PROFILES = ("smoke", "quick", "quick-extra", "paper", "paper-check", "own", "own-paper")
 # a profile whose runs are another's (same recipes): it finds them trained already
 RUNS_OF = {"paper-check": "paper", "quick-extra": "quick"}
 CHECK_LABEL = "PIPELINE CHECK, NOT RESULTS"
@@ -59,6 +59,11 @@ class RunContext:
     @property
     def is_check(self) -> bool:
         return self.profile == "paper-check"
+
+    @property
+    def group_thresholds(self):
+        """The overrides' data.group_thresholds (None: the recipes' default, the paper's 100 / 20)."""
+        return self.overrides.get("data.group_thresholds")
 
     def run_overrides(self, recipe: str | Mapping) -> dict[str, Any]:
         """What every run of ``recipe`` gets: the image root and list folder (real datasets), then the overrides."""
@@ -149,7 +154,19 @@ def resolve(profile: str, output_dir: str | os.PathLike | None = None, work_dir:
 
 def describe_data(name: str) -> str:
     """One line that says what data a number comes from (generated data is never called VOC or COCO)."""
+    if name == "own" or name.startswith("own:"):
+        return f"{name}: your own dataset (not VOC-LT or COCO-LT; no paper numbers to compare with)"
     if name.startswith("synth-"):
         real = name.removeprefix("synth-").upper()
         return f"{name}: generated data shaped like {real} (drawn scenes, not photographs; not a {real} result)"
     return f"{name}: the published {name.upper()} split lists on real images"
+
+
+def describe_config(config: Mapping) -> str:
+    """:func:`describe_data` of a resolved recipe's dataset; a user's dataset by its folder (``own:<folder>``)."""
+    data = config["data"]
+    if data["dataset"] == "own" and data["data_root"]:
+        from cprfl_lib.data.own import display_name
+
+        return describe_data(display_name(data["data_root"]))
+    return describe_data(data["dataset"])

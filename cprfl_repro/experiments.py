@@ -232,7 +232,8 @@ def initial_prompt_cosines(study: Study) -> dict[str, float]:
             continue
         config = study.config(name, study.seeds[0])
         if config["model"]["head"] == "cprfl":
-            names = benchmark_class_names(config["data"]["dataset"], config["data"]["list_dir"])
+            names = benchmark_class_names(config["data"]["dataset"], config["data"]["list_dir"],
+                                          data_root=config["data"]["data_root"])
             out[name] = round(mean_cosine(initial_prompts(config, names)), 4)
     return out
 

@@ -69,7 +69,8 @@ def _bootstrap(runs: pd.DataFrame) -> Bootstrap | None:
     with np.load(f"{ok['run_dir'].iloc[0]}/predictions.npz") as npz:
         if "targets" not in npz:  # runs that evaluated no test split (design studies): nothing to resample
             return None
-        return Bootstrap(npz["targets"], npz["train_counts"])
+        thresholds = npz["group_thresholds"].tolist() if "group_thresholds" in npz else None
+        return Bootstrap(npz["targets"], npz["train_counts"], thresholds=thresholds)
 
 
 def intervals(runs: pd.DataFrame, reference, reverse: bool = False, columns=CI_COLUMNS) -> dict[str, dict[str, str]]:
@@ -109,7 +110,8 @@ def interval_columns(runs: pd.DataFrame, reference, reverse: bool = False) -> di
 def compare_with_paper(runs: pd.DataFrame, paper_table: dict, family: str, paper_names: dict | None = None,
                        reference=None, reverse: bool = False) -> pd.DataFrame:
     """One row per variant: ours on validation and test (mean ± std), ours best-on-test (flagged), the difference
-    from ``reference`` with its interval (see :func:`interval_columns`), the paper's row of the same name."""
+    from ``reference`` with its interval (see :func:`interval_columns`), the paper's row of the same name (none
+    when ``paper_table`` is None: a user's own dataset has no paper numbers)."""
     ours = summarize(runs)
     best = summarize(runs, columns=("mAP",), best=True).set_index("variant")["mAP"]
     has_val = runs["val_mAP"].notna().any()
@@ -118,13 +120,23 @@ def compare_with_paper(runs: pd.DataFrame, paper_table: dict, family: str, paper
     rows = []
     for i, (_, r) in enumerate(ours.iterrows()):
         name = r["variant"]
-        paper = paper_row(paper_table, (paper_names or {}).get(name, name), family) or {}
+        paper = paper_row(paper_table, (paper_names or {}).get(name, name), family) or {} if paper_table else None
         rows.append({"method": name, "seeds": r["seeds"],
                      **({f"ours val {c}": val.loc[name, c] for c in ("mAP", "tail")} if has_val else {}),
                      **{f"ours {c}": r[c] for c in COLUMNS}, **{k: v[i] for k, v in deltas.items()},
                      f"ours {BEST_FLAG}": best.get(name, "n/a"),
-                     **{f"paper {c}": paper.get(c, np.nan) for c in COLUMNS}, "note": r["note"]})
+                     **({f"paper {c}": paper.get(c, np.nan) for c in COLUMNS} if paper is not None else {}),
+                     "note": r["note"]})
     return pd.DataFrame(rows)
+
+
+NO_VAL_NOTE = ("no validation split (val.txt / val.json): any choice made on these test figures (an epoch, a "
+               "setting, a method) is optimistic")
+
+
+def own_notes(runs: pd.DataFrame) -> list[str]:
+    """What a table on a user's own dataset says beside the usual notes: whether choices can be made on validation."""
+    return [] if runs["val_mAP"].notna().any() else [NO_VAL_NOTE]
 
 
 def study_table(runs: pd.DataFrame, reference=None, extra: dict | None = None) -> pd.DataFrame:

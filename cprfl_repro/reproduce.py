@@ -52,7 +52,7 @@ def profile_parameters(profile: str) -> dict[str, dict]:
         return own
     merged = profile_parameters(base)
     for stem, params in own.items():
-        merged[stem] = {**merged.get(stem, {}), **params}
+        merged[stem] = {**merged.get(stem, {}), **params} if isinstance(params, dict) else params  # notebooks: a list
     return merged
 
 
@@ -164,6 +164,7 @@ def reproduce(profile: str, data_root: str | None = None, list_dir: str | None =
     root = root or project_root()
     params_by_nb = profile_parameters(profile)
     profile_overrides = params_by_nb.pop("overrides", {}) or {}
+    subset = params_by_nb.pop("notebooks", None)  # a profile's notebooks (own: 01, 02, 04, 06); None: all
     from cprfl_lib.train.recipes import parse_overrides
 
     user = parse_overrides(overrides)
@@ -175,6 +176,7 @@ def reproduce(profile: str, data_root: str | None = None, list_dir: str | None =
         ctx = context.resolve(profile, output_dir=staging, data_root=data_root, list_dir=list_dir,
                               overrides={**profile_overrides, **user})
         found = [nb for nb in notebooks(root) if not only or nb.stem in only or nb.stem[:2] in only]
+        found = [nb for nb in found if subset is None or nb.stem in subset]
         for nb in found:  # every notebook's recipes resolve with these overrides: refused now, not mid-way
             recipes = params_by_nb.get(nb.stem, {}).get("recipes") or {}
             for name in [*recipes.values(), params_by_nb.get(nb.stem, {}).get("recipe")]:

@@ -73,9 +73,9 @@ def resampled_ap(scores: np.ndarray, targets: np.ndarray, counts: np.ndarray, ch
 class Bootstrap:
     """Paired bootstrap replicates over one test set (fixed draws, so every run is resampled alike)."""
 
-    def __init__(self, targets: np.ndarray, train_counts, n_boot: int = N_BOOT, seed: int = 0):
+    def __init__(self, targets: np.ndarray, train_counts, n_boot: int = N_BOOT, seed: int = 0, thresholds=None):
         self.targets = np.asarray(targets)
-        self.groups = class_groups(train_counts)
+        self.groups = class_groups(train_counts, thresholds)
         rng = np.random.default_rng([seed, len(self.targets)])
         n = len(self.targets)
         self.counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_boot)])

@@ -24,7 +24,7 @@ SYNTHETIC = ("synth-voc-lt", "synth-coco-lt")
 
 
 def known_benchmarks() -> tuple[str, ...]:
-    return (*SPECS, *SYNTHETIC)
+    return (*SPECS, *SYNTHETIC, "own")  # own: a user's dataset (cprfl_lib.data.own)
 
 
 @dataclass
@@ -39,6 +39,7 @@ class Benchmark:
     list_files: dict[str, Path]  # by role: the files the splits were read from
     val: SplitList | None = None  # generated benchmarks only
     evaluated: tuple[str, ...] | None = None  # the splits a run evaluates; None: every one there is
+    thresholds: tuple[int, int] | None = None  # (head min, medium min) training images; None: the paper's 100 / 20
     _identity: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -55,11 +56,16 @@ class Benchmark:
         """(C,) array of "head" / "medium" / "tail" (defined once, in metrics.class_groups)."""
         from cprfl_lib.metrics import class_groups
 
-        return class_groups(self.train_counts)
+        return class_groups(self.train_counts, self.thresholds)
 
     @property
     def is_synthetic(self) -> bool:
         return self.name in SYNTHETIC
+
+    @property
+    def is_own(self) -> bool:
+        """A user's own dataset (``own:<folder>``), neither a published benchmark nor generated data."""
+        return self.name.startswith("own:")
 
     @property
     def eval_splits(self) -> dict[str, SplitList]:
@@ -119,6 +125,7 @@ def load_benchmark(
     synthetic_options: dict[str, Any] | None = None,
     test_subset: int | None = None,
     eval_splits=None,
+    group_thresholds=None,
 ) -> Benchmark:
     """Load a benchmark by name: ``voc-lt``, ``coco-lt``, ``synth-voc-lt``, ``synth-coco-lt``.
 
@@ -128,9 +135,16 @@ def load_benchmark(
     ``data_root`` must already hold that generated set, which is then read, never written.
     ``test_subset`` keeps a fixed subset of that many test images (:func:`select_subset`). ``eval_splits``
     (a list of "val" and "test"; None: both where they exist) are the splits a run evaluates; each must exist,
-    and a generated benchmark asked for ["val"] is drawn without its test split.
+    and a generated benchmark asked for ["val"] is drawn without its test split. ``own`` is a user's dataset
+    (:mod:`cprfl_lib.data.own`): ``data_root`` its folder, ``list_dir`` where its lists are when elsewhere.
+    ``group_thresholds``: (head min, medium min) training images per class; None: the paper's 100 / 20.
     """
+    from cprfl_lib.metrics import group_thresholds as _thresholds
+
     evaluated = tuple(eval_splits) if eval_splits else None
+    thresholds = _thresholds(group_thresholds) if group_thresholds is not None else None
+    if name == "own":
+        return _load_own(data_root, list_dir, synthetic_options, test_subset, evaluated, thresholds)
     if name in SYNTHETIC:
         from cprfl_lib.data import synthetic
 
@@ -166,13 +180,36 @@ def load_benchmark(
                              + ("; the published benchmarks have none (the paper has none): drop it from "
                                 "data.eval_splits" if split == "val" else ""))
     return Benchmark(name=name, class_names=class_names, train=read_split(files["train"], len(class_names)),
-                     test=test, image_root=image_root, list_files=files, val=val, evaluated=evaluated)
+                     test=test, image_root=image_root, list_files=files, val=val, evaluated=evaluated,
+                     thresholds=thresholds)
 
 
-def benchmark_class_names(name: str, list_dir=None, download: bool = True) -> list[str]:
-    """A benchmark's class names; a generated one's without drawing its images."""
+def _load_own(data_root, list_dir, synthetic_options, test_subset, evaluated, thresholds) -> Benchmark:
+    from cprfl_lib.data.own import load_own
+
+    if synthetic_options:
+        raise CprflError(f"own is a user's dataset; options {sorted(synthetic_options)} apply only to synth-*")
+    name, own, root = load_own(data_root, list_dir)
+    test, val = own.splits["test"], own.splits.get("val")
+    if test_subset is not None:
+        test = test.take(select_subset(test.targets, test_subset), f"{test_subset} images chosen by select_subset")
+    if val is None and "val" in (evaluated or ()):
+        raise CprflError(f"{name} has no validation split to evaluate (no val.txt / val.json in "
+                         f"{own.files['train'].parent}): drop it from data.eval_splits")
+    return Benchmark(name=name, class_names=own.class_names, train=own.splits["train"], test=test, image_root=root,
+                     list_files=dict(own.files), val=val, evaluated=evaluated, thresholds=thresholds)
+
+
+def benchmark_class_names(name: str, list_dir=None, download: bool = True, data_root=None) -> list[str]:
+    """A benchmark's class names; a generated one's without drawing its images; a user's from its folder."""
     if name in SYNTHETIC:
         from cprfl_lib.data.synthetic import class_names
 
         return class_names(name)
+    if name == "own":
+        from cprfl_lib.data.own import read_own
+
+        if list_dir is None and data_root is None:
+            raise CprflError("own: give the dataset folder (--data-root or --list-dir) to read its class names")
+        return read_own(list_dir if list_dir is not None else data_root).class_names
     return load_benchmark(name, list_dir=list_dir, download=download).class_names

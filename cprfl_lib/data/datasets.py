@@ -26,7 +26,7 @@ from cprfl_lib.data.lists import SplitList
 from cprfl_lib.data.transforms import Preprocessing
 from cprfl_lib.errors import CprflError
 
-LAYOUT_HINT = "VOCdevkit/ for VOC-LT, train2017/ and val2017/ for COCO-LT"
+LAYOUT_HINT = "VOCdevkit/ for VOC-LT, train2017/ and val2017/ for COCO-LT, your dataset's folder for own"
 _REPLACE = "replace the file with the readable original"
 
 

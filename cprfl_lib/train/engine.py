@@ -33,7 +33,7 @@ from cprfl_lib.data.datasets import MultiLabelImageDataset
 from cprfl_lib.data.decoded import decoded_images
 from cprfl_lib.errors import CprflError, NonFiniteError
 from cprfl_lib.io import atomic_path, atomic_write_json, atomic_write_text, clean_stale_temp
-from cprfl_lib.metrics import map_report, threshold_metrics, topk_metrics
+from cprfl_lib.metrics import group_thresholds, map_report, threshold_metrics, topk_metrics
 from cprfl_lib.model import to_tokens
 from cprfl_lib.runinfo import check_writable, provenance
 from cprfl_lib.train import factory
@@ -294,7 +294,7 @@ def report_scores(scores, benchmark, threshold: float, split: str = "test") -> d
     """mAP and group mAPs, and the OP/OR/OF1/CP/CR/CF1 family: at ``threshold``, for the top 3 classes, and for
     the top 3 that also pass ``threshold`` (the official code's top-3 figures; docs/DIFFERENCES.md)."""
     targets = getattr(benchmark, split).targets
-    r = map_report(scores, targets, benchmark.train_counts, benchmark.class_names)
+    r = map_report(scores, targets, benchmark.train_counts, benchmark.class_names, benchmark.thresholds)
     k = min(3, scores.shape[1])
     at = threshold_metrics(scores, targets, threshold)
     top = topk_metrics(scores, targets, k)
@@ -389,7 +389,8 @@ def _evaluate_all(state, data, benchmark, d, row: dict, progress: bool) -> dict[
         scores[split] = evaluate(models, loader, len(data.eval[split]), state.device, state.autocast, state.cached,
                                  state.channels_last, d, show=progress)
         for tag, s in scores[split].items():
-            r = map_report(s, getattr(benchmark, split).targets, benchmark.train_counts, benchmark.class_names)
+            r = map_report(s, getattr(benchmark, split).targets, benchmark.train_counts, benchmark.class_names,
+                           benchmark.thresholds)
             prefix = ("" if tag == "model" else "ema_") + ("" if split == "test" else f"{split}_")
             row.update({f"{prefix}{k}": v for k, v in r.as_dict().items()})
     return scores
@@ -447,7 +448,7 @@ def _finish(out: Path, state: TrainState, config, benchmark, history, scores, me
                       for split, by_tag in scores.items() for tag, v in by_tag.items()}
             targets = {"targets" if s == "test" else f"{s}_targets": getattr(benchmark, s).targets for s in scores}
             np.savez_compressed(fh, class_names=np.array(benchmark.class_names), train_counts=benchmark.train_counts,
-                                **arrays, **targets)
+                                group_thresholds=np.array(group_thresholds(benchmark.thresholds)), **arrays, **targets)
     if config["train"]["save_weights"]:
         _save(out / WEIGHTS, save_weights, model=model.state_dict(),
               ema=state.ema.module.state_dict() if state.ema else None, epoch=history[-1]["epoch"] if history else 0,

@@ -33,7 +33,8 @@ def benchmark_from(config: dict, download: bool = True) -> Benchmark:
                                      "limit": data["synthetic_limit"], "scene": data["synthetic_scene"] or None,
                                      "splits": splits})
     return load_benchmark(data["dataset"], list_dir=data["list_dir"], data_root=data["data_root"],
-                          download=download, test_subset=data["test_subset"], eval_splits=data["eval_splits"], **kw)
+                          download=download, test_subset=data["test_subset"], eval_splits=data["eval_splits"],
+                          group_thresholds=data["group_thresholds"], **kw)
 
 
 def preprocessing_from(config: dict, backbone: nn.Module) -> Preprocessing:
@@ -60,7 +61,8 @@ def inputs_identity(config: dict, benchmark: Benchmark) -> dict:
 
 
 def dataset_family(config: dict) -> str:
-    """'voc' or 'coco': which of the official per-dataset DB-loss settings apply."""
+    """'voc' or 'coco': which of the official per-dataset DB-loss settings apply (a user's dataset: 'coco', the
+    many-class setting, unless loss.family says; the DB statistics themselves are its own training counts)."""
     family = config["loss"]["family"] or ("voc" if "voc" in config["data"]["dataset"] else "coco")
     if family not in ("voc", "coco"):
         raise CprflError(f"loss.family must be 'voc' or 'coco', got {family!r}")

@@ -196,6 +196,16 @@ def _eval_splits(v) -> str | None:
     return None if ok else "null (every split the benchmark has) or a list of 'val' and/or 'test'"
 
 
+def _group_thresholds(v) -> str | None:
+    from cprfl_lib.metrics import group_thresholds
+
+    try:
+        group_thresholds(v)
+    except CprflError:
+        return "[head minimum, medium minimum]: two whole numbers, head > medium >= 1 (the paper's [100, 20])"
+    return None
+
+
 def _norm(v) -> str | None:
     ok = v is None or v == "sqrt_m" or _finite(v) and v > 0
     return None if ok else "a positive number, 'sqrt_m' (√m) or null"
@@ -219,6 +229,7 @@ def _rules() -> dict[str, Callable[[Any], str | None]]:
         "data.decoded_cache": _one_of(SWITCHES), "data.synthetic_seed": _int(0),
         "data.synthetic_limit": _int(1, optional=True), "data.test_subset": _int(1, optional=True),
         "data.eval_splits": _eval_splits, "data.synthetic_scene": _mapping,
+        "data.group_thresholds": _group_thresholds,
         "semantics.encoder": _one_of(ENCODERS), "semantics.template": _template,
         "semantics.normalize": _one_of((True, False)), "semantics.dim": _int(1, optional=True),
         "semantics.seed": _int(0), "semantics.trainable": _one_of((True, False)),

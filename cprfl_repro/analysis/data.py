@@ -106,12 +106,16 @@ def choose_data(
     seed: int = 0,
     image_size: int = 32,
     limit: int | None = None,
+    group_thresholds=None,
 ) -> DataChoice:
     """The real benchmark if its lists are present, else the generated one, with the reason.
 
     ``seed``, ``image_size`` and ``limit`` (first images of each split) shape generated data only.
     ``data_root`` holds the real images (needed only to show sample images). Nothing is downloaded.
+    ``own``: a user's dataset, its folder ``data_root`` (:mod:`cprfl_lib.data.own`), grouped by ``group_thresholds``.
     """
+    if benchmark.strip().lower() == "own":
+        return choose_own(list_dir, data_root, group_thresholds)
     real, synth = benchmark_names(benchmark)
     folder, why = find_real_lists(real, list_dir) if real else (None, "generated data asked for")
     if folder is not None:
@@ -126,6 +130,28 @@ def choose_data(
     has_images, images_reason = _images(bench, source, data_root)
     return DataChoice(key=benchmark, benchmark=bench, source=source, reason=reason,
                       has_images=has_images, images_reason=images_reason)
+
+
+def choose_own(list_dir: ListDir, data_root: str | Path | None, group_thresholds=None) -> DataChoice:
+    """A user's dataset (``own``): its folder is ``data_root``, its lists there or in ``list_dir``."""
+    if isinstance(list_dir, Mapping):
+        list_dir = list_dir.get("own")
+    bench = load_benchmark("own", list_dir=list_dir, data_root=data_root, group_thresholds=group_thresholds)
+    fmt = "COCO-style JSON" if bench.list_files["train"].suffix == ".json" else "lists"
+    reason = (f"your dataset in {bench.image_root} ({fmt}: {', '.join(p.name for p in bench.list_files.values())})"
+              + ("" if bench.val is not None else "; no validation split: choices made on the test split are "
+                 "optimistic"))
+    has_images, images_reason = _images(bench, "own", data_root)
+    return DataChoice(key="own", benchmark=bench, source="own", reason=reason, has_images=has_images,
+                      images_reason=images_reason)
+
+
+def groups_notes(choices: Mapping[str, DataChoice]) -> list[str]:
+    """How each benchmark's groups were cut (one sentence when they all share the thresholds)."""
+    from cprfl_lib.metrics import groups_note
+
+    notes = list(dict.fromkeys(groups_note(c.benchmark.thresholds) for c in choices.values()))
+    return notes
 
 
 def choose_all(benchmarks: Iterable[str], list_dir: ListDir = None, data_root: str | Path | None = None,
@@ -259,6 +285,10 @@ def data_metrics(choices: Mapping[str, DataChoice]) -> dict:
             "groups": {g: int((b.groups == g).sum()) for g in GROUPS},
             "labels_per_image": {s: round(float(labels_per_image(getattr(b, s).targets).mean()), 4) for s in splits},
         }
+        if b.is_own:  # images with no label are allowed (COCO-LT's test split has 48) and counted
+            from cprfl_lib.data.own import unlabelled
+
+            out[key]["unlabelled"] = {s: unlabelled(getattr(b, s)) for s in splits}
         if b.is_synthetic:
             meta = json.loads((b.image_root / "GENERATOR.json").read_text())
             out[key]["objects"] = {s: c["objects"] for s, c in meta["counts"].items()}

@@ -34,10 +34,11 @@ class RunPredictions:
     targets: np.ndarray  # (N, C) 0/1
     class_names: list[str]
     train_counts: np.ndarray  # (C,)
+    thresholds: list[int] | None = None  # the run's group thresholds (None: the paper's 100 / 20)
 
     @property
     def groups(self) -> np.ndarray:
-        return class_groups(self.train_counts)
+        return class_groups(self.train_counts, self.thresholds)
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -54,7 +55,7 @@ def load_predictions(run_dir: str | Path, label: str, benchmark=None) -> RunPred
         raise CprflError(f"{path} does not exist: run the study first (notebook 04 or studies.run_study)")
     with np.load(path) as d:
         run = RunPredictions(label, Path(run_dir), d["model"], d["targets"], [str(n) for n in d["class_names"]],
-                             d["train_counts"])
+                             d["train_counts"], d["group_thresholds"].tolist() if "group_thresholds" in d else None)
     if benchmark is not None and (run.class_names != list(benchmark.class_names)
                                   or not np.array_equal(run.targets, benchmark.test.targets)):
         raise CprflError(f"{path} holds predictions for other classes or test images than {benchmark.name}")

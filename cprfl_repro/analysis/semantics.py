@@ -45,8 +45,17 @@ class EncoderResult:
     embeddings: np.ndarray | None  # (C, m) float64, when available
 
 
-def class_info(dataset: str, list_dir: str | Path | None = None) -> ClassInfo:
-    """Names, train counts, groups and super-categories; generated names need no images."""
+def class_info(dataset: str, list_dir: str | Path | None = None, data_root: str | Path | None = None,
+               group_thresholds=None) -> ClassInfo:
+    """Names, train counts, groups and super-categories; generated names need no images.
+
+    ``own``: a user's dataset, its folder ``data_root`` (lists there or in ``list_dir``); named ``own:<folder>``.
+    """
+    if dataset == "own":
+        from cprfl_lib.data.benchmarks import load_benchmark
+
+        bench = load_benchmark("own", list_dir=list_dir, data_root=data_root, group_thresholds=group_thresholds)
+        return ClassInfo(bench.name, bench.class_names, bench.train_counts, bench.groups, None)
     if dataset in synthetic.SYNTHETIC_DATASETS:
         names, counts = synthetic.class_names(dataset), np.array(synthetic.target_train_counts(dataset))
     else:

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from cprfl_lib.data.benchmarks import Benchmark
 from cprfl_lib.data.datasets import load_image
-from cprfl_lib.metrics import HEAD_MIN, MEDIUM_MIN
+from cprfl_lib.metrics import group_thresholds
 from cprfl_repro.analysis.data import DataChoice, conditional_cooccurrence, labels_per_image
 from cprfl_repro.context import describe_data
 from cprfl_repro.figures import GROUP_COLORS, group_legend
@@ -35,7 +35,8 @@ def plot_longtail(bench: Benchmark) -> Figure:
     fig, ax = plt.subplots(figsize=(max(6.0, 0.16 * n + 2), 3.6))
     ax.bar(np.arange(n), counts, color=[GROUP_COLORS[g] for g in groups], width=0.85)
     ax.set_yscale("log")
-    for y, label in ((HEAD_MIN, f"head ≥ {HEAD_MIN}"), (MEDIUM_MIN, f"tail < {MEDIUM_MIN}")):
+    head, medium = group_thresholds(bench.thresholds)
+    for y, label in ((head, f"head ≥ {head}"), (medium, f"tail < {medium}")):
         ax.axhline(y, color="0.4", lw=0.8, ls="--")
         ax.text(n - 0.5, y * 1.05, label, ha="right", va="bottom", fontsize=7, color="0.3")
     ax.set_xticks(np.arange(n), [bench.class_names[i] for i in order], rotation=90, fontsize=_small(n))
