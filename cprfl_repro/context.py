@@ -84,7 +84,9 @@ class RunContext:
     def check(self) -> "RunContext":
         """Refuse now, by name, an override no recipe of this reproduction knows (before any notebook runs)."""
         from cprfl_lib.train.recipes import defaults
+        from cprfl_repro.style import current
 
+        current()  # a style file with an unknown key or a bad value: refused now, before any notebook runs
         known = defaults()
         for key in self.overrides:
             section, _, leaf = key.partition(".")
@@ -115,14 +117,20 @@ class RunContext:
         return write_table(df, name, self.output_dir, caption=f"{CHECK_LABEL}: {caption}", notes=[CHECK_NOTE, *notes],
                            label=f"{CHECK_LABEL}: {CHECK_NOTE}")
 
-    def figure(self, fig, name: str) -> dict:
+    def figure(self, fig, name: str, caption: str | None = None) -> dict:
+        """Save ``fig`` as figures/<name>.png and .pdf, its ``caption`` beside it (INDEX.md lists it; None: listed
+        as missing)."""
         from cprfl_repro.figures import save_figure
+        from cprfl_repro.style import current
 
         if self.is_check:
-            fig.text(0.5, 0.5, CHECK_LABEL, fontsize=22, color="red", alpha=0.35, ha="center", va="center",
+            small = current().small
+            fig.text(0.5, 0.5, CHECK_LABEL, fontsize=3 * small, color="red", alpha=0.35, ha="center", va="center",
                      rotation=20, transform=fig.transFigure, zorder=1000)
-            fig.text(0.01, 0.995, CHECK_NOTE, fontsize=6, color="red", ha="left", va="top")
-        return save_figure(fig, name, self.output_dir)
+            note = current().wrap(CHECK_NOTE, fig.get_figwidth() * 0.98, small)
+            fig.text(0.01, 0.995, note, fontsize=small, color="red", ha="left", va="top")
+            caption = f"{CHECK_LABEL}: {caption}" if caption else caption
+        return save_figure(fig, name, self.output_dir, caption=caption)
 
     def metrics(self, notebook: str, metrics: dict) -> Path:
         from cprfl_lib.io import atomic_write_json
