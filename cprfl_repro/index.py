@@ -51,11 +51,12 @@ def index_rows(output_dir: str | Path) -> dict[str, list[tuple[str, str, str]]]:
     return rows
 
 
-def write_index(output_dir: str | Path) -> Path:
-    """Write <output_dir>/INDEX.md: a Markdown table of the tables and one of the figures, with captions."""
+def write_index(output_dir: str | Path, name: str | None = None) -> Path:
+    """Write <output_dir>/INDEX.md: a Markdown table of the tables and one of the figures, with captions; ``name``
+    (default: the folder's) is the results folder it heads (a staging folder is named by its final name)."""
     out = Path(output_dir)
     rows = index_rows(out)
-    lines = [f"# Tables and figures of {out.name}", "",
+    lines = [f"# Tables and figures of results/{name or out.name}", "",
              f"{len(rows['tables'])} tables and {len(rows['figures'])} figures, each with its caption.", ""]
     for kind in ("tables", "figures"):
         lines += [f"## {kind.capitalize()}", ""]

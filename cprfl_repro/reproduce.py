@@ -211,7 +211,7 @@ def reproduce(profile: str, data_root: str | None = None, list_dir: str | None =
         tail.join()
         progress.unlink(missing_ok=True)
         manifest["wall_s"] = round(sum(v["wall_s"] for v in manifest["notebooks"].values()), 1)
-        write_index(staging)  # INDEX.md: every table and figure with its caption
+        write_index(staging, final.name)  # INDEX.md: every table and figure with its caption
         atomic_write_json(staging / "manifest.json", manifest)
         _swap_in(staging, final, keep_old=bool(only))
     finally:

@@ -132,10 +132,15 @@ class Style:
 
         return plt.subplots(nrows, ncols, figsize=(self.width(kind), height), layout="constrained", **kw)
 
-    def wrap(self, text: str, width_in: float, fontsize: float | None = None) -> str:
-        """``text`` broken into lines that fit ``width_in`` inches at ``fontsize`` (default: the title size)."""
-        chars = max(12, int(width_in * 72 / (0.6 * (fontsize or self.size))))
-        return "\n".join(textwrap.fill(line, chars) for line in text.split("\n"))
+    def wrap(self, text: str, width_in: float, fontsize: float | None = None, max_lines: int | None = None) -> str:
+        """``text`` broken into lines that fit ``width_in`` inches at ``fontsize`` (default: the title size); past
+        ``max_lines`` lines, cut with '…'."""
+        chars = max(12, int(width_in * 72 / (0.66 * (fontsize or self.size))))  # a wide font's mean glyph: 0.66 em
+        lines = [part for line in text.split("\n") for part in textwrap.wrap(line, chars) or [""]]
+        if max_lines and len(lines) > max_lines:
+            lines = lines[:max_lines]
+            lines[-1] = lines[-1][:chars - 1] + "…"
+        return "\n".join(lines)
 
 
 _cache: dict[tuple, Style] = {}

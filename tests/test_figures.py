@@ -46,8 +46,11 @@ def default_style(monkeypatch):
 # ---------------------------------------------------------------- synthetic inputs
 
 
+LONG = ("dining table", "potted plant", "tennis racket", "baseball glove", "motorbike", "fire hydrant", "cow")
+
+
 def _names(c: int) -> list[str]:
-    return [f"class {i:02d}" for i in range(c)]
+    return [f"{LONG[i % len(LONG)]} {i}" for i in range(c)]
 
 
 def _counts(c: int) -> np.ndarray:
@@ -195,7 +198,11 @@ def legends(fig) -> list:
 
 
 def check_figure(name: str, fig, style: st.Style) -> None:
-    fig.canvas.draw()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*constrained_layout not applied.*")  # text crowds the axes out
+        fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     for legend in legends(fig):
         box = legend.get_window_extent(renderer)
@@ -211,7 +218,12 @@ def check_figure(name: str, fig, style: st.Style) -> None:
             assert text.get_fontsize() >= style.small - 1e-6, f"{name}: {text.get_text()!r} at {text.get_fontsize()} pt"
 
 
-def test_every_figure_keeps_its_legend_off_the_data_and_fits_its_width(tmp_path) -> None:
+@pytest.mark.parametrize("user_style", [None, "font: {family: serif, size: 9, small: 8}\nwidth: {page: 6.5}\n"],
+                         ids=["default", "serif-9pt"])
+def test_every_figure_keeps_its_legend_off_the_data_and_fits_its_width(tmp_path, monkeypatch, user_style) -> None:
+    if user_style:
+        (tmp_path / "style.yaml").write_text(user_style)
+        monkeypatch.setenv(st.STYLE_ENV, str(tmp_path / "style.yaml"))
     style = st.current()
     names = []
     for name, fig in every_figure(tmp_path):
@@ -315,6 +327,7 @@ def test_index_lists_every_table_and_figure_with_its_caption(tmp_path) -> None:
     check.figure(fig, "f", caption="a figure")
     check.table(pd.DataFrame({"a": [1.0]}), "t", caption="a table")
     index = write_index(tmp_path / "check").read_text()
+    assert index.startswith("# Tables and figures of results/check\n")
     assert f"| `f` | {CHECK_LABEL}: a figure |" in index and f"| `t` | {CHECK_LABEL}: a table |" in index
 
 
@@ -335,4 +348,69 @@ def test_every_figure_call_of_the_notebooks_gives_a_caption() -> None:
                         and getattr(node.func.value, "id", None) == "ctx":
                     calls += 1
                     assert any(k.arg == "caption" for k in node.keywords), f"{nb.name}: {ast.unparse(node)[:80]}"
-    assert calls == 20
+    assert calls >= 18  # every figure of notebooks 01-06
+
+
+# ---------------------------------------------------------------- the README's restyle, as written
+
+
+@pytest.mark.slow
+def test_the_readme_restyles_every_figure_from_the_stored_runs(tmp_path) -> None:
+    """The README's style file and `make reproduce STYLE=...` line as written, on the smoke profile (PROFILE from the
+    environment): run twice where the run store is cold; on a warm store it trains nothing and redraws every figure
+    in the user's style, each listed in INDEX.md with its caption."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text()
+    section = text[text.index("## Figures for a write-up"):]
+    section = section[:section.index("\n## ")]
+    style_text = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    (command,) = [line.split("  #")[0].strip() for line in re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+                  .splitlines() if line.strip()]
+    name = re.search(r"STYLE=(\S+)", command).group(1)
+    style_file = root / name  # make runs in the checkout: a relative STYLE is read from there
+    if style_file.exists():
+        pytest.skip(f"{style_file} exists already (a user's own file: left alone)")
+    env = {**os.environ, "PROFILE": "smoke", "CPRFL_RESULTS_ROOT": str(tmp_path / "results"),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop(st.STYLE_ENV, None)
+    style_file.write_text(style_text)
+    try:
+        for attempt in (1, 2):
+            done = subprocess.run(["bash", "-c", command], cwd=root, env=env, capture_output=True, text=True,
+                                  timeout=900)
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+            trained = [int(n) for n in re.findall(r"finished earlier, (\d+) to train", done.stdout)]
+            assert len(trained) >= 2, done.stdout  # notebooks 04 and 05 train
+            if not any(trained):
+                break
+            assert attempt == 1, f"the second run trained again: {done.stdout}"
+    finally:
+        style_file.unlink()
+    out = tmp_path / "results" / "smoke"
+    style = st.load_style(io_text_file(tmp_path / "style.yaml", style_text))
+    pngs = sorted((out / "figures").glob("*.png"))
+    assert len(pngs) >= 18
+    for png in pngs:
+        meta = json.loads(png.with_suffix(".json").read_text())
+        assert meta["style"] == str(style_file.resolve()) and meta["caption"], (png.name, meta)
+        width = Image.open(png).size[0] / style.dpi
+        assert width <= style.width("page") + 0.05, (png.name, width)
+        assert b"DejaVuSerif" in png.with_suffix(".pdf").read_bytes(), png.name  # the user's font family
+    column = Image.open(out / "figures" / "per_class_ap_vs_count.png").size[0] / style.dpi
+    assert style.width("column") - 0.3 <= column <= style.width("column") + 0.05
+    index = (out / "INDEX.md").read_text()
+    for png in pngs:
+        assert f"| `{png.stem}` | " in index
+    for md in (out / "tables").glob("*.md"):
+        assert f"| `{md.stem}` | " in index
+    assert "(no caption)" not in index
+
+
+def io_text_file(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path

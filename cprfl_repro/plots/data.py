@@ -101,6 +101,6 @@ def plot_samples(bench: Benchmark, indices: Sequence[int], ncols: int = 4) -> Fi
         ax.imshow(load_image(bench.image_root / bench.train.paths[i]))
         labels = np.flatnonzero(bench.train.targets[i])
         text = ", ".join(bench.class_names[c] + ("*" if bench.groups[c] == "tail" else "") for c in labels)
-        ax.set_title(s.wrap(text, s.width("page") / ncols, s.small), fontsize=s.small)
+        ax.set_title(s.wrap(text, s.width("page") / ncols, s.small, max_lines=4), fontsize=s.small)
     fig.suptitle(s.wrap(f"{describe_data(bench.name)}\n(* = tail class)", s.width("page")))
     return fig

@@ -29,13 +29,18 @@ def plot_prompt_init(t: Trace, class_names: list[str], groups, title: str = "") 
         ax.set_title(s.wrap(f"{k} {tuple(getattr(t, k).shape)}: {label} (raw mean cosine {sim[f'mean_cos_{k}']:.2f})",
                             s.width("page") / 3.6, s.small), fontsize=s.small)
         span = 0.8 * s.width("page") / 3
-        step = max(step, class_ticks(ax, names, span, "x", colors), class_ticks(ax, names, span, "y", colors))
+        step = max(step, class_ticks(ax, names, span, "x", colors))
+        if k == "W":  # the rows of P are in the same order: named once
+            step = max(step, class_ticks(ax, names, span, "y", colors))
+        else:
+            ax.set_yticks([])
     fig.colorbar(im, ax=axes[1], fraction=0.046, label="cosine, class mean removed")
     off = ~np.eye(len(class_names), dtype=bool)
     axes[2].scatter(sim["cos_W_centred"][off], sim["cos_P_centred"][off], s=4, alpha=0.5, color=s.palette["series"][0])
     axes[2].set_xlabel("centred cos(w_i, w_j)")
     axes[2].set_ylabel("centred cos(p_i, p_j)")
-    axes[2].set_title(f"class pairs: Pearson r = {sim['pearson_r']:.2f}", fontsize=s.small)
+    axes[2].set_title(s.wrap(f"class pairs: Pearson r = {sim['pearson_r']:.2f}", s.width("page") / 3.6, s.small),
+                      fontsize=s.small)
     legend_below(fig, group_handles(with_counts=False))
     if title or step > 1:
         fig.suptitle(s.wrap(title + named_note(step), s.width("page")))
@@ -58,7 +63,7 @@ def plot_attention(image: Image.Image, attention: torch.Tensor, class_names: lis
     fig = ax_row[0].figure
     w, h = image.size
     ax_row[0].imshow(image)
-    ax_row[0].set_title(title or "image", fontsize=s.small)
+    ax_row[0].set_title(s.wrap(title or "image", fig.get_figwidth() / len(ax_row), s.small), fontsize=s.small)
     for ax in ax_row:
         ax.axis("off")
     for ax, c in zip(ax_row[1:], classes):
@@ -67,7 +72,8 @@ def plot_attention(image: Image.Image, attention: torch.Tensor, class_names: lis
         ax.imshow(a, cmap=s.palette["sequential"], alpha=0.5, extent=(0, w, h, 0), interpolation="bilinear",
                   vmin=float(a.min()), vmax=float(a.max()) + 1e-12)
         label = class_names[c] + (f" ({scores[c]:.2f})" if scores is not None else "")
-        ax.set_title(label, fontsize=s.small, color=s.groups[groups[c]])
+        ax.set_title(s.wrap(label, fig.get_figwidth() / len(ax_row), s.small), fontsize=s.small,
+                     color=s.groups[groups[c]])
     return fig
 
 
