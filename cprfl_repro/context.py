@@ -125,10 +125,11 @@ class RunContext:
 
         if self.is_check:
             small = current().small
-            fig.text(0.5, 0.5, CHECK_LABEL, fontsize=3 * small, color="red", alpha=0.35, ha="center", va="center",
+            big = max(small, min(3 * small, 0.9 * fig.get_figwidth() * 72 / (0.62 * len(CHECK_LABEL))))  # fits
+            fig.text(0.5, 0.5, CHECK_LABEL, fontsize=big, color="red", alpha=0.35, ha="center", va="center",
                      rotation=20, transform=fig.transFigure, zorder=1000)
             note = current().wrap(CHECK_NOTE, fig.get_figwidth() * 0.98, small)
-            fig.text(0.01, 0.995, note, fontsize=small, color="red", ha="left", va="top")
+            fig.text(0.5, 0.0, note, fontsize=small, color="red", ha="center", va="top")  # under it: covers nothing
             caption = f"{CHECK_LABEL}: {caption}" if caption else caption
         return save_figure(fig, name, self.output_dir, caption=caption)
 

@@ -414,3 +414,16 @@ def test_the_readme_restyles_every_figure_from_the_stored_runs(tmp_path) -> None
 def io_text_file(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def test_a_pipeline_check_figure_says_so_within_its_width(tmp_path) -> None:
+    from cprfl_repro.context import CHECK_LABEL, RunContext
+
+    for name, fig in (("column", pt.study_bars(_runs_table(["a", "b"]), title="t")),
+                      ("page", pt.study_bars(_runs_table(list("abcde")), title="t"))):
+        RunContext("paper-check", tmp_path, tmp_path / "runs").figure(fig, name, caption="c")
+        texts = [t.get_text() for t in fig.texts]
+        assert CHECK_LABEL in texts and any(t.startswith("pipeline check, not results") for t in texts)
+        fig.canvas.draw()
+        assert fig.get_tightbbox(fig.canvas.get_renderer()).width <= fig.get_figwidth() + 0.05, name
+        assert min(t.get_fontsize() for t in fig.texts) >= st.current().small
