@@ -24,7 +24,7 @@ def save_figure(fig: "matplotlib.figure.Figure", name: str, out_dir: str | Path,
     paths = {ext: folder / f"{name}.{ext}" for ext in ("png", "pdf")}
     for ext, path in paths.items():
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=ext, dpi=dpi or style.dpi, bbox_inches="tight")
+            fig.savefig(tmp, format=ext, dpi=dpi or style.dpi, bbox_inches="tight", pad_inches=0.02)  # the width as drawn
     paths["json"] = folder / f"{name}.json"
     atomic_write_json(paths["json"], {"caption": caption, "style": style.source})
     return paths
