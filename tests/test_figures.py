@@ -427,3 +427,24 @@ def test_a_pipeline_check_figure_says_so_within_its_width(tmp_path) -> None:
         fig.canvas.draw()
         assert fig.get_tightbbox(fig.canvas.get_renderer()).width <= fig.get_figwidth() + 0.05, name
         assert min(t.get_fontsize() for t in fig.texts) >= st.current().small
+
+
+def test_a_subset_merged_into_earlier_results_is_indexed_whole(tmp_path) -> None:
+    """`make reproduce` with a subset of notebooks merges into the folder: INDEX.md lists the old and new files."""
+    import matplotlib.pyplot as plt
+
+    from cprfl_repro.figures import save_figure
+    from cprfl_repro.index import write_index
+    from cprfl_repro.reproduce import _swap_in
+    from cprfl_repro.tables import write_table
+
+    final, staging = tmp_path / "quick", tmp_path / "staging"
+    write_table(pd.DataFrame({"a": [1.0]}), "table2_losses", final, caption="Table 2")
+    write_index(final)
+    fig, _ = plt.subplots()
+    save_figure(fig, "embedding_scale", staging, caption="The embedding scale")
+    write_index(staging, final.name)
+    _swap_in(staging, final, keep_old=True)
+    index = (final / "INDEX.md").read_text()
+    assert index.startswith("# Tables and figures of results/quick\n")
+    assert "| `table2_losses` | Table 2 |" in index and "| `embedding_scale` | The embedding scale |" in index
