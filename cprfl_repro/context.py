@@ -113,9 +113,9 @@ class RunContext:
         from cprfl_repro.tables import write_table
 
         if not self.is_check:
-            return write_table(df, name, self.output_dir, caption=caption, notes=list(notes))
-        return write_table(df, name, self.output_dir, caption=f"{CHECK_LABEL}: {caption}", notes=[CHECK_NOTE, *notes],
-                           label=f"{CHECK_LABEL}: {CHECK_NOTE}")
+            return self._indexed(write_table(df, name, self.output_dir, caption=caption, notes=list(notes)))
+        return self._indexed(write_table(df, name, self.output_dir, caption=f"{CHECK_LABEL}: {caption}",
+                                         notes=[CHECK_NOTE, *notes], label=f"{CHECK_LABEL}: {CHECK_NOTE}"))
 
     def figure(self, fig, name: str, caption: str | None = None) -> dict:
         """Save ``fig`` as figures/<name>.png and .pdf, its ``caption`` beside it (INDEX.md lists it; None: listed
@@ -131,7 +131,14 @@ class RunContext:
             note = current().wrap(CHECK_NOTE, fig.get_figwidth() * 0.98, small)
             fig.text(0.5, 0.0, note, fontsize=small, color="red", ha="center", va="top")  # under it: covers nothing
             caption = f"{CHECK_LABEL}: {caption}" if caption else caption
-        return save_figure(fig, name, self.output_dir, caption=caption)
+        return self._indexed(save_figure(fig, name, self.output_dir, caption=caption))
+
+    def _indexed(self, paths: dict) -> dict:
+        """INDEX.md kept current after each table and figure (a notebook run by hand too)."""
+        from cprfl_repro.index import write_index
+
+        write_index(self.output_dir)
+        return paths
 
     def metrics(self, notebook: str, metrics: dict) -> Path:
         from cprfl_lib.io import atomic_write_json

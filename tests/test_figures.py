@@ -315,7 +315,8 @@ def test_index_lists_every_table_and_figure_with_its_caption(tmp_path) -> None:
     assert json.loads(paths["json"].read_text()) == {"caption": "The embedding scale, bars by group",
                                                      "style": "default"}
     ctx.figure(fig, "old_call")  # a notebook that passes no caption still saves; the index says so
-    index = write_index(tmp_path).read_text()
+    index = (tmp_path / "INDEX.md").read_text()  # kept current by every table and figure written
+    assert write_index(tmp_path).read_text() == index
     assert index.count("\n| `") == 3
     assert "| `table2_losses` | Table 2: six losses \\| on generated data | [md](tables/table2_losses.md) · " \
            "[csv](tables/table2_losses.csv) · [tex](tables/table2_losses.tex) |" in index
