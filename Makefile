@@ -15,6 +15,7 @@ LIST_DIR ?=
 OVERRIDES ?=
 FORCE ?=
 COMMANDS ?=
+STYLE ?=
 
 # One cache root for `make` and the `cprfl` command: the user's (as cprfl_lib.paths.cache_root decides it).
 # The standard torch hub and Hugging Face caches are used as they are. Jupyter, IPython and Matplotlib
@@ -40,6 +41,7 @@ TEST_ENV := CPRFL_CACHE=$(TEST_CACHE) TORCH_HOME=$(TEST_CACHE)/torch HF_HOME=$(T
 help:
 	@echo "make reproduce [PROFILE=quick|quick-extra|paper-check|paper|own|own-paper] [DATA_ROOT=D] [LIST_DIR=L] [OVERRIDES=\"k=v ...\"] [FORCE=1] [COMMANDS=file]"
 	@echo "                 regenerate every table and figure into results/<profile>/ (paper profiles: the plan first)"
+	@echo "                 STYLE=my-style.yaml: the figures drawn in that style (its keys: cprfl_repro/style.yaml)"
 	@echo "make test        lint, the stored notebooks under nbval, the unit tests, the README's commands"
 	@echo "make lab         JupyterLab on notebooks/ with the '$(KERNEL)' kernel"
 	@echo "make bench       loader, training-step and evaluation throughput of this machine, and the GPU projection"
@@ -56,6 +58,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --prefix $(VENV) --name $(KERNEL) --display-name "Python (cprfl)" > /dev/null
 	touch $(STAMP)
 
+reproduce: export CPRFL_STYLE := $(if $(STYLE),$(if $(filter /%,$(STYLE)),$(STYLE),$(CURDIR)/$(STYLE)),$(CPRFL_STYLE))
 reproduce: $(STAMP)
 	$(PY) -m cprfl_repro.reproduce --profile $(PROFILE) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
 		$(if $(LIST_DIR),--list-dir $(LIST_DIR)) $(foreach o,$(OVERRIDES),--override $(o)) \

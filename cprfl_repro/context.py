@@ -89,7 +89,9 @@ class RunContext:
     def check(self) -> "RunContext":
         """Refuse now, by name, an override no recipe of this reproduction knows (before any notebook runs)."""
         from cprfl_lib.train.recipes import defaults
+        from cprfl_repro.style import current
 
+        current()  # a style file with an unknown key or a bad value: refused now, before any notebook runs
         known = defaults()
         for key in self.overrides:
             section, _, leaf = key.partition(".")
@@ -116,18 +118,32 @@ class RunContext:
         from cprfl_repro.tables import write_table
 
         if not self.is_check:
-            return write_table(df, name, self.output_dir, caption=caption, notes=list(notes))
-        return write_table(df, name, self.output_dir, caption=f"{CHECK_LABEL}: {caption}", notes=[CHECK_NOTE, *notes],
-                           label=f"{CHECK_LABEL}: {CHECK_NOTE}")
+            return self._indexed(write_table(df, name, self.output_dir, caption=caption, notes=list(notes)))
+        return self._indexed(write_table(df, name, self.output_dir, caption=f"{CHECK_LABEL}: {caption}",
+                                         notes=[CHECK_NOTE, *notes], label=f"{CHECK_LABEL}: {CHECK_NOTE}"))
 
-    def figure(self, fig, name: str) -> dict:
+    def figure(self, fig, name: str, caption: str | None = None) -> dict:
+        """Save ``fig`` as figures/<name>.png and .pdf, its ``caption`` beside it (INDEX.md lists it; None: listed
+        as missing)."""
         from cprfl_repro.figures import save_figure
+        from cprfl_repro.style import current
 
         if self.is_check:
-            fig.text(0.5, 0.5, CHECK_LABEL, fontsize=22, color="red", alpha=0.35, ha="center", va="center",
+            small = current().small
+            big = max(small, min(3 * small, 0.9 * fig.get_figwidth() * 72 / (0.62 * len(CHECK_LABEL))))  # fits
+            fig.text(0.5, 0.5, CHECK_LABEL, fontsize=big, color="red", alpha=0.35, ha="center", va="center",
                      rotation=20, transform=fig.transFigure, zorder=1000)
-            fig.text(0.01, 0.995, CHECK_NOTE, fontsize=6, color="red", ha="left", va="top")
-        return save_figure(fig, name, self.output_dir)
+            note = current().wrap(CHECK_NOTE, fig.get_figwidth() * 0.98, small)
+            fig.text(0.5, 0.0, note, fontsize=small, color="red", ha="center", va="top")  # under it: covers nothing
+            caption = f"{CHECK_LABEL}: {caption}" if caption else caption
+        return self._indexed(save_figure(fig, name, self.output_dir, caption=caption))
+
+    def _indexed(self, paths: dict) -> dict:
+        """INDEX.md kept current after each table and figure (a notebook run by hand too)."""
+        from cprfl_repro.index import write_index
+
+        write_index(self.output_dir)
+        return paths
 
     def metrics(self, notebook: str, metrics: dict) -> Path:
         from cprfl_lib.io import atomic_write_json

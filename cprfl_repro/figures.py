@@ -1,4 +1,9 @@
-"""Saving figures for results/: every figure as PNG (for reading) and vector PDF (for write-ups)."""
+"""Saving figures for results/: every figure as PNG (for reading) and vector PDF (for write-ups), with its caption.
+
+``save_figure`` writes ``figures/<name>.png`` and ``.pdf`` (at the style's resolution: :mod:`cprfl_repro.style`)
+and ``figures/<name>.json``: the caption and the style that drew it, which :func:`cprfl_repro.index.write_index`
+lists in the results folder's INDEX.md.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +11,20 @@ from pathlib import Path
 
 import matplotlib
 
-from cprfl_lib.io import atomic_path
-
-GROUP_COLORS = {"head": "#1f77b4", "medium": "#ff7f0e", "tail": "#2ca02c", "incorrect": "#d62728"}
+from cprfl_lib.io import atomic_path, atomic_write_json
 
 
-def group_legend(ax, groups, **kw: object) -> None:
-    """A legend of the head / medium / tail colours with each group's class count, on an axes or figure."""
-    from matplotlib.patches import Patch
+def save_figure(fig: "matplotlib.figure.Figure", name: str, out_dir: str | Path, caption: str | None = None,
+                dpi: float | None = None) -> dict[str, Path]:
+    """Write figures/<name>.png, .pdf and .json (caption, style) under ``out_dir`` atomically; returns the paths."""
+    from cprfl_repro.style import current
 
-    from cprfl_lib.metrics import GROUPS
-
-    ax.legend(handles=[Patch(color=GROUP_COLORS[g], label=f"{g} ({int((groups == g).sum())})") for g in GROUPS], **kw)
-
-
-def save_figure(fig: "matplotlib.figure.Figure", name: str, out_dir: str | Path, dpi: int = 150) -> dict[str, Path]:
-    """Write figures/<name>.png and .pdf under ``out_dir`` atomically; returns the paths."""
+    style = current()
     folder = Path(out_dir) / "figures"
     paths = {ext: folder / f"{name}.{ext}" for ext in ("png", "pdf")}
     for ext, path in paths.items():
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=ext, dpi=dpi, bbox_inches="tight")
+            fig.savefig(tmp, format=ext, dpi=dpi or style.dpi, bbox_inches="tight", pad_inches=0.02)  # the width as drawn
+    paths["json"] = folder / f"{name}.json"
+    atomic_write_json(paths["json"], {"caption": caption, "style": style.source})
     return paths

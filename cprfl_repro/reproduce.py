@@ -34,6 +34,7 @@ from cprfl_lib.io import atomic_write_json, replace_dir, temp_dir_for
 from cprfl_lib.runinfo import provenance
 from cprfl_repro import context
 from cprfl_repro.context import PROFILES, project_root, results_root
+from cprfl_repro.index import write_index
 from cprfl_repro.studies import PROGRESS_ENV
 
 KERNEL = "cprfl"
@@ -212,6 +213,7 @@ def reproduce(profile: str, data_root: str | None = None, list_dir: str | None =
         tail.join()
         progress.unlink(missing_ok=True)
         manifest["wall_s"] = round(sum(v["wall_s"] for v in manifest["notebooks"].values()), 1)
+        write_index(staging, final.name)  # INDEX.md: every table and figure with its caption
         atomic_write_json(staging / "manifest.json", manifest)
         _swap_in(staging, final, keep_old=bool(only))
     finally:
@@ -232,6 +234,7 @@ def _swap_in(staging: Path, final: Path, keep_old: bool) -> None:
             target = final / path.relative_to(staging)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)
+        write_index(final)  # the merged folder's tables and figures
         return
     replace_dir(staging, final)
 
