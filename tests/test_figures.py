@@ -70,7 +70,8 @@ def _bench(tmp_path: Path, c: int, name: str = "synth-voc-lt") -> SimpleNamespac
         paths.append(f"{i}.png")
     split = SimpleNamespace(targets=targets, paths=paths + [paths[0]] * 32)
     return SimpleNamespace(name=name, class_names=_names(c), train_counts=counts, groups=class_groups(counts),
-                           train=split, test=SimpleNamespace(targets=targets[:20]), image_root=folder)
+                           train=split, test=SimpleNamespace(targets=targets[:20]), image_root=folder, thresholds=None,
+                           is_own=False)
 
 
 def _runs_table(variants: list[str]) -> pd.DataFrame:
