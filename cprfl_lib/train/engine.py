@@ -348,7 +348,7 @@ def train(config: dict, output_dir: str | Path, resume: bool = False, progress: 
         raise CprflError(f"optim.batch_size ({oc['batch_size']}) must be divisible by the {d.world} processes")
     seed_everything(tr["seed"], tr["deterministic"])
     started = time.time()
-    folder = RunFolder(out, config, resume)  # --resume with other settings is refused now, before anything is built
+    folder = RunFolder(out, config, resume, d.is_main)  # --resume with other settings is refused before anything
     if folder.finished is not None:  # a finished run resumed: its record is kept as it is
         if progress and d.is_main:
             print(f"{out} holds this finished run; it is kept as it is")

@@ -78,12 +78,13 @@ def _describe(diff: Mapping[str, tuple[Any, Any]]) -> str:
 class RunFolder:
     """The output folder of one ``train`` call: its resume check, its lock, its record of resumptions.
 
-    Built before anything is read or written (the resume check only reads); :meth:`claim` (the main
-    process) then checks that the folder is writable, takes the lock, removes what dead writers
-    left, and records or clears; leaving the ``with`` block releases the lock.
+    Made before anything is built or written: the resume check only reads (of a finished run resumed, the
+    ``main`` process only removes what dead writers left). :meth:`claim` (the main process) then checks that
+    the folder is writable, takes the lock, removes what dead writers left, and records or clears; leaving
+    the ``with`` block releases the lock.
     """
 
-    def __init__(self, out: str | Path, config: dict, resume: bool):
+    def __init__(self, out: str | Path, config: dict, resume: bool, main: bool = True):
         self.out, self.config, self.resume = Path(out), config, resume
         self.finished: dict | None = None  # a finished run's metrics, when resumed: nothing to do
         self.neutral: dict[str, tuple[Any, Any]] = {}
@@ -92,6 +93,10 @@ class RunFolder:
         self._fd: int | None = None
         if resume:
             self._check_resume()
+        if self.finished is not None and main and os.access(self.out, os.W_OK):  # what dead writers left goes
+            self._lock()
+            clean_stale_temp(self.out)
+            self.release()
 
     # ---------------------------------------------------------------- one configuration
 
@@ -156,7 +161,10 @@ class RunFolder:
     def _lock(self) -> None:
         path = self.out / LOCK
         for _ in range(100):
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as exc:
+                raise CprflError(f"output directory {self.out} is not writable ({exc.strerror or exc})") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
