@@ -4,11 +4,12 @@ With a frozen backbone (``model.freeze_backbone``) the feature map of an image d
 during training, so it is computed once with the test-time preprocessing and stored in float16
 under ``cache_dir("features")``, keyed (:func:`cprfl_lib.digest.content_key`) by the backbone
 and the content of its weights (random weights by a digest of the backbone's state: another
-seed draws other weights), the preprocessing and normalisation, and the content of the
-split's images. The cache is filled by one process at a time, without drawing from the run's
-random streams (:func:`cprfl_lib.caches.filling`). The head then trains on the stored maps. Random augmentation would change
-the feature every epoch; runs on cached features therefore train without data augmentation
-(the recipe says so through ``cache_features``).
+seed draws other weights), the preprocessing and normalisation, the content of the split's
+images, and what computed them (the device type, the torch version). The cache is filled by
+one process at a time, without drawing from the run's random streams
+(:func:`cprfl_lib.caches.filling`). The head then trains on the stored maps. Random
+augmentation would change the feature every epoch; runs on cached features therefore train
+without data augmentation (the recipe says so through ``cache_features``).
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from cprfl_lib.paths import cache_dir
 FORMAT = 3  # 3: content keys; computed in the channels-last memory format
 
 
-def features_key(model: nn.Module, dataset) -> str:
-    """Everything that determines the features of ``dataset`` (a MultiLabelImageDataset) under ``model``."""
+def features_key(model: nn.Module, dataset, device: str | torch.device = "cpu") -> str:
+    """Everything that determines the features of ``dataset`` (a MultiLabelImageDataset) under ``model``, computed
+    on ``device`` (a GPU's convolutions differ from the CPU's in the last bits, as do torch versions)."""
     backbone = model.backbone
     weights = getattr(backbone, "weights_id", "unknown")  # a weights file by its content, a tag by its name
     return content_key("backbone-features", {
@@ -42,6 +44,7 @@ def features_key(model: nn.Module, dataset) -> str:
         "decode": dataset.prep.decode_key(),
         "normalize": [dataset.prep.mean, dataset.prep.std],
         "images": files_digest(dataset.root, dataset.split.paths),
+        "computed": {"device": torch.device(device).type, "torch": torch.__version__},
     }, FORMAT)
 
 
@@ -84,7 +87,7 @@ def cached_features(model: nn.Module, dataset, *, batch_size: int = 64, device="
                     num_workers: int = 0, root: Path | None = None, desc: str = "features",
                     progress: bool = True) -> TensorDataset:
     """A TensorDataset of (features, targets) for ``dataset`` (a MultiLabelImageDataset), from cache if present."""
-    key = features_key(model, dataset)
+    key = features_key(model, dataset, device)
     path = Path(root or cache_dir("features")) / f"{key}.pt"
     targets = torch.from_numpy(dataset.targets.astype("float32"))
     if not path.is_file():
