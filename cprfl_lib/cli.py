@@ -135,6 +135,10 @@ def _cmd_predict(args) -> None:
     from cprfl_lib.train.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint)  # a bad file fails here, before the model stack is imported
+    classes = len(ckpt["class_names"])
+    if args.top_k > classes:  # said, not clamped in silence
+        print(f"cprfl: note: --top-k {args.top_k} is more than the model's {classes} classes; all {classes} are listed",
+              file=sys.stderr)
     from cprfl_lib.inference import predict
 
     for image, top in zip(args.images, predict(args.checkpoint, args.images, args.top_k, args.device, args.ema, ckpt)):

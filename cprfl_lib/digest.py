@@ -133,6 +133,18 @@ def weights_identity(weights: object) -> object:
     return str(weights)
 
 
+def state_digest(module) -> str:
+    """A sha256 over a module's state (names, dtypes, shapes and bytes of its tensors, in order): its actual weights."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def content_key(kind: str, parts: Mapping, version: int = 1) -> str:
     """The key of a cache entry of ``kind``: a hash of ``parts`` (JSON-able) and the scheme's ``version``."""
     text = json.dumps({"kind": kind, "version": version, "parts": parts}, sort_keys=True, default=str)

@@ -13,6 +13,7 @@ under autocast: fp16 probabilities underflow the eps clamp), and has an explicit
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -212,10 +213,41 @@ LOSSES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-# The class each registry entry builds: the parameters a recipe's loss.params may set.
+# The class each registry entry builds.
 LOSS_CLASSES: dict[str, type] = {"asl": AsymmetricLoss, "bce": BCELoss, "mls": MultiLabelSoftMarginLoss,
                                  "focal": FocalLoss, "rw": BCELoss, "cb_focal": ResampleLoss,
                                  "db_nofocal": ResampleLoss, "db_focal": ResampleLoss}
+
+
+@dataclass(frozen=True)
+class Param:
+    """A parameter a recipe's ``loss.params`` may set: one of ``choices``, else a finite number in the range
+    from ``lo`` to ``hi`` (None: unbounded; ``*_open``: the bound itself excluded). recipes.validate checks it."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    choices: tuple | None = None
+
+
+_REDUCTION, _SWITCH = Param(choices=REDUCTIONS), Param(choices=(True, False))
+_AT_LEAST_0, _ABOVE_0 = Param(lo=0), Param(lo=0, lo_open=True)
+_RESAMPLE = {"reweight": Param(choices=(None, "CB", "rebalance")), "focal": _SWITCH, "neg_scale": _ABOVE_0,
+             "map_gamma": Param(), "map_alpha": _AT_LEAST_0, "map_beta": _AT_LEAST_0,
+             "cb_beta": Param(0, 1, hi_open=True), "gamma": _AT_LEAST_0, "balance": _ABOVE_0,
+             "init_bias_coef": _AT_LEAST_0, "loss_weight": _ABOVE_0, "scalar_focal": _SWITCH, "reduction": _REDUCTION}
+# What loss.params may set for each loss, and the values each parameter takes (the rest of a loss's
+# constructor arguments are the registry's: the training counts, RW's class weights).
+LOSS_PARAMS: dict[str, dict[str, Param]] = {
+    "asl": {"gamma_neg": _AT_LEAST_0, "gamma_pos": _AT_LEAST_0, "clip": Param(0, 1, hi_open=True),
+            "eps": Param(0, 1, lo_open=True, hi_open=True), "reduction": _REDUCTION},
+    "bce": {"reduction": _REDUCTION},
+    "mls": {"reduction": _REDUCTION},
+    "focal": {"gamma": _AT_LEAST_0, "reduction": _REDUCTION},
+    "rw": {"reduction": _REDUCTION},
+    "cb_focal": _RESAMPLE, "db_nofocal": _RESAMPLE, "db_focal": _RESAMPLE,
+}
 
 
 def build_loss(name: str, train_counts=None, num_train: int | None = None, family: str = "coco", **params) -> nn.Module:

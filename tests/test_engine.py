@@ -342,7 +342,7 @@ def test_a_resumed_run_equals_an_uninterrupted_one(uninterrupted, tmp_path, monk
         np.testing.assert_allclose(pb["ema"], pa["ema"], atol=1e-6)
 
 
-def test_resuming_a_finished_run_reevaluates_the_same_weights(uninterrupted):
+def test_resuming_a_finished_run_returns_its_metrics(uninterrupted):  # kept as it is, not evaluated again
     a, metrics_a = uninterrupted
     again = engine.train(resumable(), a, resume=True, progress=False)
     assert again["epochs"] == 3

@@ -315,7 +315,7 @@ def test_synth_coco_run_refuses_a_synth_voc_checkpoint(run_copy):
     before = digest(run_copy / "weights.pt")
     config = smoke_config(**{"data.dataset": "synth-coco-lt", "data.synthetic_limit": 40})
     one_line_error(lambda: engine.train(config, run_copy, resume=True, progress=False),
-                   str(run_copy / "weights.pt"), "20 classes (synth-voc-lt)", "80 (synth-coco-lt)")
+                   str(run_copy / "weights.pt"), "data.dataset: 'synth-voc-lt' vs 'synth-coco-lt'")
     assert digest(run_copy / "weights.pt") == before
 
 
@@ -532,6 +532,9 @@ def test_unwritable_output_directory_is_reported_before_training(env, reference_
     ("model.backbone=vgg", "'model.backbone' must be one of"),
     ("loss.name=hinge", "'loss.name' must be one of"),
     ("loss.params={gama_neg: 2}", "loss.params ['gama_neg'] are not parameters of loss 'asl'"),
+    ("loss.params={gamma_neg: -4}", "'loss.params.gamma_neg' must be a finite number >= 0 for loss 'asl', got -4"),
+    ("loss.params={reduction: avg}", "'loss.params.reduction' must be one of ['sum', 'mean', 'batchmean']"),
+    ("data.data_root=5", "'data.data_root' must be a path (or a tag) as text, or null, got 5"),
     ("semantics.template=photo", "'semantics.template' must be a text holding {}"),
     ("optim.schedule_epochs=1", "optim.schedule_epochs (1) must be at least optim.epochs (6)"),
     ("semantics.trainable=true", "semantics.trainable=true needs a CLIP encoder"),
@@ -829,3 +832,256 @@ def test_sigterm_stops_a_study_and_its_workers(env, cwd, tmp_path):
              .split(")")[-1].split()[0]]
     assert not alive, f"worker processes {alive} outlived the study"
     assert not list((tmp_path / "runs").rglob("metrics.json"))  # nothing trained to the end after the signal
+
+
+# ================================================================ the same inputs, the same numbers (issue 19)
+# Caches that do not change the results, one configuration per run folder, one writer at a time.
+
+TINY = {"train.deterministic": True, "optim.epochs": 2, "train.max_steps_per_epoch": 2, "data.synthetic_limit": 60,
+        "semantics.encoder": "clip-tiny", "semantics.weights": None, "semantics.dim": None}  # clip-tiny: cached
+
+
+def tiny_args(**overrides) -> list[str]:
+    """:data:`TINY` (and ``overrides``) as the command's ``key=value`` arguments."""
+    text = lambda v: "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)  # noqa: E731
+    return [f"{k}={text(v)}" for k, v in {**TINY, **overrides}.items()]
+
+
+def predictions(out: Path) -> dict[str, np.ndarray]:
+    with np.load(out / "predictions.npz") as npz:
+        return {k: npz[k] for k in npz.files if k != "class_names"}
+
+
+def same_predictions(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    """Bit for bit: the same arrays, the same bytes."""
+    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in a)
+
+
+def train_here(config: dict, out: Path, resume: bool = False) -> dict:
+    try:
+        return engine.train(config, out, resume=resume, progress=False)
+    finally:  # seed_everything switches this on for the whole process
+        torch.use_deterministic_algorithms(False)
+
+
+def entries(cache: Path) -> dict[str, list[str]]:
+    """The cache's entries by kind (lock files would show too)."""
+    return {d.name: sorted(p.name for p in d.iterdir()) for d in sorted(cache.iterdir()) if d.is_dir()}
+
+
+@pytest.mark.filterwarnings("ignore:no positive image")  # 60 images leave some classes out of a split
+@pytest.mark.parametrize("backbone", ["trained", "frozen"])
+def test_a_cold_and_a_warm_cache_give_identical_predictions(tmp_path, monkeypatch, backbone):
+    """The same run on a cold cache (it fills it) and on the warm one (it reads it): bit-identical predictions.
+    A trained backbone reads generated data, class embeddings and decoded images; a frozen one backbone features
+    instead of decoded images. (The decoded-image cache's loader drew its seed from the global generator: the
+    cold run's dropout differed.)"""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("CPRFL_CACHE", str(cache))
+    config = load_recipe("smoke", {**TINY, "model.freeze_backbone": backbone == "frozen"})
+    train_here(config, tmp_path / "cold")
+    filled = entries(cache)
+    used = {"synthetic", "embeddings", "features" if backbone == "frozen" else "decoded"}
+    assert used <= {kind for kind, names in filled.items() if names}, filled
+    assert not [n for names in filled.values() for n in names if n.endswith(".lock")], filled
+    train_here(config, tmp_path / "warm")
+    assert entries(cache) == filled  # read, not made again
+    assert same_predictions(predictions(tmp_path / "cold"), predictions(tmp_path / "warm"))
+
+
+def test_a_random_backbone_is_keyed_by_its_weights(tmp_path):
+    """A random-weight backbone (the smoke recipe's): the features key holds its weights, so a run of another seed
+    (other weights) does not read the features of the first."""
+    from types import SimpleNamespace
+
+    from cprfl_lib.backbones import build_backbone
+    from cprfl_lib.train.features import features_key
+
+    dataset = MultiLabelImageDataset(tmp_path, split_of(write_images(tmp_path, 2)), PREP)
+
+    def key(seed: int) -> str:
+        torch.manual_seed(seed)
+        return features_key(SimpleNamespace(backbone=build_backbone("tiny")), dataset)
+
+    assert key(0) == key(0) != key(1)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:no positive image")
+def test_two_runs_filling_one_cold_cache_at_once_give_identical_predictions(env, cwd, tmp_path):
+    """Two `cprfl train` of one command started together on a cold cache (generated data, embeddings, decoded
+    images): both finish, with the predictions of a later run on the warm cache, bit for bit."""
+    run_env = {**env, "CPRFL_CACHE": str(tmp_path / "cache")}
+    args = tiny_args(**{"model.freeze_backbone": False})
+    procs = [subprocess.Popen([str(SCRIPT), "train", "--recipe", "smoke", "--output-dir", str(tmp_path / f"run{i}"),
+                               *args], env=run_env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              stdin=subprocess.DEVNULL) for i in (0, 1)]
+    try:
+        done = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()  # the processes we started, by their ids (a no-op once they have ended)
+    for p, (_, stderr) in zip(procs, done):
+        assert p.returncode == 0 and "Traceback" not in stderr, stderr[-2000:]
+    first, second = predictions(tmp_path / "run0"), predictions(tmp_path / "run1")
+    assert same_predictions(first, second)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CPRFL_CACHE", str(tmp_path / "cache"))
+        train_here(load_recipe("smoke", {**TINY, "model.freeze_backbone": False}), tmp_path / "warm")
+    assert same_predictions(first, predictions(tmp_path / "warm"))
+
+
+def _record(folder: Path) -> dict[str, str]:
+    """Every file of a run folder by its content."""
+    return {name: digest(folder / name) for name in files_in(folder)}
+
+
+def test_resume_of_a_finished_run_with_other_settings_is_refused_naming_them(run_copy, capsys):
+    """`cprfl train --resume optim.lr=5e-3 ...` on a finished run: exit 2, one line naming each differing key (nested
+    ones by their dotted key); config.yaml, weights.pt and every other file as they were."""
+    from cprfl_lib import cli
+
+    before = _record(run_copy)
+    config = smoke_config(**{"optim.lr": 5e-3, "loss.params": {"reduction": "mean", "gamma_neg": 2}})
+    one_line_error(lambda: engine.train(config, run_copy, resume=True, progress=False), str(run_copy / "weights.pt"),
+                   "optim.lr: 0.001 vs 0.005", "loss.params.gamma_neg: (not set) vs 2")
+    code = cli.main(["train", "--recipe", "smoke", "--output-dir", str(run_copy), "--resume",
+                     *smoke_args(**{"optim.lr": "5e-3"})])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("cprfl: error: "), err
+    assert "optim.lr: 0.001 vs 0.005" in err[0] and "loss.params" not in err[0]
+    assert _record(run_copy) == before
+
+
+def test_a_finished_run_resumed_is_kept_as_it_is(run_copy):
+    """--resume on a finished run (a setting that cannot change the results changed too): its metrics, and not one
+    file written (no re-evaluation rewriting its record)."""
+    before = _record(run_copy), {p: (run_copy / p).stat().st_mtime_ns for p in files_in(run_copy)}
+    metrics = engine.train(smoke_config(**{"data.num_workers": 0}), run_copy, resume=True, progress=False)
+    assert metrics == json.loads((run_copy / "metrics.json").read_text())
+    assert (_record(run_copy), {p: (run_copy / p).stat().st_mtime_ns for p in files_in(run_copy)}) == before
+
+
+class Stop(Exception):
+    """Stands for the process being killed between two epochs."""
+
+
+def test_an_interrupted_run_resumes_only_with_its_own_settings(env, reference_run, tmp_path, monkeypatch):
+    """A run stopped after epoch 1: resuming it with optim.lr=5e-3 is refused (checkpoint and config.yaml as they
+    were); with data.num_workers changed (it cannot change the results) it resumes, the change is recorded in
+    resumes.json, and the run ends with the uninterrupted run's metrics."""
+    out = tmp_path / "run"
+    real, calls = engine.train_one_epoch, []
+
+    def stop_after_one(*args, **kwargs):
+        if calls:
+            raise Stop
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(engine, "train_one_epoch", stop_after_one)
+        with pytest.raises(Stop):
+            train_here(smoke_config(), out)
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
+    before = _record(out)
+    one_line_error(lambda: engine.train(smoke_config(**{"optim.lr": 5e-3}), out, resume=True, progress=False),
+                   str(out / "checkpoint.pt"), "optim.lr: 0.001 vs 0.005")
+    assert _record(out) == before
+    metrics = train_here(smoke_config(**{"data.num_workers": 0}), out, resume=True)
+    (entry,) = json.loads((out / "resumes.json").read_text())
+    assert entry["from_epoch"] == 2 and entry["changed"] == {"data.num_workers": {"was": "auto", "now": 0}}
+    assert metrics["last_epoch"] == json.loads((reference_run / "metrics.json").read_text())["last_epoch"]
+    assert load_checkpoint(out / "weights.pt")["config"] == smoke_config(**{"data.num_workers": 0})
+
+
+def _lr_of(run: Path) -> tuple[float, float]:
+    """optim.lr in a finished run's config.yaml and in its weights.pt."""
+    import yaml
+
+    return (yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"],
+            load_checkpoint(run / "weights.pt")["config"]["optim"]["lr"])
+
+
+@pytest.mark.slow
+def test_a_live_run_holds_its_folder_and_a_killed_runs_lock_is_taken_over(env, cwd, reference_run, tmp_path, capfd):
+    """A second run into the folder of a live `cprfl train` is refused in one line naming the folder and the
+    process; once that process is killed (its lock file stays), the next run takes the folder over with a note."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([str(SCRIPT), "train", "--recipe", "smoke", "--output-dir", str(out),
+                             *smoke_args(**{"optim.epochs": 1000, "optim.lr": "5e-3"})], env=env, cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "checkpoint.pt").is_file():
+            assert proc.poll() is None and time.monotonic() < deadline, "the run never saved its first checkpoint"
+            time.sleep(0.05)
+        one_line_error(lambda: train_here(smoke_config(**{"optim.epochs": 1}), out), str(out), "is in use",
+                       f"process {proc.pid}")
+        assert proc.poll() is None
+    finally:
+        proc.kill()  # the process we started, by its id
+        proc.wait(timeout=60)
+    assert (out / "run.lock").is_file()  # SIGKILL gives it no chance to remove it
+    capfd.readouterr()
+    train_here(smoke_config(**{"optim.epochs": 1}), out)  # a new run (no --resume) replaces the killed one
+    err = capfd.readouterr().err
+    assert f"run.lock was left by process {proc.pid}" in err and "takes the folder over" in err, err
+    assert _lr_of(out) == (0.001, 0.001) and load_checkpoint(out / "weights.pt")["config"] == \
+        smoke_config(**{"optim.epochs": 1})
+    assert sorted(files_in(out)) == ["config.yaml", "metrics.json", "predictions.npz", "summary.csv", "weights.pt"]
+
+
+@pytest.mark.slow
+def test_two_runs_started_together_into_one_folder_leave_one_consistent_run(env, cwd, reference_run, tmp_path):
+    """Two `cprfl train` (optim.lr 1e-3 and 5e-3) started together into one folder: each finishes or is refused in
+    one line naming the folder; the folder then holds one run: config.yaml, weights.pt and metrics of the same lr."""
+    out = tmp_path / "run"
+    procs = {lr: subprocess.Popen([str(SCRIPT), "train", "--recipe", "smoke", "--output-dir", str(out),
+                                   *smoke_args(**{"optim.lr": lr})], env=env, cwd=cwd, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+             for lr in ("1e-3", "5e-3")}
+    try:
+        done = {lr: p.communicate(timeout=300) for lr, p in procs.items()}
+    finally:
+        for p in procs.values():
+            p.kill()
+    finished = []
+    for lr, p in procs.items():
+        if p.returncode == 0:
+            finished.append(float(lr))
+        else:
+            cli_error(subprocess.CompletedProcess(p.args, p.returncode, *done[lr]), str(out), "is in use")
+    assert finished, "neither run finished"
+    lr = _lr_of(out)
+    assert lr[0] == lr[1] and lr[0] in finished
+    assert sorted(files_in(out)) == ["config.yaml", "metrics.json", "predictions.npz", "summary.csv", "weights.pt"]
+
+
+def test_a_bad_loss_parameter_is_refused_before_the_cache_is_touched(tmp_path, monkeypatch, capsys):
+    """loss.params checked per loss by its dotted key, by the command and by the library, before a file is written
+    (the cache is empty, no run folder)."""
+    from cprfl_lib import cli
+
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    monkeypatch.setenv("CPRFL_CACHE", str(cache))
+    assert cli.main(["train", "--recipe", "smoke", "--output-dir", str(out), "loss.params={reduction: avg}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cprfl: error: configuration key 'loss.params.reduction' must be one "
+                                               "of ['sum', 'mean', 'batchmean']"), err
+    config = smoke_config()
+    config["loss"]["params"] = {"gamma_neg": -4}  # past load_recipe: the engine validates again
+    one_line_error(lambda: engine.train(config, out, progress=False), "'loss.params.gamma_neg' must be a finite "
+                   "number >= 0", "got -4")
+    assert files_in(cache) == [] and not out.exists()
+
+
+def test_predict_top_k_beyond_the_classes_says_so(reference_run, capsys):
+    from cprfl_lib import cli
+
+    image = sorted((Path(os.environ["CPRFL_CACHE"]) / "synthetic" / SMOKE_DATA / "images" / "test").glob("*.jpg"))[0]
+    assert cli.main(["predict", str(reference_run), str(image), "--top-k", "1000", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [
+        "cprfl: note: --top-k 1000 is more than the model's 20 classes; all 20 are listed"], captured.err
+    assert len(captured.out.strip().splitlines()) == 1 + 20

@@ -108,3 +108,20 @@ def test_bad_inputs():
         build_loss("db_focal")
     with pytest.raises(CprflError, match="bad parameter"):
         build_loss("asl", gamma=3)
+
+
+def test_every_parameter_a_recipe_may_set_is_one_its_loss_takes():
+    """losses.LOSS_PARAMS (what recipes.validate checks loss.params against) names constructor arguments of each
+    loss, and every loss builds with each of them set to a value in its range."""
+    import inspect
+
+    from cprfl_lib.losses import LOSS_CLASSES, LOSS_PARAMS
+
+    assert set(LOSS_PARAMS) == set(LOSSES)
+    counts = dict(train_counts=[5, 20, 40], num_train=100)
+    for name, params in LOSS_PARAMS.items():
+        assert set(params) <= set(inspect.signature(LOSS_CLASSES[name].__init__).parameters), name
+        for key, p in params.items():
+            value = p.choices[-1] if p.choices else (p.lo + (1e-3 if p.lo_open else 0)) if p.lo is not None else 0.5
+            loss = build_loss(name, **counts, **{key: value})
+            assert torch.isfinite(loss(X, torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]))), (name, key, value)

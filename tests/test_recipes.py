@@ -248,3 +248,24 @@ def test_bad_embedding_scales_are_refused(overrides, needle):
 def test_centre_with_normalize_is_allowed():
     c = load_recipe("smoke", {"semantics.centre": True, "semantics.normalize": True})
     assert c["semantics"]["centre"] is True and c["semantics"]["normalize"] is True
+
+
+def test_every_configuration_key_has_a_rule():
+    """validate checks every value, not only those whose default is not null (a null default admits any type)."""
+    from cprfl_lib.train.recipes import _rules
+
+    keys = {f"{s}.{k}" if k else s for s, v in defaults().items() for k in (v if isinstance(v, dict) else [None])}
+    assert not keys - set(_rules()), sorted(keys - set(_rules()))
+
+
+@pytest.mark.parametrize("params, needle", [
+    ({"gamma_neg": -4}, r"'loss\.params\.gamma_neg' must be a finite number >= 0 for loss 'asl', got -4"),
+    ({"clip": 1}, r"'loss\.params\.clip' must be a finite number in \[0, 1\)"),
+    ({"reduction": "avg"}, r"'loss\.params\.reduction' must be one of \['sum', 'mean', 'batchmean'\]"),
+    ({"eps": float("nan")}, r"'loss\.params\.eps'"),
+])
+def test_loss_parameters_are_checked_by_their_dotted_key(params, needle):
+    with pytest.raises(CprflError, match=needle):
+        load_recipe("smoke", {"loss.params": params})
+    with pytest.raises(CprflError, match=r"'loss\.params\.cb_beta' must be a finite number in \[0, 1\)"):
+        load_recipe("smoke", {"loss.name": "cb_focal", "loss.params": {"cb_beta": 1.0}})

@@ -7,7 +7,8 @@ later epoch and every later run reading that split at that size reads them inste
 JPEGs. The file is keyed by the images' content and the decode stage
 (:func:`cprfl_lib.digest.content_key`): other images under the same names, or another size,
 give another file. It is written atomically (never seen half-written) after checking that
-the disk can hold it.
+the disk can hold it, by one process at a time, without drawing from the run's random
+streams (:func:`cprfl_lib.caches.filling`): a cold cache gives the run a warm one gives.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from cprfl_lib.caches import filling
 from cprfl_lib.data.datasets import image_root, load_image
 from cprfl_lib.data.lists import SplitList
 from cprfl_lib.data.transforms import Preprocessing
@@ -60,13 +62,22 @@ def decoded_images(root: str | Path | None, split: SplitList, prep: Preprocessin
     path = folder / f"{decoded_key(root, split, prep)}.npy"
     if path.is_file():
         return path
+    with filling(path, say=progress):  # one filler at a time; the run's random streams untouched
+        if not path.is_file():  # another process may have made it while this one waited
+            _write(path, root, split, prep, workers, progress)
+    return path
+
+
+def _write(path: Path, root: Path, split: SplitList, prep: Preprocessing, workers: int, progress: bool) -> None:
     need = decoded_bytes(len(split), prep.image_size)
     free = shutil.disk_usage(path.parent).free
     if free < need * 1.05 + 2**28:
         raise CprflError(f"the decoded-image cache {path.parent} has {free / 2**30:.1f} GiB free; "
                          f"{len(split):,} images at {prep.image_size} px need {need / 2**30:.1f} GiB "
                          "(free some space, or set data.decoded_cache=false to decode the JPEGs every epoch)")
-    loader = DataLoader(_Decode(root, split.paths, prep), batch_size=32, num_workers=workers)
+    # a private generator: iterating a DataLoader draws its base seed from the global RNG otherwise
+    loader = DataLoader(_Decode(root, split.paths, prep), batch_size=32, num_workers=workers,
+                        generator=torch.Generator())
     with atomic_path(path) as tmp:
         pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                            shape=(len(split), 3, prep.image_size, prep.image_size))
@@ -76,4 +87,3 @@ def decoded_images(root: str | Path | None, split: SplitList, prep: Preprocessin
             start += len(batch)
         pixels.flush()
         del pixels
-    return path

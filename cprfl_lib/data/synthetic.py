@@ -436,5 +436,9 @@ def generated_folder(name: str, data_root: str | os.PathLike | None = None, seed
         return found
     out = cache_dir("synthetic") / sub
     if not _is_current(out, want):
-        generate_dataset(name, out, seed=seed, image_size=image_size, limit=limit, scene=scene, splits=splits)
+        from cprfl_lib.caches import filling
+
+        with filling(out):  # one generator at a time (the second finds the set made); the run's RNG untouched
+            if not _is_current(out, want):
+                generate_dataset(name, out, seed=seed, image_size=image_size, limit=limit, scene=scene, splits=splits)
     return out

@@ -231,12 +231,16 @@ def encode_classes(
                      path=path, quick_gelu=quick_gelu)
     key_text = json.dumps(key, sort_keys=True)
     file = cache_dir("embeddings") / f"{encoder}-{content_key('class-embeddings', key, _CACHE_FORMAT)}.pt"
-    if file.is_file():
-        return _load_cached(file, encoder, class_names, m)
-    emb = _compute(encoder, class_names, **compute_kw)
-    atomic_torch_save({"embeddings": emb, "class_names": class_names, "dim": int(emb.shape[1]),
-                       "encoder": encoder, "key": key_text}, file)
-    return emb
+    if not file.is_file():
+        from cprfl_lib.caches import filling
+
+        with filling(file):  # one process computes it, the others wait and read it; the caller's RNG untouched
+            if not file.is_file():
+                emb = _compute(encoder, class_names, **compute_kw)
+                atomic_torch_save({"embeddings": emb, "class_names": class_names, "dim": int(emb.shape[1]),
+                                   "encoder": encoder, "key": key_text}, file)
+                return emb
+    return _load_cached(file, encoder, class_names, m)
 
 
 def rescale(emb: torch.Tensor, centre: bool = False, norm: float | str | None = None) -> torch.Tensor:

@@ -46,11 +46,13 @@ def find_run_file(path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """A run's checkpoint or final weights (a file, or the run folder), loaded without running any code."""
+def load_checkpoint(path: str | Path, mmap: bool = False) -> dict:
+    """A run's checkpoint or final weights (a file, or the run folder), loaded without running any code.
+
+    ``mmap``: the tensors stay on disk until read (to look at the stored configuration only)."""
     path = find_run_file(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:  # weights-only loading met an object that would run code
         raise CprflError(f"{path}: not a cprfl checkpoint: it holds objects other than tensors and plain data, "
                          "which could run code; it was not loaded") from None

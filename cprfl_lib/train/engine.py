@@ -14,6 +14,11 @@ A run writes into its output folder:
                     separately labelled figure (what the official code reported) when several were evaluated
   predictions.npz   logits of the last epoch (model and EMA) for the test split (and the validation
                     split, where there is one), with the targets
+  run.lock          while it trains: the lock of the one process that writes the folder (runfolder.py)
+  resumes.json      where ``resume=True`` changed a setting that cannot change the results: which, from what epoch
+
+A folder holds one run: resuming with settings that change what the run computes is refused, and
+a finished run resumed is kept as it is (runfolder.py).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from tqdm.auto import tqdm
 from cprfl_lib.data.datasets import MultiLabelImageDataset
 from cprfl_lib.data.decoded import decoded_images
 from cprfl_lib.errors import CprflError, NonFiniteError
-from cprfl_lib.io import atomic_path, atomic_write_json, atomic_write_text, clean_stale_temp
+from cprfl_lib.io import atomic_path, atomic_write_json, atomic_write_text
 from cprfl_lib.metrics import group_thresholds, map_report, threshold_metrics, topk_metrics
 from cprfl_lib.model import to_tokens
 from cprfl_lib.runinfo import check_writable, provenance
@@ -54,6 +59,7 @@ from cprfl_lib.train.distributed import (
     shard_indices,
 )
 from cprfl_lib.train.recipes import dump, validate
+from cprfl_lib.train.runfolder import RunFolder
 from cprfl_lib.train.state import TrainState, build_train_state
 
 MAX_SKIPPED_STEPS = 20  # fp16: consecutive overflowing steps the gradient scaler may skip before the run stops
@@ -342,11 +348,15 @@ def train(config: dict, output_dir: str | Path, resume: bool = False, progress: 
         raise CprflError(f"optim.batch_size ({oc['batch_size']}) must be divisible by the {d.world} processes")
     seed_everything(tr["seed"], tr["deterministic"])
     started = time.time()
-    with cpu_threads(tr["num_threads"]):
+    folder = RunFolder(out, config, resume, d.is_main)  # --resume with other settings is refused before anything
+    if folder.finished is not None:  # a finished run resumed: its record is kept as it is
+        if progress and d.is_main:
+            print(f"{out} holds this finished run; it is kept as it is")
+        return folder.finished
+    with cpu_threads(tr["num_threads"]), folder:
         benchmark = rank0_first(d, lambda: factory.benchmark_from(config))
-        if d.is_main:  # before any training: an unwritable output folder fails now, not after an epoch
-            check_writable(out)
-            clean_stale_temp(out)  # what a killed save left
+        if d.is_main:  # before any training: an unwritable output folder, or one another run holds, fails now
+            folder.claim()  # writable, locked, what killed saves left removed, resumption recorded
         model = factory.model_from(config, benchmark.class_names).to(device)
         data = RunData(config, benchmark, model, device, d, progress)
         state = build_train_state(config, model, factory.loss_from(config, benchmark), len(data.train_loader), device,

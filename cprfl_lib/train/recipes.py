@@ -13,7 +13,6 @@ validated configurations, so the CLI, the notebooks and ``make reproduce`` share
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 from importlib import resources
 from pathlib import Path
@@ -215,6 +214,14 @@ def _mapping(v) -> str | None:
     return None if isinstance(v, Mapping) else "a mapping (field: value)"
 
 
+def _text(v) -> str | None:
+    return None if isinstance(v, str) else "a text"
+
+
+def _path_or_tag(v) -> str | None:
+    return None if v is None or isinstance(v, str) and v.strip() else "a path (or a tag) as text, or null"
+
+
 def _rules() -> dict[str, Callable[[Any], str | None]]:
     from cprfl_lib.backbones import KNOWN_BACKBONES
     from cprfl_lib.data.benchmarks import known_benchmarks
@@ -224,6 +231,9 @@ def _rules() -> dict[str, Callable[[Any], str | None]]:
     from cprfl_lib.train.optim import OPTIMIZERS, SCHEDULES
 
     return {
+        "description": _text, "data.data_root": _path_or_tag, "data.list_dir": _path_or_tag,
+        "semantics.weights": _path_or_tag, "semantics.path": _path_or_tag, "model.backbone_weights": _path_or_tag,
+        "loss.params": _mapping,  # and each parameter by the loss's own rules (_check_loss_params)
         "data.dataset": _one_of(known_benchmarks()), "data.image_size": _int(16),
         "data.transform": _one_of(PRESETS), "data.num_workers": _workers,
         "data.decoded_cache": _one_of(SWITCHES), "data.synthetic_seed": _int(0),
@@ -262,6 +272,8 @@ def _rules() -> dict[str, Callable[[Any], str | None]]:
 
 
 def _get(config: Mapping, dotted: str) -> Any:
+    if "." not in dotted:
+        return config[dotted]
     section, key = dotted.split(".", 1)
     return config[section][key]
 
@@ -314,11 +326,18 @@ def validate(config: dict) -> dict:
 
 
 def _check_loss_params(name: str, params: Mapping) -> None:
-    from cprfl_lib import losses
+    """Each of ``loss.params`` by its dotted key: a parameter of loss ``name`` (losses.LOSS_PARAMS), in its range."""
+    from cprfl_lib.losses import LOSS_CLASSES, LOSS_PARAMS
 
-    cls = losses.LOSS_CLASSES[name]
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "train_counts", "num_train"}
-    unknown = sorted(set(params) - accepted)
+    accepted = LOSS_PARAMS[name]
+    unknown = sorted(set(params) - set(accepted), key=str)
     if unknown:
-        raise CprflError(f"loss.params {unknown} are not parameters of loss {name!r} ({cls.__name__} takes "
-                         f"{', '.join(sorted(accepted))})")
+        raise CprflError(f"loss.params {unknown} are not parameters of loss {name!r} ({LOSS_CLASSES[name].__name__} "
+                         f"takes {', '.join(sorted(accepted))})")
+    for key, value in params.items():
+        p = accepted[key]
+        problem = _one_of(p.choices)(value) if p.choices is not None else \
+            _real(p.lo, p.hi, p.lo_open, p.hi_open)(value)
+        if problem:
+            raise CprflError(f"configuration key 'loss.params.{key}' must be {problem} for loss {name!r}, "
+                             f"got {value!r}")
