@@ -100,7 +100,8 @@ def test_a_smoke_run_writes_its_five_files(smoke_run):
         assert npz["model"].shape == npz["targets"].shape == (64, 20)
         assert list(npz["class_names"]) == ckpt["class_names"] and "ema" not in npz
         assert npz["val_model"].shape == npz["val_targets"].shape == (64, 20)
-        assert set(npz.files) == {"model", "targets", "val_model", "val_targets", "class_names", "train_counts"}
+        assert set(npz.files) == {"model", "targets", "val_model", "val_targets", "class_names", "train_counts",
+                                  "group_thresholds"}
 
 
 def test_a_run_reports_the_validation_split_and_its_best_epoch(smoke_run):
@@ -143,7 +144,7 @@ def test_a_run_on_the_validation_split_alone_draws_and_reports_no_test(tmp_path,
     assert all("val_mAP" in r and "mAP" not in r and "tail" not in r for r in rows)
     assert metrics["val_last_epoch"]["model"]["mAP"] == pytest.approx(float(rows[-1]["val_mAP"]), rel=1e-5)
     with np.load(out / "predictions.npz") as npz:
-        assert set(npz.files) == {"val_model", "val_targets", "class_names", "train_counts"}
+        assert set(npz.files) == {"val_model", "val_targets", "class_names", "train_counts", "group_thresholds"}
         assert npz["val_model"].shape == (64, 20)
     generated = [p.name for p in (cache / "synthetic").iterdir()]
     assert generated == ["synth-voc-lt-s0-32px-limit64-notest"]
