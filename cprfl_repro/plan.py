@@ -185,15 +185,37 @@ def _feature_bytes(config: dict, n: int) -> int:
 
 
 def notebook_defaults(notebook: Path) -> dict:
-    """A notebook's parameters as its parameters cell declares them."""
-    import papermill
+    """A notebook's parameters as its parameters cell (the code cell tagged ``parameters``) declares them.
 
+    Read with ``json`` and ``ast`` alone (what papermill's ``inspect_notebook`` reports, without the notebook
+    stack: a bare GPU image has no papermill, nbformat or nbclient). A value that is not a literal is kept as
+    its source text.
+    """
+    try:
+        cells = json.loads(Path(notebook).read_text(encoding="utf-8"))["cells"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CprflError(f"{notebook}: not a readable notebook ({type(exc).__name__}: {exc})") from None
+    tagged = [c for c in cells if isinstance(c, dict) and c.get("cell_type") == "code"
+              and "parameters" in (c.get("metadata") or {}).get("tags", [])]
+    if not tagged:
+        return {}
+    source = tagged[0].get("source", "")
+    source = "".join(source) if isinstance(source, list) else str(source)
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as exc:
+        raise CprflError(f"{notebook}: its parameters cell is not valid Python (line {exc.lineno}: {exc.msg})") \
+            from None
     out = {}
-    for name, spec in papermill.inspect_notebook(str(notebook)).items():
-        try:
-            out[name] = ast.literal_eval(spec["default"])
-        except (ValueError, SyntaxError):
-            out[name] = spec["default"]
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
+            if isinstance(node, ast.AnnAssign) and node.value is not None else []
+        for target in targets:
+            if isinstance(target, ast.Name):
+                try:
+                    out[target.id] = ast.literal_eval(node.value)
+                except (ValueError, SyntaxError, TypeError):
+                    out[target.id] = ast.unparse(node.value)
     return out
 
 
