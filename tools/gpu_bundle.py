@@ -62,7 +62,7 @@ def pinned(package: str) -> str:
 
 def download_wheels(target: Path, wheels_from: str | None) -> list[Path]:
     """The pure-Python wheels of :data:`WHEELS` for Python 3.12 in ``target`` (pip download: nothing installed)."""
-    source = ["--no-index", "--find-links", wheels_from] if wheels_from else []
+    source = ["--no-index", "--find-links", wheels_from] if wheels_from else ["--timeout", "20", "--retries", "1"]
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version",
                PYTHON_VERSION, "--platform", "any", "--dest", str(target), "--disable-pip-version-check",
                "--progress-bar", "off", *source, *(pinned(p) for p in WHEELS)]

@@ -130,7 +130,7 @@ def run_check(device_name: str, work: Path, inputs: dict, tiny: bool, epochs: in
     cost = architecture_cost(config, len(bench.class_names))
     n_steady = len(steady)
     rate = (n_steady * per_epoch * cost["train_image"] + evaluated * cost["eval_image"]) / (sum(steady) + eval_s)
-    say(f"  reached {rate / 1e12:,.2f} TFLOP/s (the FLOP count of the steady epochs and the evaluation over their time)")
+    say(f"  reached {rate / 1e12:,.3g} TFLOP/s (the FLOP count of the steady epochs and the evaluation over their time)")
     if device_name == "cuda":
         speed_levers(config, len(bench.class_names), torch.device("cuda"), say)
     else:
@@ -187,7 +187,7 @@ def projection(list_dir: str | None, rate: float, fixed_s: float, device_name: s
     plan.rate, plan.fixed_s = rate, fixed_s
     pflop = (sum(r.flops for r in plan.todo) + plan.extraction_flops) / 1e15
     say(f"  projection (not a measurement of the profile): its {len(plan.runs)} runs' {pflop:,.0f} PFLOP at the "
-        f"{rate / 1e12:,.2f} TFLOP/s this run reached on {device_name}, plus its {fixed_s:.0f} s fixed per run")
+        f"{rate / 1e12:,.3g} TFLOP/s this run reached on {device_name}, plus its {fixed_s:.0f} s fixed per run")
     for gpus in (1, 8):
         say(f"  the paper profile ({len(plan.runs)} runs): about {plan.hours(gpus):,.1f} h on {gpus} device"
             f"{'s' if gpus > 1 else ''} like this one; disk about {plan.disk / 2**30:,.0f} GiB")
@@ -253,8 +253,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     dev = "cpu" if args.cpu else "cuda"
     work = Path(args.work) if args.work else cache_dir("gpu-check")
+    import open_clip
+
     say(f"gpu_check on {device_name()} [{dev}], torch {torch.__version__}, python {sys.version.split()[0]}, "
         f"{os.cpu_count()} CPUs" + (" (tiny sizes)" if args.tiny else ""))
+    say(f"  open_clip {getattr(open_clip, '__version__', '?')} from {Path(open_clip.__file__).parent}")
     start = time.perf_counter()
     try:
         inputs = prepare_inputs(work, args.list_dir, args.data_root, args.tiny, say)
