@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -22,6 +23,14 @@ ROOT = Path(__file__).resolve().parents[1]
 BARE = ROOT / "tests" / "bare_image"
 CHECK_NEEDLES = ("epoch 1", "steady rate:", "fixed per run:", "evaluation:", "projection (not a measurement",
                  "the paper profile (", "runs): about", "gpu_check: OK")
+
+
+def readme_command(prefix: str) -> str:
+    """The one command line of the README's code blocks that starts with ``prefix``."""
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    lines = [line.strip() for b in blocks for line in b.splitlines() if line.strip().startswith(prefix)]
+    assert len(lines) == 1, f"the README should give `{prefix} ...` once, found {lines}"
+    return lines[0]
 
 
 def bare_env(tmp_path: Path, **extra: str) -> dict:
@@ -69,8 +78,10 @@ def test_the_gpu_check_completes_on_a_bare_image_from_the_bundle(shared_data, tm
     bundle = tmp_path / "gpu-bundle"
     env = bare_env(tmp_path, CPRFL_BUNDLE_WHEELS=str(wheels))
     env["PYTHONPATH"] = ""  # building happens where the package's environment is
-    done = subprocess.run([str(ROOT / "tools" / "gpu_bundle.sh"), str(bundle), "--list-dir", str(shared_data)],
-                          env=env, capture_output=True, text=True, timeout=600)
+    # the README's command as written, its placeholders (the list folder, the bundle folder) replaced
+    command = readme_command("tools/gpu_bundle.sh").replace("/lists", str(shared_data))
+    done = subprocess.run(["bash", "-c", command.replace("gpu-bundle", str(bundle))], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert "run there" in done.stdout or "there:" in done.stdout, done.stdout
     assert sorted(p.name for p in bundle.iterdir()) == ["README.txt", "lists", "run.sh", "site", "wheels"]
@@ -81,6 +92,7 @@ def test_the_gpu_check_completes_on_a_bare_image_from_the_bundle(shared_data, tm
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".gpu-bundle")] == []  # no staging left
 
     # on the "GPU machine": the checkout, the bundle, this Python with torch but without the carried modules
+    assert readme_command("gpu-bundle/run.sh") == "gpu-bundle/run.sh"  # on a GPU; here in CPU mode, tiny
     run = subprocess.run([str(bundle / "run.sh"), "--cpu", "--tiny", "--work", str(tmp_path / "work")],
                          env=bare_env(tmp_path, CPRFL_CHECKOUT=str(ROOT), CPRFL_BARE_ONLY_FROM=str(bundle / "site")),
                          capture_output=True, text=True, timeout=900)
