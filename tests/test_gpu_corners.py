@@ -394,3 +394,15 @@ def test_all_ranks_write_one_folder_and_rank0_prints_the_figures(tmp_path):
     rank0, rank1 = ((tmp_path / f"stdout-{r}.txt").read_text() for r in (0, 1))
     assert "test split, last epoch: mAP" in rank0 and f"outputs in {folders[0]}" in rank0
     assert rank1 == ""
+
+
+def test_the_gpu_checks_speed_levers_run_on_any_device():
+    """What tools/gpu_check.sh prints on a GPU, here on the CPU with the tiniest model (compile: aot_eager)."""
+    from tools.gpu_check import speed_levers
+
+    lines = []
+    config = smoke(**{"model.freeze_backbone": False, "train.deterministic": True})
+    times = speed_levers(config, 20, torch.device("cpu"), lines.append, backend="aot_eager")
+    assert set(times) == {"neither", "fused Adam", "torch.compile"} and all(t > 0 for t in times.values())
+    assert [line.split(":")[0] for line in lines] == ["  speed lever fused Adam", "  speed lever torch.compile"]
+    assert "recipe option optim.fused" in lines[0] and "recipe option train.compile" in lines[1]
