@@ -1,19 +1,26 @@
 """The GPU check: one complete ``paper-voc`` run on a bare GPU machine, and what the whole paper profile would take.
 
-    tools/gpu_check.sh --list-dir /lists              # on a GPU machine: its own Python and torch, no install
+    gpu-bundle/run.sh                                  # on a GPU machine, from tools/gpu_bundle.sh's folder
+    tools/gpu_check.sh --list-dir /lists               # the same, the wheels already importable
     tools/gpu_check.sh --cpu --tiny --list-dir /lists  # the same code path at toy sizes, on a CPU
 
 It runs under the machine's own Python and torch (not the package's pins: the checkout goes on
-PYTHONPATH; missing pure-Python packages such as open_clip, ftfy and wcwidth come as wheels,
-listed first if absent). It builds a real-layout tree of JPEGs at VOC's image size for every
-path of the VOC-LT lists (random content; ``--data-root`` reuses an existing tree), writes
-weight files in the real formats with random values (a torchvision ResNet-101 state dict, an
-open_clip RN50 state dict), and trains the ``paper-voc`` recipe as written (30 epochs, batch 32,
-448 px, the decoded-image cache and DataLoader workers, evaluated after the last epoch), then
-prints: training and evaluation images/s, the share of the training time spent waiting for the
-loader, peak GPU memory, seconds per epoch, and the projected hours of the whole paper profile
-from the rate this run reached. The numbers are of random weights and images: speed, not accuracy.
-Exit code 0 when the run finished with finite figures; 2 when something is missing (said first).
+PYTHONPATH), and imports nothing of the notebook stack (papermill, nbformat, Jupyter): a stock
+PyTorch image lacks it. What such an image lacks besides, open_clip, ftfy and wcwidth, comes in
+the bundle (``tools/gpu_bundle.sh``); a missing module is listed before anything runs. It builds a
+real-layout tree of JPEGs at VOC's image size for every path of the VOC-LT lists (random content;
+``--data-root`` reuses an existing tree), writes weight files in the real formats with random
+values (a torchvision ResNet-101 state dict, an open_clip RN50 state dict), fills the decoded-image
+cache (once per benchmark, timed apart), and trains the ``paper-voc`` recipe as written (30 epochs,
+batch 32, 448 px, DataLoader workers, evaluated after the last epoch), then prints: epoch 1 apart
+(cuDNN autotuning, compilation, the workers' start) and the steady rate from epoch 2 on, the share
+of the training time spent waiting for the loader, evaluation images/s, peak GPU memory, the fixed
+seconds of a run (wall - training - evaluation, plus epoch 1's excess), on a GPU the speed-up of
+each speed lever (``optim.fused``, ``train.compile``), and the projected hours of the whole paper
+profile: its planned runs' FLOP count at the steady rate plus the fixed seconds for every run. The
+numbers are of random weights and images: speed, not accuracy. Exit code 0 when the run finished
+with finite figures and a projection; 2 when something is missing; 1 on any other failure; every
+failure is one line.
 """
 
 from __future__ import annotations
