@@ -68,6 +68,7 @@ def repack(distribution: str, folder: Path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.shared_data
 def test_the_gpu_check_completes_on_a_bare_image_from_the_bundle(shared_data, tmp_path):
     """tools/gpu_bundle.sh DIR, then DIR/run.sh (tools/gpu_check.sh --cpu --tiny with the bundle's lists) where the
     notebook stack is missing and open_clip, ftfy and wcwidth come from the bundle alone: exit 0, the projection."""
