@@ -105,10 +105,16 @@ def _cmd_train(args) -> None:
 
     paths = {k: v for k, v in (("data.data_root", args.data_root), ("data.list_dir", args.list_dir)) if v is not None}
     config = load_recipe(args.recipe, {**parse_overrides(args.overrides), **paths})  # validated once, here
-    from cprfl_lib.train.engine import train  # after the recipe check: a mistyped recipe fails without importing torch
+    from cprfl_lib.train.distributed import from_rank0, is_main_process
+    from cprfl_lib.train.engine import resolve_device, train  # after the recipe check: a mistyped recipe fails
+    # without importing torch
 
-    out = Path(args.output_dir or f"runs/{config['recipe']}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    out = Path(args.output_dir or from_rank0(  # one folder for all ranks under torchrun: rank 0 names it
+        lambda: f"runs/{config['recipe']}-{time.strftime('%Y%m%d-%H%M%S')}",
+        resolve_device(config["train"]["device"]).type)).resolve()
     metrics = train(config, out, resume=args.resume, progress=sys.stderr.isatty())  # bars on a terminal only
+    if not is_main_process():  # every rank holds the same figures; rank 0 prints them
+        return
     kind = "generated data" if metrics["synthetic"] else "your data" if metrics["dataset"].startswith("own:") \
         else "real data"
     for split, key in (("validation", "val_last_epoch"), ("test", "last_epoch")):

@@ -48,7 +48,8 @@ class ZeroShotCLIP(nn.Module):
 
         self.clip, self.encoder, self.class_names = clip.eval(), encoder, list(class_names)
         with torch.no_grad():
-            text = clip.encode_text(tokenize_prompts(encoder, self.class_names, template), normalize=True)
+            device = next(clip.parameters()).device  # the token ids go where the model is (a CUDA model too)
+            text = clip.encode_text(tokenize_prompts(encoder, self.class_names, template).to(device), normalize=True)
         self.register_buffer("text_features", text.float())  # (C, m), unit rows
         cfg = {k: v for k, v in open_clip.get_model_preprocess_cfg(clip).items()
                if k in PreprocessCfg.__dataclass_fields__}

@@ -30,8 +30,6 @@ from cprfl_repro.context import RunContext
 from cprfl_repro.experiments import NOTEBOOK_STUDIES, notebook_studies
 from cprfl_repro.studies import finished, run_dir_for, start_run
 
-GPU_UTILISATION = 0.35  # of the measured rate, when only a FLOP count is known (the paper model fits it)
-
 
 @dataclass
 class PlannedRun:
@@ -56,6 +54,8 @@ class Plan:
     extraction_flops: float = 0.0  # backbone features computed once for the cached-feature runs
     rate: float = 0.0  # FLOP/s of the device the hours are projected for
     rate_source: str = ""
+    fixed_s: float = 0.0  # seconds each run costs beyond its FLOPs (model build, loader start, autotuning, saving)
+    fixed_source: str = ""
     workers: int = 1
     notes: list[str] = field(default_factory=list)
 
@@ -64,11 +64,12 @@ class Plan:
         return [r for r in self.runs if not r.done]
 
     def hours(self, workers: int | None = None) -> float:
-        """Projected wall hours with ``workers`` devices (independent runs spread over them, longest first)."""
+        """Projected wall hours with ``workers`` devices (independent runs spread over them, longest first): each run's
+        FLOPs at ``rate`` plus the fixed seconds every run costs (``fixed_s``)."""
         if not self.rate:
             return float("nan")
         n = workers or self.workers
-        seconds = [r.flops / self.rate for r in self.todo]
+        seconds = [r.flops / self.rate + self.fixed_s for r in self.todo]
         return (self.extraction_flops / self.rate + max(sum(seconds) / n, max(seconds, default=0.0))) / 3600
 
     @property
@@ -92,7 +93,8 @@ class Plan:
         out.append(f"  work: {pflop:,.1f} PFLOP to train and evaluate")
         if self.rate:
             out.append(f"  time: about {self.hours():,.1f} h on this machine ({self.workers} worker"
-                       f"{'s' if self.workers > 1 else ''}; {self.rate / 1e12:,.2f} TFLOP/s, {self.rate_source})")
+                       f"{'s' if self.workers > 1 else ''}; {self.rate / 1e12:,.2f} TFLOP/s, {self.rate_source}; "
+                       f"plus {self.fixed_s:,.0f} s fixed per run, {self.fixed_source or 'not measured'})")
         out.append(f"  disk: about {self.disk / 2**30:,.1f} GiB (decoded images {self.decoded_disk / 2**30:,.1f}, "
                    f"features {self.features_disk / 2**30:,.1f}, runs {sum(r.disk for r in self.todo) / 2**30:,.1f}, "
                    f"checkpoints in flight {max((r.checkpoint for r in self.todo), default=0) * self.workers / 2**30:,.1f})")
@@ -185,15 +187,37 @@ def _feature_bytes(config: dict, n: int) -> int:
 
 
 def notebook_defaults(notebook: Path) -> dict:
-    """A notebook's parameters as its parameters cell declares them."""
-    import papermill
+    """A notebook's parameters as its parameters cell (the code cell tagged ``parameters``) declares them.
 
+    Read with ``json`` and ``ast`` alone (what papermill's ``inspect_notebook`` reports, without the notebook
+    stack: a bare GPU image has no papermill, nbformat or nbclient). A value that is not a literal is kept as
+    its source text.
+    """
+    try:
+        cells = json.loads(Path(notebook).read_text(encoding="utf-8"))["cells"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CprflError(f"{notebook}: not a readable notebook ({type(exc).__name__}: {exc})") from None
+    tagged = [c for c in cells if isinstance(c, dict) and c.get("cell_type") == "code"
+              and "parameters" in (c.get("metadata") or {}).get("tags", [])]
+    if not tagged:
+        return {}
+    source = tagged[0].get("source", "")
+    source = "".join(source) if isinstance(source, list) else str(source)
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as exc:
+        raise CprflError(f"{notebook}: its parameters cell is not valid Python (line {exc.lineno}: {exc.msg})") \
+            from None
     out = {}
-    for name, spec in papermill.inspect_notebook(str(notebook)).items():
-        try:
-            out[name] = ast.literal_eval(spec["default"])
-        except (ValueError, SyntaxError):
-            out[name] = spec["default"]
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
+            if isinstance(node, ast.AnnAssign) and node.value is not None else []
+        for target in targets:
+            if isinstance(target, ast.Name):
+                try:
+                    out[target.id] = ast.literal_eval(node.value)
+                except (ValueError, SyntaxError, TypeError):
+                    out[target.id] = ast.unparse(node.value)
     return out
 
 
@@ -282,41 +306,74 @@ def cpu_rate(seconds: float = 0.5) -> tuple[float, str]:
     return 0.5 * gemm, f"half of the {gemm / 1e9:,.0f} GFLOP/s this CPU multiplies matrices at; nothing was trained"
 
 
-def gpu_rate(ctx: RunContext, recipe: str = "paper-voc", steps: int = 6, warmup: int = 3) -> tuple[float, str]:
-    """FLOP/s the paper model trains at on this GPU: seconds per step after a few warm-up steps, random data."""
+def step_seconds(config: dict, classes: int, device: torch.device, steps: int = 6, warmup: int = 3) -> dict:
+    """Seconds per training step of ``config``'s model on random data, as a run trains it (its train state: autocast,
+    channels-last, fused Adam, torch.compile per the recipe), after ``warmup`` steps; inputs in pinned memory and
+    cuDNN autotuning on, as in a run. {"step_s", "warmup_s" (the warm-up steps' time beyond ``warmup`` steady
+    steps: autotuning, compilation), "build_s" (building the model and moving it to the device)}."""
     from cprfl_lib.losses import build_loss
     from cprfl_lib.train import factory
     from cprfl_lib.train.engine import train_one_epoch
     from cprfl_lib.train.state import build_train_state
 
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True  # a run autotunes (engine.seed_everything, unless deterministic)
+    try:
+        t0 = time.perf_counter()
+        model = factory.model_from(config, [f"class {i}" for i in range(classes)]).to(device)
+        sync()
+        build = time.perf_counter() - t0
+        batch, size = config["optim"]["batch_size"], config["data"]["image_size"]
+        x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+        y = (torch.rand(batch, classes) < 0.1).float()
+        if device.type == "cuda":  # a run's loader pins its batches (pin_memory=True on CUDA)
+            x, y = x.pin_memory(), y.pin_memory()
+        state = build_train_state(config, model, build_loss("asl"), steps + warmup, device)
+        t0 = time.perf_counter()
+        train_one_epoch(state, [(x, y)] * warmup, show=False)
+        sync()
+        warm = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        train_one_epoch(state, [(x, y)] * steps, show=False)
+        sync()
+        per_step = (time.perf_counter() - t0) / steps
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+    del model, state
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {"step_s": per_step, "warmup_s": max(0.0, warm - warmup * per_step), "build_s": build}
+
+
+def gpu_rate(ctx: RunContext, recipe: str = "paper-voc", steps: int = 6, warmup: int = 3) -> tuple[float, str, float,
+                                                                                                  str]:
+    """(FLOP/s the paper model trains at on this GPU, its source, fixed seconds per run, their source): seconds per
+    step after a few warm-up steps on random data (cuDNN autotuning on, pinned inputs), and of the fixed cost what
+    can be measured without a run: the model's build and the warm-up steps' extra time."""
     classes = 20 if "voc" in ctx.recipe(recipe)["data"]["dataset"] else 80
     config = _counting_config(ctx.recipe(recipe), classes)
-    device = torch.device("cuda")
-    model = factory.model_from(config, [f"class {i}" for i in range(classes)]).to(device)
-    batch, size = config["optim"]["batch_size"], config["data"]["image_size"]
-    x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
-    y = (torch.rand(batch, classes) < 0.1).float()
-    state = build_train_state(config, model, build_loss("asl"), steps + warmup, device)
-    train_one_epoch(state, [(x, y)] * warmup, show=False)
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    train_one_epoch(state, [(x, y)] * steps, show=False)
-    torch.cuda.synchronize()
-    per_step = (time.perf_counter() - start) / steps
+    t = step_seconds(config, classes, torch.device("cuda"), steps, warmup)
     cost = architecture_cost(config, classes)
+    batch = config["optim"]["batch_size"]
     flops = batch * cost["train_image"] + cost["train_step"]
-    del model, state
-    torch.cuda.empty_cache()
-    return flops / per_step, (f"{recipe} measured: {per_step * 1000:.0f} ms per step of {batch} images after "
-                              f"{warmup} warm-up steps on {torch.cuda.get_device_name(0)}")
+    fixed = t["build_s"] + t["warmup_s"]
+    return flops / t["step_s"], (f"{recipe} measured: {t['step_s'] * 1000:.0f} ms per step of {batch} images after "
+                                 f"{warmup} warm-up steps on {torch.cuda.get_device_name(0)}"), fixed, (
+        f"measured: model build {t['build_s']:.1f} s and warm-up {t['warmup_s']:.1f} s; loader start and saving not "
+        "included (tools/gpu_check.sh measures a whole run's)")
 
 
 def with_rate(plan: Plan, ctx: RunContext, workers: int) -> Plan:
     plan.workers = max(1, workers)
     if torch.cuda.is_available():
-        plan.rate, plan.rate_source = gpu_rate(ctx)
+        plan.rate, plan.rate_source, plan.fixed_s, plan.fixed_source = gpu_rate(ctx)
     else:
         plan.rate, plan.rate_source = cpu_rate()
+        plan.fixed_source = "not measured on a CPU (nothing is trained)"
     return plan
 
 

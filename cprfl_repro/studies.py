@@ -298,17 +298,24 @@ def _run_job(job: tuple[dict, str]) -> dict:
     return run_once(config, Path(run_dir))
 
 
-def _init_worker(gpus: list[int], threads: int | None) -> None:
-    """A pool process: its own GPU (one each, in turn, by the order the pool started its processes) or its share of
-    the CPU threads."""
-    import multiprocessing as mp
+_WORKER_GPU: int | None = None  # the GPU this pool process trains on (set by _init_worker)
 
-    import torch
 
-    index = (mp.current_process()._identity or (1,))[0] - 1
-    if gpus:
-        torch.cuda.set_device(gpus[index % len(gpus)])
+def _init_worker(gpu_ids, threads: int | None, concurrent: int = 1) -> None:
+    """A pool process: its own GPU, taken from ``gpu_ids`` (a queue holding one id per pool process), or its share
+    of the CPU threads; and its share of the loader workers (``concurrent`` runs train side by side)."""
+    global _WORKER_GPU
+    from cprfl_lib.train.engine import CONCURRENT_RUNS_ENV
+
+    os.environ[CONCURRENT_RUNS_ENV] = str(max(1, concurrent))
+    if gpu_ids is not None:
+        import torch
+
+        _WORKER_GPU = gpu_ids.get(timeout=60)
+        torch.cuda.set_device(_WORKER_GPU)
     if threads:
+        import torch
+
         torch.set_num_threads(threads)
 
 
@@ -412,8 +419,13 @@ def _train_in_parallel(configs: dict[str, dict], workers: int, gpus: list[int], 
     ctx = mp.get_context("spawn")
     # one thread each on a CPU (two small runs in parallel beat one run on two threads)
     threads = None if gpus else 1
-    pool = ProcessPoolExecutor(min(workers, len(order)), mp_context=ctx, initializer=_init_worker,
-                               initargs=(gpus, threads))
+    n = min(workers, len(order))
+    gpu_ids = None
+    if gpus:  # one id per pool process, handed out as each starts (no private process attributes)
+        gpu_ids = ctx.Queue()
+        for i in range(n):
+            gpu_ids.put(gpus[i % len(gpus)])
+    pool = ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker, initargs=(gpu_ids, threads, n))
     try:
         started = {}
         futures = {}

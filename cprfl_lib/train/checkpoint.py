@@ -2,8 +2,9 @@
 
 A run keeps one resumable ``checkpoint.pt`` while it trains (model and EMA weights, optimizer,
 scheduler and gradient-scaler states, RNG states, the epoch, the history, the class names
-and the resolved configuration), rewritten atomically after every ``train.checkpoint_every``
-epochs. When the run ends, the model-only ``weights.pt`` (model and EMA weights, configuration,
+and the resolved configuration, the precision it trained in), rewritten atomically after every
+``train.checkpoint_every`` epochs once ``train.checkpoint_minutes`` have passed since the last one
+(a run of a few minutes writes none). When the run ends, the model-only ``weights.pt`` (model and EMA weights, configuration,
 class names, epoch; no optimizer state) replaces it, so a finished paper-size run keeps about a
 third of the checkpoint's disk. Reading either never executes code from the file: a file that
 is truncated, foreign, or would run code when unpickled is refused with one line saying it was

@@ -55,6 +55,23 @@ def init_distributed(device_type: str) -> Dist:
                 local_world=int(os.environ.get("LOCAL_WORLD_SIZE", str(world))))
 
 
+def from_rank0(make, device_type: str):
+    """``make()`` on rank 0, the same value on every rank (broadcast); joins the process group under torchrun.
+
+    For what each rank would otherwise choose for itself, such as a timestamped output folder.
+    """
+    d = init_distributed(device_type)
+    value = [make() if d.is_main else None]
+    if d.enabled:
+        dist.broadcast_object_list(value, src=0)
+    return value[0]
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a process group, or a process on its own: the one that prints a run's figures."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 def barrier(d: Dist) -> None:
     if d.enabled:
         dist.barrier()
@@ -101,6 +118,19 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
                 batch = np.concatenate([batch, order[: self.world - len(batch)]])
             mine = batch[self.rank::self.world].tolist()
             yield [(self.epoch, i) for i in mine] if self.tag_epoch else mine
+
+
+def all_ranks_finite(loss: torch.Tensor) -> bool:
+    """Whether the loss is finite on every process (one all-reduce of the loss; True without a process group).
+
+    A rank that skipped a non-finite step alone would leave the others waiting in DDP's gradient
+    all-reduce until the collective timeout: the ranks agree first, then all skip (or all stop).
+    """
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return True
+    total = loss.detach().float().reshape(1).clone()
+    dist.all_reduce(total)  # a non-finite term makes the sum non-finite
+    return bool(torch.isfinite(total).item())
 
 
 def shard_indices(n: int, d: Dist) -> list[int]:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset, TensorDataset
 from tqdm.auto import tqdm
 
@@ -53,6 +54,7 @@ from cprfl_lib.train.checkpoint import (
 from cprfl_lib.train.distributed import (
     Dist,
     GlobalBatchSampler,
+    all_ranks_finite,
     gather_predictions,
     init_distributed,
     rank0_first,
@@ -99,16 +101,28 @@ def cpu_threads(n: int | None):
         torch.set_num_threads(before)
 
 
+CONCURRENT_RUNS_ENV = "CPRFL_CONCURRENT_RUNS"  # runs training side by side on this machine (a studies pool sets it)
+
+
+def concurrent_runs() -> int:
+    """How many runs share this machine's CPUs: $CPRFL_CONCURRENT_RUNS (set by the studies pool), else 1."""
+    try:
+        return max(1, int(os.environ.get(CONCURRENT_RUNS_ENV, "1")))
+    except ValueError:
+        raise CprflError(f"{CONCURRENT_RUNS_ENV}={os.environ[CONCURRENT_RUNS_ENV]!r} is not a whole number") from None
+
+
 def worker_count(setting, device: torch.device, d: Dist, on_tensors: bool) -> int:
     """DataLoader workers: the recipe's number, or (auto) from this process's share of the CPUs.
 
     Cached features or decoded images in memory need none on the CPU; a GPU is fed by up to 8
-    workers a process, leaving one core to the process itself.
+    workers a process, leaving one core to the process itself. The CPUs are shared by the processes
+    of a distributed run and by the runs a studies pool trains side by side.
     """
     if setting != "auto":
         return int(setting)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    share = max(1, cpus // max(d.local_world, 1))
+    share = max(1, cpus // max(d.local_world, 1) // concurrent_runs())
     if device.type == "cuda":
         return max(1, min(8, share - 1))
     return 0 if on_tensors else min(2, share)
@@ -226,8 +240,11 @@ def train_one_epoch(state: TrainState, loader: DataLoader, epoch: int = 1, desc:
         try:
             loss = state.loss_fn(logits, y)  # the losses compute in float32
             value = loss.item()  # the step's one host sync: the check and the running mean share it
+            everywhere = all_ranks_finite(loss)  # every rank takes part: all skip (or stop) at the same step
             if not math.isfinite(value):
                 raise NonFiniteError(f"the loss became {value}")
+            if not everywhere:
+                raise NonFiniteError("the loss became non-finite in another process")
         except NonFiniteError as exc:
             if not state.scaler.is_enabled():
                 raise _diverged(state, epoch, str(exc)) from None
@@ -367,7 +384,7 @@ def train(config: dict, output_dir: str | Path, resume: bool = False, progress: 
             else ([], 1)
         if d.is_main:
             atomic_write_text(out / "config.yaml", dump(config))
-        scores = {}
+        scores, last_saved = {}, time.monotonic()  # a mid-run checkpoint once train.checkpoint_minutes have passed
         for epoch in range(start_epoch, oc["epochs"] + 1):
             data.sampler.set_epoch(epoch)
             row = {"epoch": epoch, **train_one_epoch(state, data.train_loader, epoch,
@@ -380,9 +397,11 @@ def train(config: dict, output_dir: str | Path, resume: bool = False, progress: 
             history.append(row)
             if d.is_main:
                 _write_summary(out / "summary.csv", history)
-                if tr["save_checkpoint"] and (epoch % tr["checkpoint_every"] == 0) and epoch < oc["epochs"]:
+                if tr["save_checkpoint"] and (epoch % tr["checkpoint_every"] == 0) and epoch < oc["epochs"] \
+                        and time.monotonic() - last_saved >= 60 * tr["checkpoint_minutes"]:
                     _save(out / CHECKPOINT, save_checkpoint, **_checkpoint_payload(state, config, benchmark, epoch,
                                                                                    history, model))
+                    last_saved = time.monotonic()
         if not scores:  # resumed after the last epoch: evaluate the restored weights once more
             scores = _evaluate_all(state, data, benchmark, d, {}, progress)
         metrics = _final_metrics(config, benchmark, history, scores, time.time() - started, device)
@@ -410,9 +429,18 @@ def _checkpoint_payload(state: TrainState, config, benchmark, epoch: int, histor
     return dict(model=model.state_dict(), ema=state.ema.module.state_dict() if state.ema else None,
                 optimizer=state.optimizer.state_dict(), scheduler=state.scheduler.state_dict(),
                 scaler=state.scaler.state_dict(), epoch=epoch, step=state.step, history=history, config=config,
-                class_names=benchmark.class_names, input_norm=_input_norm(model),
+                class_names=benchmark.class_names, input_norm=_input_norm(model), precision=precision_of(state),
                 rng={"torch": torch.get_rng_state(),
                      "cuda": torch.cuda.get_rng_state() if state.device.type == "cuda" else None})
+
+
+def precision_of(state: TrainState) -> str:
+    """How this run computes, in words: the device and the autocast dtype (float16 with its gradient scaler)."""
+    where = state.device.type
+    if state.amp_dtype is None:
+        return f"float32 on {where}"
+    return f"{str(state.amp_dtype).replace('torch.', '')} autocast on {where}" + (
+        " with a gradient scaler" if state.scaler.is_enabled() else "")
 
 
 def _input_norm(model) -> dict:
@@ -447,6 +475,10 @@ def _resume(state: TrainState, out: Path, config, benchmark, device, say: bool) 
     state.step = ckpt.get("step", 0)
     if say:
         print(f"resuming {out} from epoch {ckpt['epoch']}")
+    before, now = ckpt.get("precision"), precision_of(state)
+    if before is not None and before != now and not (dist.is_initialized() and dist.get_rank() > 0):
+        print(f"resuming {out}: epochs 1-{ckpt['epoch']} trained in {before}, the rest trains in {now}; "
+              "the result is not that of a run in one precision", flush=True)
     return list(ckpt["history"]), ckpt["epoch"] + 1
 
 

@@ -42,13 +42,21 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_m
     return out
 
 
-def build_optimizer(model: nn.Module, optim_cfg: dict) -> torch.optim.Optimizer:
+def fused_for(optim_cfg: dict, device: torch.device | str | None) -> bool:
+    """Whether the optimizer runs its fused kernels: ``optim.fused`` (auto: on CUDA only)."""
+    setting = optim_cfg.get("fused", "auto")
+    return setting is True or (setting == "auto" and device is not None and torch.device(device).type == "cuda")
+
+
+def build_optimizer(model: nn.Module, optim_cfg: dict, device: torch.device | str | None = None) -> torch.optim.Optimizer:
+    """Adam or AdamW over :func:`param_groups`; fused kernels per :func:`fused_for` (``device``: the parameters')."""
     name = optim_cfg["optimizer"]
     if name not in OPTIMIZERS:
         raise CprflError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
     groups = param_groups(model, optim_cfg["lr"], optim_cfg["weight_decay"], optim_cfg["backbone_lr_mult"])
     # Adam's weight_decay is L2 in the gradient, AdamW's is decoupled; both honour the per-group value.
-    return OPTIMIZERS[name](groups, lr=optim_cfg["lr"])
+    fused = fused_for(optim_cfg, device if device is not None else next(model.parameters()).device)
+    return OPTIMIZERS[name](groups, lr=optim_cfg["lr"], **({"fused": True} if fused else {}))
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: dict, steps_per_epoch: int):

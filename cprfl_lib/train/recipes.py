@@ -23,7 +23,8 @@ import yaml
 from cprfl_lib.errors import CprflError
 
 RECIPE_DIR = resources.files("cprfl_lib.train") / "recipes"
-SWITCHES = ("auto", True, False)  # train.amp, train.cache_features, data.decoded_cache
+SWITCHES = ("auto", True, False)  # train.amp, train.cache_features, data.decoded_cache, optim.fused
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")  # train.compile: true is inductor
 
 
 def available_recipes() -> list[str]:
@@ -73,8 +74,10 @@ def _check_type(default: Any, value: Any, key: str) -> None:
     if ok is not None and ok(value) or ok is None and isinstance(value, type(default)):
         return
     if isinstance(default, str) and isinstance(value, (bool, int, float)) and key.endswith(
-            ("amp", "cache_features", "decoded_cache", "num_workers")):
+            ("amp", "cache_features", "decoded_cache", "num_workers", "fused")):
         return  # 'auto' | a value switches
+    if isinstance(default, bool) and isinstance(value, str) and key.endswith("compile"):
+        return  # false | true | a backend name
     raise CprflError(f"configuration key {key!r} expects a {type(default).__name__} (like {default!r}), got {value!r}")
 
 
@@ -267,7 +270,8 @@ def _rules() -> dict[str, Callable[[Any], str | None]]:
         "train.threshold": _real(0, 1, lo_open=True, hi_open=True),
         "train.max_steps_per_epoch": _int(1, optional=True), "train.num_threads": _int(1, optional=True),
         "train.save_checkpoint": _one_of((True, False)), "train.save_weights": _one_of((True, False)),
-        "train.checkpoint_every": _int(1),
+        "train.checkpoint_every": _int(1), "train.checkpoint_minutes": _real(0),
+        "train.compile": _one_of((False, True, *COMPILE_BACKENDS)), "optim.fused": _one_of(SWITCHES),
     }
 
 
@@ -293,6 +297,10 @@ def validate(config: dict) -> dict:
 
     if train["cache_features"] is True and not model["freeze_backbone"]:
         refuse("train.cache_features=true needs model.freeze_backbone=true (features of a trained backbone change)")
+    if train["compile"] is not False and (train["cache_features"] is True or train["cache_features"] == "auto"
+                                          and model["freeze_backbone"]):
+        refuse(f"train.compile={train['compile']!r} compiles the backbone where it trains, but this run trains on "
+               "cached backbone features; set train.compile=false (or model.freeze_backbone=false)")
     if sem["trainable"] and not sem["encoder"].startswith("clip"):
         refuse(f"semantics.trainable=true needs a CLIP encoder, got semantics.encoder={sem['encoder']!r}")
     if sem["weights"] is not None and not sem["encoder"].startswith("clip"):

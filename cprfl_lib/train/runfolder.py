@@ -38,7 +38,8 @@ LOCK, RESUMES = "run.lock", "resumes.json"
 RUN_FILES = ("config.yaml", "summary.csv", CHECKPOINT, WEIGHTS, "metrics.json", "predictions.npz", RESUMES)
 # Keys that cannot change what a run computes: the loader's worker processes (augmentation draws from
 # (seed, epoch, index), whatever the workers), what is saved and how often, the recipe's description.
-NEUTRAL = ("data.num_workers", "train.save_checkpoint", "train.checkpoint_every", "train.save_weights", "description")
+NEUTRAL = ("data.num_workers", "train.save_checkpoint", "train.checkpoint_every", "train.checkpoint_minutes",
+           "train.save_weights", "description")
 
 
 class _Absent:

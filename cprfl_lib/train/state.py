@@ -41,6 +41,7 @@ class TrainState:
     channels_last: bool
     freeze_backbone: bool
     step: int = 0  # optimizer steps taken (for messages)
+    amp_dtype: torch.dtype | None = None  # the autocast dtype; None: float32
 
     def eval_models(self) -> dict[str, nn.Module]:
         """The models a test-set evaluation scores: the model, and its EMA when the run keeps one."""
@@ -78,9 +79,12 @@ def build_train_state(config: dict, model: nn.Module, loss_fn: nn.Module, batche
     scaler = torch.amp.GradScaler(device.type, enabled=amp_on and amp_dtype == torch.float16)
     max_batches = batches_per_epoch if tr["max_steps_per_epoch"] is None else min(
         batches_per_epoch, tr["max_steps_per_epoch"] * oc["grad_accum"])
-    optimizer = build_optimizer(trainable, oc)
+    optimizer = build_optimizer(trainable, oc, device)
     scheduler = build_scheduler(optimizer, oc, math.ceil(max_batches / oc["grad_accum"]))
     ema = ModelEma(trainable, tr["ema"]).to(device) if tr["ema"] else None
+    if tr.get("compile", False) is not False and not cached:  # in place, after the EMA's copy (which stays eager):
+        # the state dict keeps its names, so checkpoints and weights are those of an uncompiled run
+        model.backbone.compile(backend="inductor" if tr["compile"] is True else tr["compile"])
     module = trainable
     if d.enabled:
         module = nn.parallel.DistributedDataParallel(
@@ -89,4 +93,5 @@ def build_train_state(config: dict, model: nn.Module, loss_fn: nn.Module, batche
     return TrainState(model=model, trainable=trainable, module=module, loss_fn=loss_fn.to(device), optimizer=optimizer,
                       scheduler=scheduler, scaler=scaler, autocast=autocast, ema=ema, device=device, cached=cached,
                       grad_accum=oc["grad_accum"], max_batches=max_batches, clip_grad=oc["clip_grad"],
-                      channels_last=tr["channels_last"], freeze_backbone=config["model"]["freeze_backbone"])
+                      channels_last=tr["channels_last"], freeze_backbone=config["model"]["freeze_backbone"],
+                      amp_dtype=amp_dtype if amp_on else None)
