@@ -162,8 +162,8 @@ def check_name(profile: str, name: str) -> str:
         raise CprflError(f"NAME {name!r}: a variant's name is letters, digits, '.', '-' or '_' (starting with a "
                          "letter or digit, at most 80)")
     if name in PROFILES or f"{profile}-{name}" in PROFILES:
-        raise CprflError(f"NAME {name!r}: {profile}-{name if f'{profile}-{name}' in PROFILES else ''}".rstrip("-")
-                         + f" collides with a built-in profile ({', '.join(PROFILES)}); choose another name")
+        clash = name if name in PROFILES else f"{profile}-{name}"
+        raise CprflError(f"NAME {name!r}: {clash!r} is a built-in profile ({', '.join(PROFILES)}); choose another name")
     return name
 
 
@@ -280,7 +280,8 @@ class RunContext:
 
 def resolve(profile: str, output_dir: str | os.PathLike | None = None, work_dir: str | os.PathLike | None = None,
             data_root: str | os.PathLike | None = None, list_dir: str | os.PathLike | None = None,
-            overrides: Mapping[str, Any] | list[str] | None = None, name: str | None = None) -> RunContext:
+            overrides: Mapping[str, Any] | list[str] | None = None, name: str | None = None,
+            create: bool = True) -> RunContext:
     """The context of a notebook run under ``profile`` (its settings read from the profile file). ``overrides``
     (dotted keys, nested mappings or ``key=value`` strings) apply to every run after the profile's own.
 
@@ -300,7 +301,7 @@ def resolve(profile: str, output_dir: str | os.PathLike | None = None, work_dir:
     as_path = lambda p: Path(p).expanduser().resolve() if p else None  # noqa: E731
     ctx = RunContext(profile, out, work, as_path(data_root), as_path(list_dir),
                      {**(params.get("overrides") or {}), **changes}, name, changes, params).check()
-    for folder in (out, out / "tables", out / "figures", out / "metrics", work):
+    for folder in (out, out / "tables", out / "figures", out / "metrics", work) if create else ():
         folder.mkdir(parents=True, exist_ok=True)
     return ctx
 

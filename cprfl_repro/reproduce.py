@@ -213,23 +213,31 @@ def reproduce(profile: str, data_root: str | None = None, list_dir: str | None =
     found = choose_notebooks(notebooks(root), only)
     if studies and not any(nb.stem == "05_ablations" for nb in found):
         raise CprflError("STUDIES: the studies run in notebook 05, which ONLY leaves out")
+    # everything is checked before anything is written: the context (overrides), every notebook's recipes, the
+    # user's studies (an unknown study, a variant's unknown key: refused by name)
+    ctx = context.resolve(profile, output_dir=final, data_root=data_root, list_dir=list_dir,
+                          overrides=changes.get("overrides"), name=name, create=False)
+    params_by_nb = ctx.params
+    for nb in found:
+        recipes = params_by_nb.get(nb.stem, {}).get("recipes") or {}
+        for recipe in [*recipes.values(), params_by_nb.get(nb.stem, {}).get("recipe")]:
+            if recipe:
+                ctx.recipe(recipe)
+    if studies:
+        from cprfl_repro import experiments
+
+        nb05 = ctx.notebook("05_ablations")
+        chosen = experiments.ablation_studies(ctx, nb05["recipe"], nb05["seeds"], list(studies), nb05["encoder_options"])
+        for study_name, study in chosen.items():
+            for label, variant in study.variants.items():
+                if isinstance(variant, dict):
+                    context.check_keys(variant, f"STUDIES: study {study_name!r}, variant {label!r}: ")
     staging = temp_dir_for(final)
     previous = {k: os.environ.get(k) for k in (PROGRESS_ENV, "CPRFL_RESULTS_DIR")}
     tail = None
     try:
         ctx = context.resolve(profile, output_dir=staging, data_root=data_root, list_dir=list_dir,
                               overrides=changes.get("overrides"), name=name)
-        params_by_nb = ctx.params
-        for nb in found:  # every notebook's recipes resolve with these overrides: refused now, not mid-way
-            recipes = params_by_nb.get(nb.stem, {}).get("recipes") or {}
-            for recipe in [*recipes.values(), params_by_nb.get(nb.stem, {}).get("recipe")]:
-                if recipe:
-                    ctx.recipe(recipe)
-        if studies:  # the user's studies expand now (an unknown study, a variant's unknown key: refused by name)
-            from cprfl_repro import experiments
-
-            nb05 = ctx.notebook("05_ablations")
-            experiments.ablation_studies(ctx, nb05["recipe"], nb05["seeds"], list(studies), nb05["encoder_options"])
         plan = None
         if profile in PLANNED:
             planned = {k: ({**v, "studies": list(studies)} if k == "05_ablations" and studies else v)
