@@ -231,7 +231,7 @@ def reproduce(profile: str, data_root: str | None = None, list_dir: str | None =
         for study_name, study in chosen.items():
             for label, variant in study.variants.items():
                 if isinstance(variant, dict):
-                    context.check_keys(variant, f"STUDIES: study {study_name!r}, variant {label!r}: ")
+                    context.check_keys(context.flatten(variant), f"STUDIES: study {study_name!r}, variant {label!r}: ")
     staging = temp_dir_for(final)
     previous = {k: os.environ.get(k) for k in (PROGRESS_ENV, "CPRFL_RESULTS_DIR")}
     tail = None
