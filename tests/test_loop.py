@@ -90,7 +90,8 @@ def test_a_notebook_takes_its_settings_from_the_profile(tmp_path, monkeypatch):
     # a hand run without a name writes results/<profile>-lab/, never results/<profile>/
     assert ctx.output_dir == tmp_path / "results" / "quick-lab"
     assert not (tmp_path / "results" / "quick").exists()
-    named = context.resolve("quick", work_dir=tmp_path / "runs", name="γ-test", overrides={"loss": {"params": {"gamma_neg": 2}}})
+    named = context.resolve("quick", work_dir=tmp_path / "runs", name="γ-test",
+                            overrides={"loss": {"params": {"gamma_neg": 2}}})
     assert named.output_dir == tmp_path / "results" / "quick-γ-test" and named.changes == {"loss.params.gamma_neg": 2}
     assert named.reference().overrides == ctx.overrides and named.reference().changes == {}
     with pytest.raises(CprflError, match="no notebook '07_x'"):
