@@ -96,7 +96,7 @@ strip-notebooks: $(STAMP)
 # the run store; a run by hand writes results/<profile>-lab/ (or results/<profile>-<name>/), never results/quick/.
 LAB_DIR := results/quick/notebooks
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --notebook-dir=. --ServerApp.default_url=/lab/tree/$(LAB_DIR)
+	$(VENV)/bin/jupyter lab --notebook-dir=. --LabApp.default_url=/lab/tree/$(LAB_DIR)
 
 bench: $(STAMP)
 	$(PY) -m tools.bench
