@@ -36,6 +36,9 @@ from cprfl_lib.train.recipes import load_recipe, parse_overrides
 PROFILES = ("smoke", "quick", "quick-extra", "paper", "paper-check")
 # a profile whose runs are another's (same recipes): it finds them trained already
 RUNS_OF = {"paper-check": "paper", "quick-extra": "quick"}
+# overrides that only locate the input files of a profile (the paper profiles' weight files), like DATA_ROOT and
+# LIST_DIR: a plain reproduction takes them; every other override is a change, which needs a name
+INPUT_KEYS = ("model.backbone_weights", "semantics.weights")
 HAND_NAME = "lab"  # the variant name of a notebook run by hand without one: results/<profile>-lab/
 CHECK_LABEL = "PIPELINE CHECK, NOT RESULTS"
 CHECK_NOTE = ("pipeline check, not results: every run trained a step or two and was evaluated on a fixed subset of "
@@ -178,8 +181,13 @@ class RunContext:
     list_dir: Path | None = None  # the real benchmarks' split lists (one folder, or a parent of voc_lt/, coco_lt/)
     overrides: dict[str, Any] = field(default_factory=dict)  # dotted key -> value, for every run
     name: str | None = None  # a named variant's name (results/<profile>-<name>/)
-    changes: dict[str, Any] = field(default_factory=dict)  # the user's overrides (in ``overrides``, after the profile's)
+    user: dict[str, Any] = field(default_factory=dict)  # the user's overrides (in ``overrides``, after the profile's)
     params: dict[str, dict] = field(default_factory=dict)  # the profile's settings of each notebook
+
+    @property
+    def changes(self) -> dict[str, Any]:
+        """The user's overrides that change what runs (not those that only locate input files: INPUT_KEYS)."""
+        return {k: v for k, v in self.user.items() if k not in INPUT_KEYS}
 
     def notebook(self, stem: str) -> dict[str, Any]:
         """The settings of notebook ``stem`` under this profile (recipes, seeds, studies, ...): a copy."""
@@ -197,7 +205,7 @@ class RunContext:
 
         plain = {k: v for k, v in self.overrides.items() if k not in self.changes}
         plain.update((self.params or profile_parameters(self.profile)).get("overrides") or {})
-        return replace(self, overrides=plain, name=None, changes={})
+        return replace(self, overrides=plain, name=None, user={k: v for k, v in self.user.items() if k in INPUT_KEYS})
 
     @property
     def is_check(self) -> bool:
@@ -249,7 +257,7 @@ class RunContext:
         ``$CPRFL_RESULTS_DIR``, so that an executed copy re-run by hand never writes into it)."""
         return {"profile": self.profile, "name": self.name,
                 "data_root": str(self.data_root) if self.data_root else None,
-                "list_dir": str(self.list_dir) if self.list_dir else None, "overrides": dict(self.changes)}
+                "list_dir": str(self.list_dir) if self.list_dir else None, "overrides": dict(self.user)}
 
     # -- outputs: every table and figure of a pipeline check says so
 

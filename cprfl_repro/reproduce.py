@@ -174,9 +174,10 @@ def choose_notebooks(found: list[Path], only: list[str] | None) -> list[Path]:
     return [nb for nb in found if nb.stem in only or nb.stem[:2] in only]
 
 
-def variant_changes(overrides, settings: str | None, studies, only) -> dict:
+def variant_changes(overrides, settings: str | None, studies, only) -> tuple[dict, dict]:
     """What makes a reproduction differ from its profile (recorded in the manifest): the overrides (OVERRIDES, then
-    the SETTINGS file's), the studies of notebook 05, the notebook subset."""
+    the SETTINGS file's), the studies of notebook 05, the notebook subset; and apart, the overrides that only locate
+    input files (``context.INPUT_KEYS``: a plain reproduction of the paper profiles takes them)."""
     from cprfl_lib.train.recipes import parse_overrides
     from cprfl_repro.context import flatten, read_settings
 
@@ -187,13 +188,14 @@ def variant_changes(overrides, settings: str | None, studies, only) -> dict:
     if settings:
         changes["settings"] = {"file": str(Path(settings).expanduser().resolve()), "values": read_settings(settings)}
     merged = {**user, **(changes.get("settings") or {}).get("values", {})}
-    if merged:
-        changes["overrides"] = merged
+    if any(k not in context.INPUT_KEYS for k in merged):
+        changes["overrides"] = {k: v for k, v in merged.items() if k not in context.INPUT_KEYS}
+    inputs = {k: v for k, v in merged.items() if k in context.INPUT_KEYS}  # overrides that locate input files
     if studies:
         changes["studies"] = list(studies)
     if only:
         changes["only"] = list(only)
-    return changes
+    return changes, inputs
 
 
 def reproduce(profile: str, data_root: str | None = None, list_dir: str | None = None,
@@ -204,7 +206,8 @@ def reproduce(profile: str, data_root: str | None = None, list_dir: str | None =
     ``results/<profile>/``. Anything else is a named variant: ``name`` is required and the results go to
     ``results/<profile>-<name>/``, whose manifest records the base profile and every change."""
     root = root or project_root()
-    changes = variant_changes(overrides, settings, studies, only)
+    changes, inputs = variant_changes(overrides, settings, studies, only)
+    user = {**inputs, **changes.get("overrides", {})}
     if name is None and changes:
         raise CprflError(f"a reproduction that differs from the {profile} profile ({', '.join(changes)}) needs a name: "
                          f"NAME=... writes results/{profile}-<name>/ (only a plain `make reproduce PROFILE={profile}` "
@@ -216,7 +219,7 @@ def reproduce(profile: str, data_root: str | None = None, list_dir: str | None =
     # everything is checked before anything is written: the context (overrides), every notebook's recipes, the
     # user's studies (an unknown study, a variant's unknown key: refused by name)
     ctx = context.resolve(profile, output_dir=final, data_root=data_root, list_dir=list_dir,
-                          overrides=changes.get("overrides"), name=name, create=False)
+                          overrides=user, name=name, create=False)
     params_by_nb = ctx.params
     for nb in found:
         recipes = params_by_nb.get(nb.stem, {}).get("recipes") or {}
@@ -237,7 +240,7 @@ def reproduce(profile: str, data_root: str | None = None, list_dir: str | None =
     tail = None
     try:
         ctx = context.resolve(profile, output_dir=staging, data_root=data_root, list_dir=list_dir,
-                              overrides=changes.get("overrides"), name=name)
+                              overrides=user, name=name)
         plan = None
         if profile in PLANNED:
             planned = {k: ({**v, "studies": list(studies)} if k == "05_ablations" and studies else v)
@@ -245,7 +248,7 @@ def reproduce(profile: str, data_root: str | None = None, list_dir: str | None =
             plan, stop = _plan(ctx, planned, found, force, commands)
             if stop:
                 return final
-        manifest = {"profile": final.name, "base_profile": profile, "name": name, "changes": changes,
+        manifest = {"profile": final.name, "base_profile": profile, "name": name, "changes": changes, "inputs": inputs,
                     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "context": ctx.describe(),
                     "notebooks": {}, **provenance(),
                     **({"plan": {"runs": len(plan.runs), "to_train": len(plan.todo), "hours": plan.hours(),

@@ -66,6 +66,19 @@ def test_overrides_text_splits_only_where_a_key_starts():
     assert split_overrides("") == [] and split_list("04,05") == ["04", "05"] and split_list("04 05") == ["04", "05"]
 
 
+def test_weight_files_are_inputs_and_every_other_override_a_change():
+    """The paper profiles' weight files (like DATA_ROOT) are located by a plain reproduction; anything else needs NAME."""
+    from cprfl_repro.reproduce import reproduce, variant_changes
+
+    changes, inputs = variant_changes(["model.backbone_weights=/w/r.pth", "semantics.weights=/w/c.bin"], None, None,
+                                      None)
+    assert changes == {} and inputs == {"model.backbone_weights": "/w/r.pth", "semantics.weights": "/w/c.bin"}
+    changes, inputs = variant_changes(["model.backbone_weights=/w/r.pth", "optim.lr=0.1"], None, ["table2"], ["05"])
+    assert changes == {"overrides": {"optim.lr": 0.1}, "studies": ["table2"], "only": ["05"]}
+    with pytest.raises(CprflError, match=r"differs from the smoke profile \(overrides\) needs a name"):
+        reproduce("smoke", overrides=["optim.lr=0.1"])
+
+
 def test_a_settings_file_changes_entries_and_names_an_unknown_key(tmp_path):
     from cprfl_repro.context import read_settings
 

@@ -18,7 +18,7 @@ def test_profile_settings_are_the_notebooks(profile):
     stems = {nb.stem: nb for nb in notebooks(ROOT)}
     params = profile_parameters(profile)
     assert set(params) - {"overrides"} == set(stems)
-    for stem, nb in stems.items():
+    for nb in stems.values():
         check_parameters(nb, {"profile": profile, "name": None, "overrides": {}})
 
 
