@@ -4,6 +4,15 @@
     python -m cprfl_repro.reproduce --profile paper-check --data-root D --list-dir L \\
         --override model.backbone_weights=/w/resnet101.pth --override semantics.weights=/w/RN50-openai.bin
     python -m cprfl_repro.reproduce --profile paper --data-root D --list-dir L   # a GPU machine
+    python -m cprfl_repro.reproduce --profile quick --name lr --only 05 --settings lr.yaml   # a named variant
+
+A plain reproduction writes ``results/<profile>/``. Anything that differs from the profile (an
+override other than the weight files' paths, a settings file, notebook 05's studies, a subset of
+the notebooks) is a named variant: it needs ``--name`` (make's NAME=) and writes
+``results/<profile>-<name>/``, whose manifest records the base profile and every change; its
+tables of notebooks 04 and 05 stand beside the profile's own runs (:mod:`cprfl_repro.compare`).
+The notebooks get only what a user would type in their parameters cell (profile, name, the
+user's overrides, folders, studies); their settings come from the profile through the context.
 
 The run context (profile, image root, list folder, overrides, output folder) is resolved once,
 checked (an override no recipe knows is refused by name), recorded in the manifest and handed
