@@ -47,7 +47,9 @@ def reference_runs(study: Study, label: str, seeds, work_dir: str | Path) -> dic
         return {}
     out = {}
     for seed in seeds:
-        config = run_config(study.recipe, {**study.overrides, **variant}, seed)
+        # the study's own expansion where it has one (Study.config), else the same arithmetic
+        config = (study.config(label, seed) if callable(getattr(study, "config", None))
+                  else run_config(study.recipe, {**study.overrides, **variant}, seed))
         folder = run_dir_for(config, work_dir)
         metrics = finished(config, folder)
         if metrics is not None and "last_epoch" in metrics:
