@@ -16,6 +16,14 @@ OVERRIDES ?=
 FORCE ?=
 COMMANDS ?=
 STYLE ?=
+# A named variant (results/<profile>-<NAME>/; required with any change), a subset of notebooks, a YAML file of recipe
+# settings, notebook 05's studies. Set here (not from the environment: a shell's NAME is not a variant's) and
+# handed to the command through the environment, so that values and paths with spaces or any characters pass intact.
+NAME =
+ONLY =
+SETTINGS =
+STUDIES =
+export PROFILE DATA_ROOT LIST_DIR OVERRIDES COMMANDS NAME ONLY SETTINGS STUDIES
 
 # One cache root for `make` and the `cprfl` command: the user's (as cprfl_lib.paths.cache_root decides it).
 # The standard torch hub and Hugging Face caches are used as they are. Jupyter, IPython and Matplotlib
@@ -42,8 +50,10 @@ help:
 	@echo "make reproduce [PROFILE=quick|quick-extra|paper-check|paper|own|own-paper] [DATA_ROOT=D] [LIST_DIR=L] [OVERRIDES=\"k=v ...\"] [FORCE=1] [COMMANDS=file]"
 	@echo "                 regenerate every table and figure into results/<profile>/ (paper profiles: the plan first)"
 	@echo "                 STYLE=my-style.yaml: the figures drawn in that style (its keys: cprfl_repro/style.yaml)"
+	@echo "make reproduce NAME=x [ONLY=05] [SETTINGS=my.yaml] [STUDIES=\"table2,my-study.yaml\"] [OVERRIDES=...]"
+	@echo "                 a named variant into results/<profile>-x/, each table beside the profile's own runs"
 	@echo "make test        lint, the stored notebooks under nbval, the unit tests, the README's commands"
-	@echo "make lab         JupyterLab on notebooks/ with the '$(KERNEL)' kernel"
+	@echo "make lab         JupyterLab on results/quick/notebooks/ (the embedded default's executed notebooks), '$(KERNEL)' kernel"
 	@echo "make bench       loader, training-step and evaluation throughput of this machine, and the GPU projection"
 	@echo "make notebooks   re-execute the stored notebooks at smoke scale; make strip-notebooks: drop volatile metadata"
 
@@ -60,9 +70,9 @@ $(STAMP): pyproject.toml
 
 reproduce: export CPRFL_STYLE := $(if $(STYLE),$(if $(filter /%,$(STYLE)),$(STYLE),$(CURDIR)/$(STYLE)),$(CPRFL_STYLE))
 reproduce: $(STAMP)
-	$(PY) -m cprfl_repro.reproduce --profile $(PROFILE) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
-		$(if $(LIST_DIR),--list-dir $(LIST_DIR)) $(foreach o,$(OVERRIDES),--override $(o)) \
-		$(if $(FORCE),--force) $(if $(COMMANDS),--write-commands $(COMMANDS))
+	$(PY) -m cprfl_repro.reproduce --profile "$$PROFILE" --data-root "$$DATA_ROOT" --list-dir "$$LIST_DIR" \
+		--overrides "$$OVERRIDES" --name "$$NAME" --only "$$ONLY" --settings "$$SETTINGS" --studies "$$STUDIES" \
+		--write-commands "$$COMMANDS" $(if $(FORCE),--force)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check cprfl_lib cprfl_repro tools tests
@@ -85,8 +95,11 @@ notebooks: $(STAMP)
 strip-notebooks: $(STAMP)
 	$(PY) -m tools.strip_notebooks notebooks/*.ipynb
 
+# The executed notebooks of the embedded default (what `make reproduce` wrote): re-running a cell reads the runs of
+# the run store; a run by hand writes results/<profile>-lab/ (or results/<profile>-<name>/), never results/quick/.
+LAB_DIR := results/quick/notebooks
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=. --LabApp.default_url=/lab/tree/$(LAB_DIR)
 
 bench: $(STAMP)
 	$(PY) -m tools.bench

@@ -26,7 +26,7 @@ import torch
 
 from cprfl_lib.errors import CprflError
 from cprfl_lib.train.engine import is_eval_epoch
-from cprfl_repro.context import RunContext
+from cprfl_repro.context import RunContext, profile_parameters
 from cprfl_repro.experiments import NOTEBOOK_STUDIES, notebook_studies
 from cprfl_repro.studies import finished, run_dir_for, start_run
 
@@ -232,7 +232,9 @@ def make_plan(ctx: RunContext, params_by_notebook: dict[str, dict], notebooks: l
     for nb in notebooks:
         if nb.stem not in NOTEBOOK_STUDIES:
             continue
-        params = {**notebook_defaults(nb), **params_by_notebook.get(nb.stem, {})}
+        # the notebook's settings under the context's profile (the one source), then what the caller gives
+        profile = ctx.params or profile_parameters(ctx.profile)
+        params = {**notebook_defaults(nb), **profile.get(nb.stem, {}), **params_by_notebook.get(nb.stem, {})}
         for study_name, study in notebook_studies(nb.stem, ctx, params).items():
             for variant_name, seed, config in study.runs():
                 run_dir = run_dir_for(config, ctx.work_dir)

@@ -4,6 +4,15 @@
     python -m cprfl_repro.reproduce --profile paper-check --data-root D --list-dir L \\
         --override model.backbone_weights=/w/resnet101.pth --override semantics.weights=/w/RN50-openai.bin
     python -m cprfl_repro.reproduce --profile paper --data-root D --list-dir L   # a GPU machine
+    python -m cprfl_repro.reproduce --profile quick --name lr --only 05 --settings lr.yaml   # a named variant
+
+A plain reproduction writes ``results/<profile>/``. Anything that differs from the profile (an
+override other than the weight files' paths, a settings file, notebook 05's studies, a subset of
+the notebooks) is a named variant: it needs ``--name`` (make's NAME=) and writes
+``results/<profile>-<name>/``, whose manifest records the base profile and every change; its
+tables of notebooks 04 and 05 stand beside the profile's own runs (:mod:`cprfl_repro.compare`).
+The notebooks get only what a user would type in their parameters cell (profile, name, the
+user's overrides, folders, studies); their settings come from the profile through the context.
 
 The run context (profile, image root, list folder, overrides, output folder) is resolved once,
 checked (an override no recipe knows is refused by name), recorded in the manifest and handed
@@ -20,41 +29,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import threading
 import time
-from importlib import resources
 from pathlib import Path
-
-import yaml
 
 from cprfl_lib.errors import CprflError, run_command
 from cprfl_lib.io import atomic_write_json, replace_dir, temp_dir_for
 from cprfl_lib.runinfo import provenance
 from cprfl_repro import context
-from cprfl_repro.context import PROFILES, project_root, results_root
+from cprfl_repro.context import PROFILES, profile_parameters, project_root, results_root  # noqa: F401
 from cprfl_repro.index import write_index
 from cprfl_repro.studies import PROGRESS_ENV
 
 KERNEL = "cprfl"
 PLANNED = ("paper", "paper-check")  # profiles whose plan is printed before they start
 REFUSE_ON_CPU = ("paper",)
-
-
-def profile_parameters(profile: str) -> dict[str, dict]:
-    """The profile file: {notebook stem: papermill parameters} and ``overrides`` for every run."""
-    if profile not in PROFILES:
-        raise CprflError(f"unknown profile {profile!r}; choose one of {PROFILES}")
-    text = (resources.files("cprfl_repro") / "profiles" / f"{profile}.yaml").read_text()
-    own = yaml.safe_load(text) or {}
-    base = own.pop("base", None)  # a profile that extends another: notebook by notebook, its keys win
-    if base is None:
-        return own
-    merged = profile_parameters(base)
-    for stem, params in own.items():
-        merged[stem] = {**merged.get(stem, {}), **params} if isinstance(params, dict) else params  # notebooks: a list
-    return merged
 
 
 def notebooks(root: Path) -> list[Path]:
@@ -159,36 +151,117 @@ def _plan(ctx, params_by_nb: dict, found: list[Path], force: bool, commands: str
     return plan, False
 
 
-def reproduce(profile: str, data_root: str | None = None, list_dir: str | None = None,
-              overrides: list[str] | None = None, only: list[str] | None = None, force: bool = False,
-              commands: str | None = None, root: Path | None = None) -> Path:
-    root = root or project_root()
-    params_by_nb = profile_parameters(profile)
-    profile_overrides = params_by_nb.pop("overrides", {}) or {}
-    subset = params_by_nb.pop("notebooks", None)  # a profile's notebooks (own: 01, 02, 04, 06); None: all
+OVERRIDE_START = re.compile(r"\s+(?=[A-Za-z_][\w-]*(?:\.[\w-]+)+=)")
+
+
+def split_overrides(text: str | None) -> list[str]:
+    """``OVERRIDES="a.b=1 loss.params={gamma_neg: 2, clip: 0.05} c.d=/a path/x"``: one override starts at each
+    ``section.key=`` after a space; a value keeps its spaces."""
+    text = (text or "").strip()
+    return [item for item in OVERRIDE_START.split(text) if item] if text else []
+
+
+def split_list(text: str | None) -> list[str]:
+    """``ONLY`` / ``STUDIES``: entries separated by commas (or, without a comma, by spaces); a whole string that
+    names an existing file is one entry (a study file with a space in its path)."""
+    text = (text or "").strip()
+    if not text:
+        return []
+    if "," in text:
+        return [t.strip() for t in text.split(",") if t.strip()]
+    return [text] if Path(text).expanduser().is_file() else text.split()
+
+
+def choose_notebooks(found: list[Path], only: list[str] | None) -> list[Path]:
+    """The notebooks ``only`` names (a stem or its two-digit number); one that does not exist is refused."""
+    if not only:
+        return found
+    known = {nb.stem for nb in found} | {nb.stem[:2] for nb in found}
+    unknown = [o for o in only if o not in known]
+    if unknown:
+        raise CprflError(f"ONLY: no notebook {', '.join(map(repr, unknown))} (notebooks: "
+                         f"{', '.join(nb.stem for nb in found)})")
+    return [nb for nb in found if nb.stem in only or nb.stem[:2] in only]
+
+
+def variant_changes(overrides, settings: str | None, studies, only) -> tuple[dict, dict]:
+    """What makes a reproduction differ from its profile (recorded in the manifest): the overrides (OVERRIDES, then
+    the SETTINGS file's), the studies of notebook 05, the notebook subset; and apart, the overrides that only locate
+    input files (``context.INPUT_KEYS``: a plain reproduction of the paper profiles takes them)."""
     from cprfl_lib.train.recipes import parse_overrides
+    from cprfl_repro.context import flatten, read_settings
 
     user = parse_overrides(overrides)
-    final = results_root(root) / profile
+    user = {k2: v2 for k, v in user.items()
+            for k2, v2 in (flatten({k: v}) if "." not in k and isinstance(v, dict) else {k: v}).items()}
+    changes = {}
+    if settings:
+        changes["settings"] = {"file": str(Path(settings).expanduser().resolve()), "values": read_settings(settings)}
+    merged = {**user, **(changes.get("settings") or {}).get("values", {})}
+    if any(k not in context.INPUT_KEYS for k in merged):
+        changes["overrides"] = {k: v for k, v in merged.items() if k not in context.INPUT_KEYS}
+    inputs = {k: v for k, v in merged.items() if k in context.INPUT_KEYS}  # overrides that locate input files
+    if studies:
+        changes["studies"] = list(studies)
+    if only:
+        changes["only"] = list(only)
+    return changes, inputs
+
+
+def reproduce(profile: str, data_root: str | None = None, list_dir: str | None = None,
+              overrides: list[str] | None = None, only: list[str] | None = None, force: bool = False,
+              commands: str | None = None, root: Path | None = None, name: str | None = None,
+              settings: str | None = None, studies: list[str] | None = None) -> Path:
+    """Run the notebooks of ``profile``. Plain (no name, override, settings file, studies or subset): into
+    ``results/<profile>/``. Anything else is a named variant: ``name`` is required and the results go to
+    ``results/<profile>-<name>/``, whose manifest records the base profile and every change."""
+    root = root or project_root()
+    changes, inputs = variant_changes(overrides, settings, studies, only)
+    user = {**inputs, **changes.get("overrides", {})}
+    if name is None and changes:
+        raise CprflError(f"a reproduction that differs from the {profile} profile ({', '.join(changes)}) needs a name: "
+                         f"NAME=... writes results/{profile}-<name>/ (only a plain `make reproduce PROFILE={profile}` "
+                         f"writes results/{profile}/)")
+    final = results_root(root) / (f"{profile}-{context.check_name(profile, name)}" if name is not None else profile)
+    found = choose_notebooks(notebooks(root), only)
+    if studies and not any(nb.stem == "05_ablations" for nb in found):
+        raise CprflError("STUDIES: the studies run in notebook 05, which ONLY leaves out")
+    # everything is checked before anything is written: the context (overrides), every notebook's recipes, the
+    # user's studies (an unknown study, a variant's unknown key: refused by name)
+    ctx = context.resolve(profile, output_dir=final, data_root=data_root, list_dir=list_dir,
+                          overrides=user, name=name, create=False)
+    params_by_nb = ctx.params
+    subset = params_by_nb.get("notebooks")  # a profile's notebooks (own: 01, 02, 04, 06); None: all
+    found = [nb for nb in found if subset is None or nb.stem in subset]
+    for nb in found:
+        recipes = params_by_nb.get(nb.stem, {}).get("recipes") or {}
+        for recipe in [*recipes.values(), params_by_nb.get(nb.stem, {}).get("recipe")]:
+            if recipe:
+                ctx.recipe(recipe)
+    if studies:
+        from cprfl_repro import experiments
+
+        nb05 = ctx.notebook("05_ablations")
+        chosen = experiments.ablation_studies(ctx, nb05["recipe"], nb05["seeds"], list(studies), nb05["encoder_options"])
+        for study_name, study in chosen.items():
+            for label, variant in study.variants.items():
+                if isinstance(variant, dict):
+                    context.check_keys(context.flatten(variant), f"STUDIES: study {study_name!r}, variant {label!r}: ")
     staging = temp_dir_for(final)
-    previous = os.environ.get(PROGRESS_ENV)
+    previous = {k: os.environ.get(k) for k in (PROGRESS_ENV, "CPRFL_RESULTS_DIR")}
     tail = None
     try:
         ctx = context.resolve(profile, output_dir=staging, data_root=data_root, list_dir=list_dir,
-                              overrides={**profile_overrides, **user})
-        found = [nb for nb in notebooks(root) if not only or nb.stem in only or nb.stem[:2] in only]
-        found = [nb for nb in found if subset is None or nb.stem in subset]
-        for nb in found:  # every notebook's recipes resolve with these overrides: refused now, not mid-way
-            recipes = params_by_nb.get(nb.stem, {}).get("recipes") or {}
-            for name in [*recipes.values(), params_by_nb.get(nb.stem, {}).get("recipe")]:
-                if name:
-                    ctx.recipe(name)
+                              overrides=user, name=name)
         plan = None
         if profile in PLANNED:
-            plan, stop = _plan(ctx, params_by_nb, found, force, commands)
+            planned = {k: ({**v, "studies": list(studies)} if k == "05_ablations" and studies else v)
+                       for k, v in params_by_nb.items() if k not in ("overrides", "notebooks")}
+            plan, stop = _plan(ctx, planned, found, force, commands)
             if stop:
                 return final
-        manifest = {"profile": profile, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "context": ctx.describe(),
+        manifest = {"profile": final.name, "base_profile": profile, "name": name, "changes": changes, "inputs": inputs,
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "context": ctx.describe(),
                     "notebooks": {}, **provenance(),
                     **({"plan": {"runs": len(plan.runs), "to_train": len(plan.todo), "hours": plan.hours(),
                                  "disk_gib": plan.disk / 2**30, "rate": plan.rate_source}} if plan else {})}
@@ -196,19 +269,21 @@ def reproduce(profile: str, data_root: str | None = None, list_dir: str | None =
         tail = _Tail(progress)
         tail.start()
         os.environ[PROGRESS_ENV] = str(progress)
+        os.environ["CPRFL_RESULTS_DIR"] = str(staging)  # the kernels' output folder (not a parameter: see parameters())
         for nb in found:
             declared = _declared(nb)
             params = {k: v for k, v in ctx.parameters().items() if k in declared}
-            params.update(params_by_nb.get(nb.stem, {}))
-            print(f"reproduce [{profile}]: {nb.name} ...", flush=True)
+            if studies and nb.stem == "05_ablations":
+                params["studies"] = list(studies)
+            print(f"reproduce [{final.name}]: {nb.name} ...", flush=True)
             seconds = execute(nb, staging / "notebooks" / nb.name, params)
             metrics_file = staging / "metrics" / f"{nb.stem}.json"
             if not metrics_file.is_file():
                 raise CprflError(f"{nb.name} ran but wrote no metrics/{nb.stem}.json: its results are incomplete")
-            manifest["notebooks"][nb.stem] = {"wall_s": round(seconds, 1),
-                                              "parameters": params | {"output_dir": "."},
+            manifest["notebooks"][nb.stem] = {"wall_s": round(seconds, 1), "parameters": params,
+                                              "settings": ctx.params.get(nb.stem, {}),
                                               "metrics": json.loads(metrics_file.read_text())}
-            print(f"reproduce [{profile}]: {nb.name} done in {seconds:.0f} s", flush=True)
+            print(f"reproduce [{final.name}]: {nb.name} done in {seconds:.0f} s", flush=True)
         tail.stop.set()
         tail.join()
         progress.unlink(missing_ok=True)
@@ -219,10 +294,11 @@ def reproduce(profile: str, data_root: str | None = None, list_dir: str | None =
     finally:
         if tail is not None:
             tail.stop.set()
-        if previous is None:
-            os.environ.pop(PROGRESS_ENV, None)
-        else:
-            os.environ[PROGRESS_ENV] = previous
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         shutil.rmtree(staging, ignore_errors=True)
     return final
 
@@ -262,7 +338,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list-dir", help="the real split lists: one folder, or a parent of voc_lt/ and coco_lt/")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="a recipe override for every run of every notebook (repeatable)")
-    p.add_argument("--only", nargs="*", help="run only these notebooks (e.g. 01 04); merges into existing results")
+    p.add_argument("--overrides", default="", metavar="TEXT",
+                   help="several overrides in one string (make's OVERRIDES): each starts at a 'section.key=' after a space")
+    p.add_argument("--name", default="", help="a named variant: results/<profile>-<name>/ (required for any change)")
+    p.add_argument("--settings", default="", metavar="FILE", help="a YAML file of recipe settings for every run")
+    p.add_argument("--studies", default="", metavar="LIST",
+                   help="notebook 05's studies: built-in names or YAML study files, separated by commas")
+    p.add_argument("--only", nargs="*", help="run only these notebooks (e.g. 01 04, or '05,06'); merges into an "
+                   "existing variant's results")
     p.add_argument("--force", action="store_true", help="run the paper profile on a CPU all the same")
     p.add_argument("--write-commands", metavar="FILE", help="write the plan as one `cprfl train` command per run "
                    "(for a cluster's scheduler) instead of running the notebooks")
@@ -273,8 +356,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> None:
         start = time.time()
-        out = reproduce(args.profile, args.data_root, args.list_dir, args.override, args.only, args.force,
-                        args.write_commands)
+        only = [o for item in args.only or [] for o in split_list(item)]
+        out = reproduce(args.profile, args.data_root or None, args.list_dir or None,
+                        [*args.override, *split_overrides(args.overrides)], only, args.force,
+                        args.write_commands or None, name=args.name or None, settings=args.settings or None,
+                        studies=split_list(args.studies))
         if args.write_commands:
             return
         tables = len(list((out / "tables").glob("*.csv")))

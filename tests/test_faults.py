@@ -381,8 +381,8 @@ def test_mistyped_notebook_parameter_is_rejected_by_name():
     notebook = ROOT / "notebooks" / "04_training.ipynb"
     if not notebook.is_file():
         pytest.skip(f"{notebook} not found")
-    one_line_error(lambda: check_parameters(notebook, {"sedes": [0], "profile": "smoke"}),
-                   "04_training.ipynb", "'sedes'", "seeds")
+    one_line_error(lambda: check_parameters(notebook, {"nmae": "x", "profile": "smoke"}),
+                   "04_training.ipynb", "'nmae'", "name")
 
 
 # ================================================================ runs

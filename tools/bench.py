@@ -14,6 +14,9 @@ Sections:
   projection  the paper profile's work (FLOP count of the planned runs) and its hours on one H200 and on 8,
               and the loader throughput that keeps one busy
   reproduce   wall time per notebook of the last ``make reproduce`` (results/<profile>/manifest.json)
+  rerun       the researcher's loop (not in the default sections: it trains): one setting of Table 2 changed
+              (ASL's gamma_neg, a new value each time), notebook 05 rerun alone as a named variant on warm caches,
+              ``make reproduce PROFILE=quick NAME=... ONLY=05 STUDIES=table2 SETTINGS=...`` (--rerun-profile)
 
 Every network has random weights (nothing is downloaded, and speed does not depend on the
 weights); the class embeddings are fixed random vectors of the width of the recipe's encoder.
@@ -41,7 +44,8 @@ from cprfl_lib.train.distributed import Dist, GlobalBatchSampler
 from cprfl_lib.train.recipes import apply_overrides, load_recipe
 from cprfl_lib.train.state import build_train_state
 
-SECTIONS = ("loader", "step", "epoch", "eval", "projection", "reproduce")
+SECTIONS = ("loader", "step", "epoch", "eval", "projection", "reproduce", "rerun")
+DEFAULT_SECTIONS = SECTIONS[:-1]  # rerun trains: asked for by name
 STEP_CONFIGS = ("quick-e2e", "quick-head", "paper")
 ENCODER_DIM = {"minilm": 384, "clip-rn50": 1024}  # the width the random class embeddings stand in for
 H200_BF16 = 790e12  # dense bf16 FLOP/s of one H200 (vendor figure)
@@ -397,11 +401,55 @@ def section_reproduce(out=_say) -> None:
         out(f"   no manifest yet (run `make reproduce`; it writes {root / 'results' / '<profile>' / 'manifest.json'})")
 
 
+def _make_reproduce(root: Path, env: dict, *variables: str) -> tuple[float, str]:
+    import subprocess
+
+    start = time.perf_counter()
+    done = subprocess.run(["make", "--no-print-directory", "reproduce", *variables], cwd=root, env=env,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise CprflError(f"make reproduce {' '.join(variables)} failed: {(done.stderr or done.stdout).strip()[-500:]}")
+    return time.perf_counter() - start, done.stdout
+
+
+def _trained(stdout: str) -> str:
+    import re
+
+    found = re.search(r"(\d+) distinct runs, (\d+) finished earlier, (\d+) to train", stdout)
+    return f"{found.group(3)} of {found.group(1)} runs trained" if found else "runs: not reported"
+
+
+def section_rerun(profile: str = "quick", out=_say) -> dict[str, float]:
+    """Change one setting of Table 2 and rerun notebook 05 alone, through make, on warm caches (results in a temporary
+    folder; the runs stay in the profile's run store)."""
+    import os
+    import tempfile
+
+    root = Path(__file__).resolve().parents[1]
+    out(f"\n== the researcher's loop ({profile}): one setting of Table 2 changed, notebook 05 rerun alone")
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {k: v for k, v in os.environ.items() if k != "CPRFL_RESULTS_DIR"} | {"CPRFL_RESULTS_ROOT": tmp}
+        base = (f"PROFILE={profile}", "ONLY=05", "STUDIES=table2")
+        seconds, stdout = _make_reproduce(root, env, *base, "NAME=bench-reference")
+        out(f"   warm-up, the profile's own Table 2 (what the store lacked trains): {seconds:6.1f} s, {_trained(stdout)}")
+        settings = Path(tmp) / "gamma.yaml"
+        value = 2 + (time.time_ns() // 1000) % 997 / 1000  # a value no earlier bench trained: a real change
+        settings.write_text(f"loss:\n  params: {{gamma_neg: {value}}}\n")
+        seconds, stdout = _make_reproduce(root, env, *base, "NAME=bench-change", f"SETTINGS={settings}")
+        out(f"   loss.params.gamma_neg: {value} for every run, notebook 05 rerun:      {seconds:6.1f} s, "
+            f"{_trained(stdout)}  (goal: <= 180 s on 2 cores)")
+        again, stdout = _make_reproduce(root, env, *base, "NAME=bench-change", f"SETTINGS={settings}")
+        out(f"   the same again (nothing changed):                        {again:6.1f} s, {_trained(stdout)}")
+    return {"change_s": seconds, "again_s": again}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a few iterations and small batches: checks that it works")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}")
+    p.add_argument("--sections", default=",".join(DEFAULT_SECTIONS),
+                   help=f"comma-separated, of {', '.join(SECTIONS)} (default: all but rerun)")
+    p.add_argument("--rerun-profile", default="quick", help="the profile the rerun section changes (smoke: seconds)")
     p.add_argument("--configs", default=",".join(STEP_CONFIGS), help=f"step configurations: {', '.join(STEP_CONFIGS)}")
     args = p.parse_args(argv)
     sections, configs = args.sections.split(","), args.configs.split(",")
@@ -424,6 +472,12 @@ def main(argv: list[str] | None = None) -> int:
         section_projection(rates)
     if "reproduce" in sections:
         section_reproduce()
+    if "rerun" in sections:
+        try:
+            section_rerun(args.rerun_profile)
+        except CprflError as exc:
+            print(f"bench: error: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 

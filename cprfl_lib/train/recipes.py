@@ -136,9 +136,30 @@ def apply_overrides(config: dict, overrides: Iterable[str] | Mapping[str, Any] |
     body = {k: v for k, v in config.items() if k != "recipe"}
     for key, value in items:
         keys = key.split(".") if isinstance(key, str) else key
+        keys, value = _into_opaque(body, list(keys), value)
         _merge(body, _nest(keys, value), "")
     config.update(body)
     return validate(config)
+
+
+def _into_opaque(body: dict, keys: list[str], value: Any) -> tuple[list[str], Any]:
+    """A dotted key that goes inside an opaque mapping (``loss.params.gamma_neg``) changes that entry of the current
+    mapping and keeps its siblings: returned as the whole new mapping at the opaque key."""
+    node = body
+    for i, k in enumerate(keys[:-1]):
+        if not isinstance(node, dict) or k not in node:
+            break
+        if k in OPAQUE and isinstance(node[k], dict):
+            inner = copy.deepcopy(node[k])
+            target = inner
+            for part in keys[i + 1:-1]:
+                if not isinstance(target.get(part), dict):
+                    target[part] = {}
+                target = target[part]
+            target[keys[-1]] = value
+            return keys[:i + 1], inner
+        node = node[k]
+    return keys, value
 
 
 def dump(config: Mapping) -> str:
