@@ -276,7 +276,7 @@ def test_readme_commands_run_as_written_on_a_dataset_of_ones_own(tmp_path, cprfl
     assert len(predicted) == 3 and set(predicted) <= set(CLASSES), out["predict"]
     assert sorted(p.name for p in work.iterdir()) == ["runs"]
     # make reproduce: notebooks 01, 02, 04, 06, every table named after the dataset, none with a paper column
-    results = tmp_path / "results" / "own"
+    results = tmp_path / "results" / "own-mydata"  # an override: a named variant (NAME=mydata)
     manifest = json.loads((results / "manifest.json").read_text())
     assert list(manifest["notebooks"]) == ["01_data_splits", "02_category_embeddings", "04_training",
                                            "06_visualization"]
