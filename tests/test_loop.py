@@ -117,7 +117,7 @@ def test_every_profile_sets_only_the_notebooks_settings():
     smoke = profile_parameters("smoke")
     for profile in PROFILES:
         params = profile_parameters(profile)
-        assert set(params) - {"overrides"} == set(smoke) - {"overrides"}
+        assert set(params) - {"overrides", "notebooks"} == set(smoke) - {"overrides"}
         for stem in set(smoke) - {"overrides"}:
             assert set(params[stem]) == set(smoke[stem]), (profile, stem)
 
