@@ -216,6 +216,9 @@ def reproduce(profile: str, data_root: str | None = None, list_dir: str | None =
     ``results/<profile>/``. Anything else is a named variant: ``name`` is required and the results go to
     ``results/<profile>-<name>/``, whose manifest records the base profile and every change."""
     root = root or project_root()
+    # a study file is named from the user's folder; the notebook runs in notebooks/: hand it on as an absolute path
+    studies = [str(Path(s).expanduser().resolve()) if s.endswith((".yaml", ".yml")) or "/" in s else s
+               for s in studies or []]
     changes, inputs = variant_changes(overrides, settings, studies, only)
     user = {**inputs, **changes.get("overrides", {})}
     if name is None and changes:
