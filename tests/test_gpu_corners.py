@@ -9,6 +9,7 @@ import json
 import os
 import queue
 import socket
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +22,9 @@ from cprfl_lib.train import engine
 from cprfl_lib.train.checkpoint import load_checkpoint, save_checkpoint
 from cprfl_lib.train.recipes import load_recipe
 
+sys.path.insert(0, str(Path(__file__).parent))
+from test_engine import Killed, kill_after_epochs  # noqa: E402  (the engine tests' kill, one definition)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("cprfl_cache")
@@ -29,10 +33,6 @@ pytestmark = pytest.mark.usefixtures("cprfl_cache")
 def smoke(**overrides) -> dict:
     base = {"data.synthetic_limit": 64, "train.device": "cpu", "train.max_steps_per_epoch": 2, "train.num_threads": 1}
     return load_recipe("smoke", {**base, **overrides})
-
-
-class Killed(Exception):
-    pass
 
 
 def count_checkpoints(monkeypatch) -> list[int]:
@@ -45,18 +45,6 @@ def count_checkpoints(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(engine, "save_checkpoint", counted)
     return saved
-
-
-def kill_after_epochs(monkeypatch, n: int) -> None:
-    real, calls = engine.train_one_epoch, []
-
-    def once_too_many(*args, **kwargs):
-        calls.append(1)
-        if len(calls) > n:
-            raise Killed
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "train_one_epoch", once_too_many)
 
 
 # --- checkpoints by time ---------------------------------------------------------------------------

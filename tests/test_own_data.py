@@ -18,11 +18,11 @@ import pytest
 from cprfl_lib import cli
 from cprfl_lib.data.benchmarks import load_benchmark
 from cprfl_lib.data.own import read_own
-from cprfl_lib.errors import CprflError
 from cprfl_lib.train.recipes import load_recipe
 
 sys.path.insert(0, str(Path(__file__).parent))
 from own_dataset import CLASSES, THRESHOLDS, UNLABELLED_TEST, write_own_dataset  # noqa: E402
+from test_faults import one_line_error  # noqa: E402  (the fault suite's one-line assert)
 
 ROOT = Path(__file__).resolve().parents[1]
 README_PATH = "/path/to/dataset"
@@ -38,16 +38,6 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 def datasets(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("own")
     return {fmt: write_own_dataset(base / fmt / "birds", fmt) for fmt in ("lists", "coco")}
-
-
-def one_line_error(call, *needles: str) -> str:
-    with pytest.raises(CprflError) as info:
-        call()
-    message = str(info.value)
-    assert "\n" not in message, message
-    for needle in needles:
-        assert needle in message, f"{needle!r} not in {message!r}"
-    return message
 
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:
