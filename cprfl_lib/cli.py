@@ -105,8 +105,9 @@ def _cmd_train(args) -> None:
 
     paths = {k: v for k, v in (("data.data_root", args.data_root), ("data.list_dir", args.list_dir)) if v is not None}
     config = load_recipe(args.recipe, {**parse_overrides(args.overrides), **paths})  # validated once, here
+    from cprfl_lib.train.device import resolve_device
     from cprfl_lib.train.distributed import from_rank0, is_main_process
-    from cprfl_lib.train.engine import resolve_device, train  # after the recipe check: a mistyped recipe fails
+    from cprfl_lib.train.engine import train  # after the recipe check: a mistyped recipe fails
     # without importing torch
 
     out = Path(args.output_dir or from_rank0(  # one folder for all ranks under torchrun: rank 0 names it

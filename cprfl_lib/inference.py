@@ -12,7 +12,10 @@ from cprfl_lib.data.datasets import MultiLabelImageDataset, load_image
 from cprfl_lib.errors import CprflError
 from cprfl_lib.train import factory
 from cprfl_lib.train.checkpoint import check_compatible, find_run_file, load_checkpoint
-from cprfl_lib.train.engine import evaluate, report_scores, resolve_device, worker_count
+from cprfl_lib.train.device import resolve_device
+from cprfl_lib.train.engine import evaluate
+from cprfl_lib.train.loaders import worker_count
+from cprfl_lib.train.scoring import split_figures
 from cprfl_lib.train.state import autocast_for
 
 
@@ -77,7 +80,7 @@ def evaluate_checkpoint(path, data_root=None, list_dir=None, device: str = "auto
     scores = evaluate({tag: model.to(dev)}, loader, len(dataset), dev, autocast,
                       channels_last=config["train"]["channels_last"])[tag]
     return {"checkpoint": str(path), "dataset": bench.name, "synthetic": bench.is_synthetic, "epoch": ckpt["epoch"],
-            "weights": tag, **report_scores(scores, bench, config["train"]["threshold"])}
+            "weights": tag, **split_figures(scores, bench, config["train"]["threshold"])}
 
 
 @torch.no_grad()

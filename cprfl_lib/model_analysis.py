@@ -162,7 +162,7 @@ def prompt_similarity(t: Trace) -> dict:
 def initial_prompts(config: dict, class_names: list[str]) -> torch.Tensor:
     """P (c, d) as a run of ``config`` starts: the model built under the run's seed, exactly as training builds it."""
     from cprfl_lib.train import factory
-    from cprfl_lib.train.engine import seed_everything
+    from cprfl_lib.train.device import seed_everything
 
     if config["model"]["head"] != "cprfl":
         raise CprflError(f"model.head={config['model']['head']!r} has no prompts")

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from cprfl_lib.errors import CprflError
-from cprfl_lib.train.engine import is_eval_epoch
+from cprfl_lib.train.scoring import is_eval_epoch
 from cprfl_repro.context import RunContext, profile_parameters
 from cprfl_repro.experiments import NOTEBOOK_STUDIES, notebook_studies
 from cprfl_repro.studies import finished, run_dir_for, start_run
@@ -323,7 +323,7 @@ def step_seconds(config: dict, classes: int, device: torch.device, steps: int = 
             torch.cuda.synchronize()
 
     benchmark = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True  # a run autotunes (engine.seed_everything, unless deterministic)
+    torch.backends.cudnn.benchmark = True  # a run autotunes (device.seed_everything, unless deterministic)
     try:
         t0 = time.perf_counter()
         model = factory.model_from(config, [f"class {i}" for i in range(classes)]).to(device)

@@ -305,7 +305,7 @@ def _init_worker(gpu_ids, threads: int | None, concurrent: int = 1) -> None:
     """A pool process: its own GPU, taken from ``gpu_ids`` (a queue holding one id per pool process), or its share
     of the CPU threads; and its share of the loader workers (``concurrent`` runs train side by side)."""
     global _WORKER_GPU
-    from cprfl_lib.train.engine import CONCURRENT_RUNS_ENV
+    from cprfl_lib.cpus import CONCURRENT_RUNS_ENV
 
     os.environ[CONCURRENT_RUNS_ENV] = str(max(1, concurrent))
     if gpu_ids is not None:

@@ -181,38 +181,41 @@ def test_a_compiled_backbone_trains_as_the_eager_one(tmp_path):
 # --- the studies pool: GPU ids and loader workers ---------------------------------------------------
 
 def test_each_pool_process_takes_its_own_gpu_from_the_queue(monkeypatch):
+    from cprfl_lib import cpus
     from cprfl_repro import studies
 
     chosen = []
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
-    monkeypatch.delenv(engine.CONCURRENT_RUNS_ENV, raising=False)
+    monkeypatch.delenv(cpus.CONCURRENT_RUNS_ENV, raising=False)
     ids = queue.Queue()
     for gpu in (0, 1, 0, 1):  # 4 pool processes on 2 GPUs
         ids.put(gpu)
     for _ in range(4):
         studies._init_worker(ids, None, 4)
     assert chosen == [0, 1, 0, 1] and ids.empty()
-    assert os.environ[engine.CONCURRENT_RUNS_ENV] == "4"
-    monkeypatch.delenv(engine.CONCURRENT_RUNS_ENV)
+    assert os.environ[cpus.CONCURRENT_RUNS_ENV] == "4"
+    monkeypatch.delenv(cpus.CONCURRENT_RUNS_ENV)
     source = (ROOT / "cprfl_repro" / "studies.py").read_text()
     assert "._identity" not in source  # no private multiprocessing attribute
 
 
 def test_loader_workers_are_shared_by_the_runs_side_by_side(monkeypatch):
+    from cprfl_lib import cpus
+    from cprfl_lib.train import loaders
     from cprfl_lib.train.distributed import Dist
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     cuda = torch.device("cuda")
-    monkeypatch.delenv(engine.CONCURRENT_RUNS_ENV, raising=False)
-    assert engine.worker_count("auto", cuda, Dist(), False) == 8  # one run: min(8, 16 - 1)
-    monkeypatch.setenv(engine.CONCURRENT_RUNS_ENV, "8")  # eight pool workers on eight GPUs
-    assert engine.worker_count("auto", cuda, Dist(), False) == 1  # 16 // 8 - 1 (at least 1)
-    monkeypatch.setenv(engine.CONCURRENT_RUNS_ENV, "2")
-    assert engine.worker_count("auto", cuda, Dist(), False) == 7
-    assert engine.worker_count(3, cuda, Dist(), False) == 3  # a number in the recipe stays as it is
-    monkeypatch.setenv(engine.CONCURRENT_RUNS_ENV, "two")
+    monkeypatch.delenv(cpus.CONCURRENT_RUNS_ENV, raising=False)
+    assert loaders.worker_count("auto", cuda, Dist(), False) == 8  # one run: min(8, 16 - 1)
+    monkeypatch.setenv(cpus.CONCURRENT_RUNS_ENV, "8")  # eight pool workers on eight GPUs
+    assert loaders.worker_count("auto", cuda, Dist(), False) == 1  # 16 // 8 - 1 (at least 1)
+    monkeypatch.setenv(cpus.CONCURRENT_RUNS_ENV, "2")
+    assert loaders.worker_count("auto", cuda, Dist(), False) == 7
+    assert loaders.worker_count(3, cuda, Dist(), False) == 3  # a number in the recipe stays as it is
+    monkeypatch.setenv(cpus.CONCURRENT_RUNS_ENV, "two")
     with pytest.raises(CprflError, match="CPRFL_CONCURRENT_RUNS='two'"):
-        engine.worker_count("auto", cuda, Dist(), False)
+        loaders.worker_count("auto", cuda, Dist(), False)
 
 
 # --- zero-shot CLIP on the model's device -----------------------------------------------------------

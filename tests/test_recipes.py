@@ -169,7 +169,7 @@ def test_a_runs_config_yaml_loads_back_as_the_same_configuration(tmp_path):
 
 
 def test_the_paper_recipes_evaluate_after_the_last_epoch_and_the_code_recipes_from_epoch_11():
-    from cprfl_lib.train.engine import is_eval_epoch
+    from cprfl_lib.train.scoring import is_eval_epoch
 
     paper, code = load_recipe("paper-voc"), load_recipe("code-coco")
     assert [e for e in range(1, 31) if is_eval_epoch(e, paper)] == [30]

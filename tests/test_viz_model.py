@@ -158,7 +158,7 @@ def test_meta_text_tower_counts_what_the_model_trains() -> None:
 
 def _prompts_built_by_hand(config: dict, names: list[str]) -> torch.Tensor:
     """What engine.train does before training: seed, then build the model with factory.model_from."""
-    from cprfl_lib.train.engine import seed_everything
+    from cprfl_lib.train.device import seed_everything
 
     seed_everything(config["train"]["seed"], config["train"]["deterministic"])
     model = factory.model_from(config, names)

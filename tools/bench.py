@@ -36,11 +36,14 @@ from pathlib import Path
 
 import torch
 
+from cprfl_lib.cpus import torch_threads
 from cprfl_lib.errors import CprflError
 from cprfl_lib.losses import build_loss
 from cprfl_lib.runinfo import device_name
 from cprfl_lib.train import engine, factory
+from cprfl_lib.train.device import resolve_device
 from cprfl_lib.train.distributed import Dist, GlobalBatchSampler
+from cprfl_lib.train.loaders import RunData
 from cprfl_lib.train.recipes import apply_overrides, load_recipe
 from cprfl_lib.train.state import build_train_state
 
@@ -194,7 +197,7 @@ def time_steps(name: str, batch: int, steps: int, warmup: int, device: torch.dev
                                                                                        dtype=torch.uint8)
     y = (torch.rand(batch, model.head.num_classes, generator=generator) < 0.1).float()
     state.max_batches = None
-    with engine.cpu_threads(config["train"]["num_threads"]):  # as a training run sets them
+    with torch_threads(config["train"]["num_threads"]):  # as a training run sets them
         threads = torch.get_num_threads()
         if warmup:
             engine.train_one_epoch(state, [(x, y)] * warmup, show=False)
@@ -256,7 +259,7 @@ def _epoch_data(device: torch.device, quick: bool):
     config = bench_config("quick-voc", **overrides, **{"train.cache_features": False})
     bench = factory.benchmark_from(config)
     model = factory.model_from(config, bench.class_names).to(device)
-    images = engine.RunData(config, bench, model, device, Dist(), progress=False)  # end-to-end data
+    images = RunData(config, bench, model, device, Dist(), progress=False)  # end-to-end data
     prep = factory.preprocessing_from(config, model.backbone)
     start = time.perf_counter()  # what the cache holds: test-time features of both splits
     tensors = {}
@@ -274,7 +277,7 @@ def time_epoch(config, bench, model, dataset, cached: bool, device: torch.device
     sampler = GlobalBatchSampler(len(dataset), oc["batch_size"], tr["seed"], True, 0, 1, tag_epoch=not cached)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=0)
     state = build_train_state(config, model, factory.loss_from(config, bench), len(loader), device, cached=cached)
-    with engine.cpu_threads(tr["num_threads"]):
+    with torch_threads(tr["num_threads"]):
         start = time.perf_counter()
         engine.train_one_epoch(state, loader, show=False)
         sync(device)
@@ -285,7 +288,7 @@ def time_eval(config, model, dataset, cached: bool, device: torch.device) -> flo
     from torch.utils.data import DataLoader, Subset
 
     loader = DataLoader(Subset(dataset, list(range(len(dataset)))), batch_size=config["train"]["eval_batch_size"])
-    with engine.cpu_threads(config["train"]["num_threads"]):  # a run evaluates inside its training threads
+    with torch_threads(config["train"]["num_threads"]):  # a run evaluates inside its training threads
         start = time.perf_counter()
         engine.evaluate({"model": model}, loader, len(dataset), device, cached=cached)
         sync(device)
@@ -457,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         if set(given) - set(known):
             p.error(f"{flag}: unknown {sorted(set(given) - set(known))}; choose from {', '.join(known)}")
     try:
-        device = engine.resolve_device(args.device)
+        device = resolve_device(args.device)
     except CprflError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2

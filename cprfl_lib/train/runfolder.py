@@ -1,5 +1,18 @@
 """A run folder holds one run: one configuration, one writer at a time, and a finished record kept as it is.
 
+A run writes into its output folder:
+  config.yaml       the resolved configuration
+  summary.csv       one row per epoch: loss, lr, optimizer steps, seconds (and those spent waiting for
+                    data), mAP and group mAPs of the evaluated splits for the model and its EMA
+  checkpoint.pt     while it trains: the last saved epoch (atomic; ``resume=True`` continues from it)
+  weights.pt        when it has ended: the model (and EMA) weights, without optimizer state
+  metrics.json      the last epoch's figures; the best epoch *selected on the test set* as a
+                    separately labelled figure (what the official code reported) when several were evaluated
+  predictions.npz   logits of the last epoch (model and EMA) for the test split (and the validation
+                    split, where there is one), with the targets
+  run.lock          while it trains: the lock of the one process that writes the folder
+  resumes.json      where ``resume=True`` changed a setting that cannot change the results: which, from what epoch
+
 - **One configuration.** ``train(..., resume=True)`` compares the configuration with the one the
   folder's run was trained with (its ``checkpoint.pt``, or a finished run's ``weights.pt``) before
   anything is built or written. A key that changes what the run computes is refused, in one line
@@ -18,8 +31,10 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import fcntl
+import io
 import json
 import os
 import socket
@@ -28,13 +43,16 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
+
 from cprfl_lib.errors import CprflError
-from cprfl_lib.io import atomic_write_json, clean_stale_temp
+from cprfl_lib.io import atomic_path, atomic_write_json, atomic_write_text, clean_stale_temp
+from cprfl_lib.metrics import group_thresholds
 from cprfl_lib.runinfo import check_writable
-from cprfl_lib.train.checkpoint import CHECKPOINT, WEIGHTS, load_checkpoint
+from cprfl_lib.train.checkpoint import CHECKPOINT, WEIGHTS, load_checkpoint, save_or_stop, save_weights, weights_payload
 
 LOCK, RESUMES = "run.lock", "resumes.json"
-# What a run writes (engine.py's list); a fresh run removes another run's copies of them first.
+# What a run writes (the list above); a fresh run removes another run's copies of them first.
 RUN_FILES = ("config.yaml", "summary.csv", CHECKPOINT, WEIGHTS, "metrics.json", "predictions.npz", RESUMES)
 # Keys that cannot change what a run computes: the loader's worker processes (augmentation draws from
 # (seed, epoch, index), whatever the workers), what is saved and how often, the recipe's description.
@@ -202,6 +220,35 @@ class RunFolder:
         os.close(self._fd)
         self._fd = None
 
+    # ---------------------------------------------------------------- what the run writes (the main process)
+
+    def write_summary(self, history: list[dict]) -> None:
+        """summary.csv: one row per epoch, the columns of every row in order of appearance (blank where a row has
+        none), floats to 6 significant digits."""
+        keys = list(dict.fromkeys(k for row in history for k in row))
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(keys)
+        writer.writerows([_cell(row.get(k)) for k in keys] for row in history)
+        atomic_write_text(self.out / "summary.csv", text.getvalue())
+
+    def finish(self, state, benchmark, history: list[dict], scores, metrics: dict, model) -> None:
+        """The run's results, then its final weights; the resumable checkpoint (optimizer state) goes."""
+        with atomic_path(self.out / "predictions.npz") as tmp:
+            with open(tmp, "wb") as fh:
+                arrays = {f"{tag}" if split == "test" else f"{split}_{tag}": v.numpy()
+                          for split, by_tag in scores.items() for tag, v in by_tag.items()}
+                targets = {"targets" if s == "test" else f"{s}_targets": getattr(benchmark, s).targets for s in scores}
+                np.savez_compressed(fh, class_names=np.array(benchmark.class_names),
+                                    train_counts=benchmark.train_counts,
+                                    group_thresholds=np.array(group_thresholds(benchmark.thresholds)), **arrays,
+                                    **targets)
+        if self.config["train"]["save_weights"]:
+            save_or_stop(self.out / WEIGHTS, save_weights, **weights_payload(state, self.config, benchmark, history,
+                                                                              model))
+        atomic_write_json(self.out / "metrics.json", metrics)
+        (self.out / CHECKPOINT).unlink(missing_ok=True)
+
     def __enter__(self) -> "RunFolder":
         return self
 
@@ -214,3 +261,7 @@ def _holder(fd: int) -> str:
         return os.pread(fd, 200, 0).decode(errors="replace").strip()
     except OSError:
         return ""
+
+
+def _cell(value) -> str:
+    return "" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
