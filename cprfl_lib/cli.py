@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
+from cprfl_lib.cpus import usable_cpus
 from cprfl_lib.errors import CprflError, run_command
 
 # data.benchmarks.known_benchmarks(), without importing torch for --help
@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--group-thresholds", nargs=2, type=_positive, metavar=("HEAD", "MEDIUM"),
                    help="training images per class from which a class is head / medium (default: 100 20)")
     d.add_argument("--deep", action="store_true", help="check: decode every image and list the unreadable ones")
-    d.add_argument("--workers", type=_count, default=min(8, os.cpu_count() or 1), help="check --deep: processes")
+    d.add_argument("--workers", type=_count, default=usable_cpus(at_most=8), help="check --deep: processes")
     d.set_defaults(func=_cmd_data)
 
     e = sub.add_parser("embed", help="compute and cache class-name embeddings")

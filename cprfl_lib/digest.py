@@ -29,7 +29,7 @@ _BLOCK = 1 << 20
 _memo: dict[tuple, str] = {}
 
 
-def _identity(path: Path) -> tuple:
+def _stat_key(path: Path) -> tuple:
     st = os.stat(path)
     return str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
@@ -38,7 +38,7 @@ def file_digest(path: str | os.PathLike) -> str:
     """The sha256 (hex) of a file's bytes."""
     path = Path(path)
     try:
-        ident = _identity(path)
+        ident = _stat_key(path)
         if ident in _memo:
             return _memo[ident]
         h = hashlib.sha256()
@@ -71,8 +71,8 @@ _imports_memo: dict[tuple, tuple[str, ...]] = {}
 def _imports(path: Path, module: str, is_package: bool) -> tuple[str, ...]:
     """Every module name an import statement of ``path`` names, wherever it stands (a function's lazy import
     included): ``import a.b``, ``from a import b`` (``a`` and ``a.b``: ``b`` may be a submodule), relative forms
-    resolved against ``module``. Memoised by the file's identity (a rewritten file is read again)."""
-    ident = _identity(path)
+    resolved against ``module``. Memoised by the file's stat key (a rewritten file is read again)."""
+    ident = _stat_key(path)
     if ident in _imports_memo:
         return _imports_memo[ident]
     try:
@@ -123,7 +123,7 @@ def import_closure(root: str | os.PathLike, entries: Iterable[str]) -> list[str]
     return sorted(str(p.relative_to(root)) for p in seen.values())
 
 
-def weights_identity(weights: object) -> object:
+def weights_fingerprint(weights: object) -> object:
     """A weights argument as it enters a key: a file by its content, anything else (a tag, None) as it is."""
     if weights is None:
         return None

@@ -40,6 +40,7 @@ from cprfl_lib.errors import CprflError, run_command
 from cprfl_lib.io import atomic_write_json, replace_dir, temp_dir_for
 from cprfl_lib.runinfo import provenance
 from cprfl_repro import context
+from cprfl_repro.children import stop_children
 from cprfl_repro.context import PROFILES, profile_parameters, project_root, results_root  # noqa: F401
 from cprfl_repro.index import write_index
 from cprfl_repro.studies import PROGRESS_ENV
@@ -89,25 +90,6 @@ def execute(notebook: Path, out_path: Path, params: dict) -> float:
         stop_children()
         raise
     return time.time() - start
-
-
-def stop_children(timeout: float = 10) -> None:
-    """Stop this process's children (the notebook's kernel, its training workers): left alone, a kernel
-    would run its cell to the end, holding this process's output open."""
-    import psutil
-
-    children = psutil.Process().children(recursive=True)
-    for child in children:
-        try:
-            child.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(children, timeout=timeout)
-    for child in alive:
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
 
 
 class _Tail(threading.Thread):

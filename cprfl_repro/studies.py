@@ -38,6 +38,7 @@ from cprfl_lib.io import atomic_write_json
 from cprfl_lib.metrics import COLUMNS
 from cprfl_lib.train.engine import prepare, train
 from cprfl_lib.train.recipes import apply_overrides, dump, load_recipe
+from cprfl_repro.children import stop_pids
 
 LIBRARY = Path(__file__).resolve().parents[1] / "cprfl_lib"
 RUN_ENTRY = ("cprfl_lib.train.engine",)  # what a run executes: the engine (train, prepare) and what it imports
@@ -237,7 +238,7 @@ def run_dir_for(config: dict, work_dir: str | Path) -> Path:
 _inputs_memo: dict[str, dict] = {}
 
 
-def inputs_identity(config: dict) -> dict:
+def inputs_fingerprint(config: dict) -> dict:
     """What the run reads besides its configuration and code, by content (memoised per data and weights)."""
     from cprfl_lib.train import factory
 
@@ -245,7 +246,7 @@ def inputs_identity(config: dict) -> dict:
                                                                        "head": config["model"]["head"]},
                       sort_keys=True, default=str)
     if memo not in _inputs_memo:
-        _inputs_memo[memo] = factory.inputs_identity(config, factory.benchmark_from(config))
+        _inputs_memo[memo] = factory.inputs_fingerprint(config, factory.benchmark_from(config))
     return _inputs_memo[memo]
 
 
@@ -256,7 +257,7 @@ def _stamped(config: dict) -> dict:
 
 def stamp(config: dict) -> dict:
     """What a run folder's run.json must hold for its run to be reused: configuration, code and inputs."""
-    return {"config": _stamped(config), "source": source_digest(), "inputs": inputs_identity(config)}
+    return {"config": _stamped(config), "source": source_digest(), "inputs": inputs_fingerprint(config)}
 
 
 def _same_stamp(run_dir: Path, config: dict) -> bool:
@@ -265,7 +266,7 @@ def _same_stamp(run_dir: Path, config: dict) -> bool:
         return False
     stored = json.loads(stamp_file.read_text())
     cheap = {"config": _stamped(config), "source": source_digest()}
-    return all(stored.get(k) == v for k, v in cheap.items()) and stored.get("inputs") == inputs_identity(config)
+    return all(stored.get(k) == v for k, v in cheap.items()) and stored.get("inputs") == inputs_fingerprint(config)
 
 
 def finished(config: dict, run_dir: Path) -> dict | None:
@@ -301,22 +302,22 @@ def _run_job(job: tuple[dict, str]) -> dict:
 _WORKER_GPU: int | None = None  # the GPU this pool process trains on (set by _init_worker)
 
 
-def _init_worker(gpu_ids, threads: int | None, concurrent: int = 1) -> None:
+def _init_worker(gpu_ids, threads: int | None, concurrent: int = 1, pids=None) -> None:
     """A pool process: its own GPU, taken from ``gpu_ids`` (a queue holding one id per pool process), or its share
-    of the CPU threads; and its share of the loader workers (``concurrent`` runs train side by side)."""
+    of the CPU threads; and its share of the loader workers (``concurrent`` runs train side by side). It reports its
+    pid to ``pids`` (a queue), by which the pool stops it."""
     global _WORKER_GPU
-    from cprfl_lib.cpus import CONCURRENT_RUNS_ENV
+    from cprfl_lib.cpus import CONCURRENT_RUNS_ENV, set_torch_threads
 
+    if pids is not None:
+        pids.put(os.getpid())
     os.environ[CONCURRENT_RUNS_ENV] = str(max(1, concurrent))
     if gpu_ids is not None:
         import torch
 
         _WORKER_GPU = gpu_ids.get(timeout=60)
         torch.cuda.set_device(_WORKER_GPU)
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    set_torch_threads(threads)
 
 
 ROW_COLUMNS = ["variant", "seed", "status", "dataset", "run_dir", *COLUMNS, *(f"val_{c}" for c in COLUMNS),
@@ -425,7 +426,8 @@ def _train_in_parallel(configs: dict[str, dict], workers: int, gpus: list[int], 
         gpu_ids = ctx.Queue()
         for i in range(n):
             gpu_ids.put(gpus[i % len(gpus)])
-    pool = ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker, initargs=(gpu_ids, threads, n))
+    pids = ctx.Queue()  # each pool process puts its pid as it starts: the executor lists its processes nowhere
+    pool = ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker, initargs=(gpu_ids, threads, n, pids))
     try:
         started = {}
         futures = {}
@@ -442,14 +444,24 @@ def _train_in_parallel(configs: dict[str, dict], workers: int, gpus: list[int], 
             done(run_dir, metrics, metrics.get("wall_s", time.time() - started[run_dir]))
     except BaseException:  # a failed run or an interrupt: drop the queued runs and stop the running ones (their
         # checkpoints are atomic: the next call resumes them); else the pool would train them to the end first
-        processes = list((getattr(pool, "_processes", None) or {}).values())  # private: no public handle
         pool.shutdown(wait=False, cancel_futures=True)
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.join(timeout=30)
+        stop_pids(_reported(pids, n, wait=60), timeout=30)  # with their loader workers
         raise
     pool.shutdown()
+
+
+def _reported(pids, n: int, wait: float) -> list[int]:
+    """The pids of the ``n`` pool processes (all started by the submissions), as they reported them; one still
+    starting (it would take a queued run) is waited for, up to ``wait`` seconds in all."""
+    import queue
+
+    found, deadline = [], time.monotonic() + wait
+    while len(found) < n:
+        try:
+            found.append(pids.get(timeout=max(0.1, deadline - time.monotonic())))
+        except queue.Empty:
+            break
+    return found
 
 
 def _metric(m: dict | None, key: str) -> float:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from cprfl_lib.cpus import set_torch_threads
 from cprfl_lib.train.distributed import Dist, GlobalBatchSampler, gather_predictions, shard_indices
 from cprfl_lib.train.recipes import load_recipe
 
@@ -98,7 +99,7 @@ def _worker(rank: int, world: int, port: int, config: dict, out_dirs: list[str],
     """One DDP process: set the torchrun variables, train, then check gathering on uneven shards."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+    set_torch_threads(1)
     import torch.distributed as dist
 
     from cprfl_lib.train import engine
@@ -116,7 +117,7 @@ def _worker(rank: int, world: int, port: int, config: dict, out_dirs: list[str],
 
 
 @pytest.mark.slow
-def test_two_processes_train_as_one(tmp_path):
+def test_two_ranks_train_as_one(tmp_path):
     from cprfl_lib.train import engine
 
     config = ddp_config()
@@ -165,7 +166,7 @@ def _ddp_predictions(config: dict, tmp_path: Path) -> tuple[np.ndarray, np.ndarr
 
 
 @pytest.mark.slow
-def test_two_processes_with_a_trainable_backbone_train_as_one(tmp_path):
+def test_two_ranks_with_a_trainable_backbone_train_as_one(tmp_path):
     """The backbone's batch norms see the global batch (GlobalBatchNorm2d under gloo): the same steps and the
     same running statistics as one process, so every rank scores its test shard with the same model."""
     config = load_recipe("smoke", {"data.synthetic_limit": 64, "train.device": "cpu", "train.max_steps_per_epoch": 2,
@@ -179,7 +180,7 @@ def test_two_processes_with_a_trainable_backbone_train_as_one(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_run_the_official_no_feature_grad_switch(tmp_path):
+def test_two_ranks_run_the_official_no_feature_grad_switch(tmp_path):
     """no_feature_grad leaves the VSI and the visual projection without gradients: DDP must not wait for them."""
     config = ddp_config()
     config = load_recipe("smoke", {**{k: v for k, v in [("data.synthetic_limit", 64), ("train.device", "cpu"),

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from cprfl_lib.cpus import set_torch_threads
 from cprfl_lib.errors import CprflError
 from cprfl_lib.train import engine
 from cprfl_lib.train.checkpoint import load_checkpoint, save_checkpoint
@@ -196,7 +197,8 @@ def test_each_pool_process_takes_its_own_gpu_from_the_queue(monkeypatch):
     assert os.environ[cpus.CONCURRENT_RUNS_ENV] == "4"
     monkeypatch.delenv(cpus.CONCURRENT_RUNS_ENV)
     source = (ROOT / "cprfl_repro" / "studies.py").read_text()
-    assert "._identity" not in source  # no private multiprocessing attribute
+    for private in ("identity", "processes", "pool"):  # no private attribute of multiprocessing or the executor
+        assert f"._{private}" not in source, private
 
 
 def test_loader_workers_are_shared_by_the_runs_side_by_side(monkeypatch):
@@ -204,7 +206,7 @@ def test_loader_workers_are_shared_by_the_runs_side_by_side(monkeypatch):
     from cprfl_lib.train import loaders
     from cprfl_lib.train.distributed import Dist
 
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(cpus, "usable_cpus", lambda at_most=None: 16)
     cuda = torch.device("cuda")
     monkeypatch.delenv(cpus.CONCURRENT_RUNS_ENV, raising=False)
     assert loaders.worker_count("auto", cuda, Dist(), False) == 8  # one run: min(8, 16 - 1)
@@ -299,7 +301,7 @@ def _join_or_fail(context, seconds: float) -> None:
 def _torchrun_env(rank: int, world: int, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
-    torch.set_num_threads(1)
+    set_torch_threads(1)
 
 
 def _nonfinite_worker(rank: int, world: int, port: int, config: dict, out: str, results: str) -> None:

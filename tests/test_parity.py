@@ -28,6 +28,7 @@ import pytest
 import torch
 from torch import nn
 
+from cprfl_lib.cpus import torch_threads
 from cprfl_lib.losses import build_loss
 from cprfl_lib.metrics import GROUPS, average_precision, class_groups, map_report
 from cprfl_lib.model import CPRFLHead
@@ -100,10 +101,8 @@ def rel_err(ours: torch.Tensor, ref: np.ndarray) -> float:
 @pytest.fixture
 def two_threads():
     """The fixtures were generated with 2 torch threads; restore the caller's setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(2):
+        yield
 
 
 @pytest.mark.parametrize("name", sorted(SHA256_PREFIX))

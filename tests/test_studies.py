@@ -163,7 +163,7 @@ def test_unknown_study_names_are_an_error():
 
 
 @pytest.mark.usefixtures("private_cache")
-def test_two_worker_processes_give_the_same_metrics_as_one(tmp_path):
+def test_two_workers_give_the_same_metrics_as_one(tmp_path):
     """Two workers first, on empty caches (filled by ``prepare``), then one process on the warm caches."""
     plan = {"t": studies.Study("smoke", {"cprfl": {}, "linear": LINEAR, "bce": {"loss.name": "bce"}}, (0,), TINY)}
     two = studies.run_studies(plan, tmp_path / "two", progress=False, workers=2)["t"]

@@ -12,13 +12,14 @@ Nothing here is a result: the images are smooth random colours and the weights a
 
 from __future__ import annotations
 
-import os
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from cprfl_lib.cpus import usable_cpus
 
 VOC_SIZE = (500, 375)  # the most common VOC image size (width, height)
 
@@ -44,7 +45,7 @@ def image_tree(root: Path, paths: list[str], size: tuple[int, int] = (32, 24), w
     """A JPEG of ``size`` (width, height) at ``root / path`` for every path (missing ones only)."""
     root = Path(root)
     jobs = [(str(root / p), size, zlib.crc32(p.encode())) for p in paths if not (root / p).is_file()]
-    workers = workers or min(16, os.cpu_count() or 1)
+    workers = workers or usable_cpus(at_most=16)
     if workers > 1 and len(jobs) > 256:
         with ProcessPoolExecutor(workers) as pool:
             list(pool.map(_jpeg, jobs, chunksize=64))

@@ -40,7 +40,7 @@ class Benchmark:
     val: SplitList | None = None  # generated benchmarks only
     evaluated: tuple[str, ...] | None = None  # the splits a run evaluates; None: every one there is
     thresholds: tuple[int, int] | None = None  # (head min, medium min) training images; None: the paper's 100 / 20
-    _identity: dict = field(default_factory=dict, repr=False)
+    _fingerprints: dict = field(default_factory=dict, repr=False)  # split -> split_fingerprint(split)
 
     @property
     def num_classes(self) -> int:
@@ -74,18 +74,18 @@ class Benchmark:
         names = self.evaluated or ("val", "test")
         return {k: getattr(self, k) for k in ("val", "test") if k in names and getattr(self, k) is not None}
 
-    def split_identity(self, split: str) -> dict:
+    def split_fingerprint(self, split: str) -> dict:
         """What a split's content is: the images (by content) and their labels, for cache keys."""
-        if split not in self._identity:
+        if split not in self._fingerprints:
             from cprfl_lib.data.datasets import check_images
             from cprfl_lib.digest import files_digest
 
             s = getattr(self, split)
             check_images(self.image_root, s.paths)
             labels = hashlib.sha256(np.ascontiguousarray(s.targets).tobytes()).hexdigest()
-            self._identity[split] = {"images": files_digest(self.image_root, s.paths), "labels": labels,
-                                     "n": len(s)}
-        return self._identity[split]
+            self._fingerprints[split] = {"images": files_digest(self.image_root, s.paths), "labels": labels,
+                                         "n": len(s)}
+        return self._fingerprints[split]
 
 
 def select_subset(targets: np.ndarray, n: int) -> list[int]:

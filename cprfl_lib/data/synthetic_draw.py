@@ -28,7 +28,6 @@ import colorsys
 import functools
 import math
 import multiprocessing as mp
-import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from cprfl_lib.cpus import usable_cpus
 
 JPEG_QUALITY = 90
 # COCO's size classes (area < 32² and < 96² pixels in images of about 640 x 480), as fractions of the image area
@@ -351,7 +352,7 @@ def render_split(root: Path, rel_paths: Sequence[str], label_sets: Sequence[Sequ
     areas (fractions of the image), in list order."""
     looks = class_looks(super_categories, templates)
     jobs = [(str(root / p), s, seed) for p, s, seed in zip(rel_paths, label_sets, seeds)]
-    workers = min(2, os.cpu_count() or 1) if workers is None else workers
+    workers = usable_cpus(at_most=2) if workers is None else workers
     # Forked workers inherit the imports (spawn would re-import torch via the package).
     if workers <= 1 or len(jobs) < 64 or "fork" not in mp.get_all_start_methods():
         return _render_chunk(jobs, looks, size, params)

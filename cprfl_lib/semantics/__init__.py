@@ -130,7 +130,7 @@ def _cache_key(encoder: str, class_names: list[str], *, template: str, weights: 
     if encoder in CLIP_MODELS:
         if quick_gelu is None:
             quick_gelu = semantics_clip.default_quick_gelu(encoder, weights)
-        key.update(template=template, weights=semantics_clip.weights_identity(weights), quick_gelu=quick_gelu,
+        key.update(template=template, weights=semantics_clip.weights_fingerprint(weights), quick_gelu=quick_gelu,
                    versions=package_versions(("open_clip_torch",)))
         if semantics_clip.is_random(weights):
             key["seed"] = seed

@@ -101,7 +101,7 @@ def default_quick_gelu(encoder: str, weights: str | os.PathLike | None) -> bool:
     return bool(open_clip.get_pretrained_cfg(model_name(encoder), str(weights)).get("quick_gelu", False))
 
 
-def weights_identity(weights: str | os.PathLike | None) -> dict:
+def weights_fingerprint(weights: str | os.PathLike | None) -> dict:
     """What identifies the weights for the embedding cache: the tag, or a file's content."""
     if is_random(weights):
         return {"tag": RANDOM_WEIGHTS}

@@ -1,7 +1,7 @@
 """Build the pieces of a run from a resolved configuration (see recipes.py).
 
 One entry per piece: the benchmark, the preprocessing, the class-name semantics, the model and
-the loss, and what a run's inputs are (:func:`inputs_identity`, for the keys of finished runs).
+the loss, and what a run's inputs are (:func:`inputs_fingerprint`, for the keys of finished runs).
 The training engine, the CLI and the notebooks all build through here, so a recipe means the
 same thing everywhere.
 """
@@ -42,17 +42,17 @@ def preprocessing_from(config: dict, backbone: nn.Module) -> Preprocessing:
     return preprocessing(data["transform"], data["image_size"], backbone.input_mean, backbone.input_std)
 
 
-def inputs_identity(config: dict, benchmark: Benchmark) -> dict:
+def inputs_fingerprint(config: dict, benchmark: Benchmark) -> dict:
     """What a run reads besides its configuration and code, by content: lists, images, weight files."""
-    from cprfl_lib.digest import file_digest, weights_identity
+    from cprfl_lib.digest import file_digest, weights_fingerprint
 
     s = config["semantics"]
     out = {"lists": {role: file_digest(path) for role, path in sorted(benchmark.list_files.items())},
-           "splits": {split: benchmark.split_identity(split) for split in ("train", *benchmark.eval_splits)},
-           "backbone_weights": weights_identity(config["model"]["backbone_weights"])}
+           "splits": {split: benchmark.split_fingerprint(split) for split in ("train", *benchmark.eval_splits)},
+           "backbone_weights": weights_fingerprint(config["model"]["backbone_weights"])}
     if config["model"]["head"] == "cprfl":
         if s["encoder"].startswith("clip"):
-            out["semantics_weights"] = weights_identity(s["weights"])
+            out["semantics_weights"] = weights_fingerprint(s["weights"])
         elif s["encoder"] in ("glove", "word2vec"):
             from cprfl_lib.semantics.words import vectors_path
 

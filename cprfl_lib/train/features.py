@@ -14,7 +14,6 @@ without data augmentation (the recipe says so through ``cache_features``).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from cprfl_lib.caches import filling
+from cprfl_lib.cpus import torch_threads, usable_cpus
 from cprfl_lib.digest import content_key, files_digest, state_digest
 from cprfl_lib.errors import CprflError
 from cprfl_lib.io import atomic_torch_save
@@ -48,10 +48,6 @@ def features_key(model: nn.Module, dataset, device: str | torch.device = "cpu") 
     }, FORMAT)
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 @torch.no_grad()
 def extract_features(model: nn.Module, dataset, batch_size: int = 64, device: str | torch.device = "cpu",
                      num_workers: int = 0, desc: str = "features", progress: bool = True) -> torch.Tensor:
@@ -70,16 +66,14 @@ def extract_features(model: nn.Module, dataset, batch_size: int = 64, device: st
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         generator=torch.Generator(), pin_memory=torch.device(device).type == "cuda")
     chunks = []
-    threads = torch.get_num_threads()
-    if torch.device(device).type == "cpu":  # a one-off cache fill: every core, whatever a run trains with
-        torch.set_num_threads(max(threads, _cores()))
-    try:
-        for images, _ in tqdm(loader, desc=desc, leave=False, disable=not progress):
-            x = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            chunks.append(model.features(x).contiguous().half().cpu())
-    finally:
-        backbone.to(memory_format=own_format)
-        torch.set_num_threads(threads)
+    on_cpu = torch.device(device).type == "cpu"  # a one-off cache fill: every core, whatever a run trains with
+    with torch_threads(max(torch.get_num_threads(), usable_cpus()) if on_cpu else None):
+        try:
+            for images, _ in tqdm(loader, desc=desc, leave=False, disable=not progress):
+                x = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                chunks.append(model.features(x).contiguous().half().cpu())
+        finally:
+            backbone.to(memory_format=own_format)
     return torch.cat(chunks)
 
 
