@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import smoke_config as smoke
 
 from cprfl_lib.errors import CprflError
 from cprfl_lib.train import engine, factory, features
@@ -40,25 +41,9 @@ def fresh_features(tmp_path, monkeypatch):
     return calls
 
 
-def smoke(**overrides) -> dict:
-    """The smoke recipe on 64 generated images per split: 4 steps of 16 per epoch, 2 epochs.
-
-    One torch thread: on a busy 2-core machine two threads spin-wait on each other (seen: 5x slower).
-    """
-    base = {"data.synthetic_limit": 64, "train.device": "cpu", "train.max_steps_per_epoch": None,
-            "train.num_threads": 1}
-    return load_recipe("smoke", {**base, **overrides})
-
-
 def read_summary(path: Path) -> list[dict]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("smoke-run")
-    return out, engine.train(smoke(), out, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +55,9 @@ def ema_run(tmp_path_factory):
 # --- what a run writes ---------------------------------------------------------------------------
 
 def test_a_smoke_run_writes_its_five_files(smoke_run):
-    out, metrics = smoke_run
+    out, done = smoke_run
+    assert "generated data" in done.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
     assert {p.name for p in out.iterdir()} == {"config.yaml", "summary.csv", "weights.pt", "metrics.json",
                                                 "predictions.npz"}  # the resumable checkpoint is gone
     assert load_recipe(str(out / "config.yaml")) == smoke()  # the resolved config, usable as a recipe
@@ -82,7 +69,6 @@ def test_a_smoke_run_writes_its_five_files(smoke_run):
         assert math.isfinite(float(r["loss"])) and 0 <= float(r["mAP"]) <= 100
         assert "ema_mAP" not in r
 
-    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
     last = metrics["last_epoch"]["model"]
     assert set(GROUPS) <= set(last) and set(metrics["last_epoch"]) == {"model"}
     assert last["mAP"] == pytest.approx(float(rows[-1]["mAP"]), rel=1e-5)  # summary keeps 6 digits
@@ -91,6 +77,7 @@ def test_a_smoke_run_writes_its_five_files(smoke_run):
     assert best["mAP"] == pytest.approx(max(float(r["mAP"]) for r in rows), rel=1e-5)
     assert metrics["epochs"] == 2 and metrics["synthetic"] is True and metrics["recipe"] == "smoke"
 
+    torch.load(out / "weights.pt", weights_only=True)  # no pickled objects beyond tensors and containers
     ckpt = load_checkpoint(out / "weights.pt")  # weights_only=True inside
     assert ckpt["epoch"] == 2 and len(ckpt["history"]) == 2 and ckpt["ema"] is None
     assert ckpt["config"] == smoke() and len(ckpt["class_names"]) == 20
@@ -106,7 +93,8 @@ def test_a_smoke_run_writes_its_five_files(smoke_run):
 
 def test_a_run_reports_the_validation_split_and_its_best_epoch(smoke_run):
     """The generated benchmarks have a validation split: its figures, and the epoch chosen on it (held out)."""
-    out, metrics = smoke_run
+    out, _ = smoke_run
+    metrics = json.loads((out / "metrics.json").read_text())
     rows = read_summary(out / "summary.csv")
     assert metrics["val_images"] == metrics["test_images"] == 64 and metrics["test_subset"] is None
     val = metrics["val_last_epoch"]["model"]
@@ -167,11 +155,6 @@ def test_a_run_on_the_test_split_alone_reports_no_validation(tmp_path, monkeypat
     assert [p.name for p in (tmp_path / "cache" / "synthetic").iterdir()] == ["synth-voc-lt-s0-32px-limit64-noval"]
 
 
-def test_the_checkpoint_is_read_with_weights_only(smoke_run):
-    out, _ = smoke_run
-    torch.load(out / "weights.pt", weights_only=True)  # no pickled objects beyond tensors and containers
-
-
 def test_with_ema_the_summary_and_metrics_have_the_ema(ema_run):
     out, metrics = ema_run
     rows = read_summary(out / "summary.csv")
@@ -182,15 +165,6 @@ def test_with_ema_the_summary_and_metrics_have_the_ema(ema_run):
     assert load_checkpoint(out / "weights.pt")["ema"] is not None
     with np.load(out / "predictions.npz") as npz:
         assert npz["ema"].shape == npz["model"].shape and not np.allclose(npz["ema"], npz["model"])
-
-
-def test_an_unwritable_output_folder_fails_before_any_work(tmp_path, fresh_features):
-    blocker = tmp_path / "file.txt"
-    blocker.write_text("a file, so no folder can be made under it")
-    with pytest.raises(CprflError, match="file.txt") as info:
-        engine.train(smoke(), blocker / "run", progress=False)
-    assert "writable" in str(info.value) and "\n" not in str(info.value)
-    assert fresh_features == []  # no feature was computed
 
 
 # --- cached features -----------------------------------------------------------------------------
@@ -351,13 +325,6 @@ def test_resuming_a_finished_run_returns_its_metrics(uninterrupted):  # kept as 
     assert again["last_epoch"]["ema"]["mAP"] == pytest.approx(metrics_a["last_epoch"]["ema"]["mAP"], abs=1e-6)
 
 
-def test_resume_with_another_model_is_refused(uninterrupted):
-    a, _ = uninterrupted
-    with pytest.raises(CprflError, match="model.dim") as info:
-        engine.train(resumable(**{"model.dim": 48}), a, resume=True, progress=False)
-    assert "weights.pt" in str(info.value)  # a finished run: its final weights
-
-
 # --- gradient accumulation -----------------------------------------------------------------------
 
 def scheduler_steps(out: Path) -> int:
@@ -450,9 +417,10 @@ def test_paper_and_code_recipes_run_at_smoke_scale(recipe, tmp_path, monkeypatch
 def test_evaluate_checkpoint_reproduces_the_last_epoch(smoke_run):
     from cprfl_lib.inference import evaluate_checkpoint
 
-    out, metrics = smoke_run
+    out, _ = smoke_run
+    metrics = json.loads((out / "metrics.json").read_text())
     got = evaluate_checkpoint(out / "weights.pt", device="cpu")
-    assert got["epoch"] == 2 and got["weights"] == "model" and got["dataset"] == "synth-voc-lt"
+    assert got["epoch"] == 2 and got["weights"] == "model" and got["dataset"] == "synth-voc-lt" and got["synthetic"]
     # the run evaluated cached float16 features, the checkpoint runs the backbone in float32
     assert got["mAP"] == pytest.approx(metrics["last_epoch"]["model"]["mAP"], abs=0.1)  # seen: 0.005
 
@@ -491,14 +459,3 @@ def test_predict_returns_the_top_k_class_names(smoke_run):
         probs = [p for _, p in row]
         assert probs == sorted(probs, reverse=True) and all(0 <= p <= 1 for p in probs)
     assert len(predict(out / "weights.pt", images[:1], top_k=100, device="cpu")[0]) == 20
-
-
-def test_a_missing_or_foreign_checkpoint_is_an_error(tmp_path):
-    from cprfl_lib.inference import evaluate_checkpoint
-
-    with pytest.raises(CprflError, match="does not exist"):
-        evaluate_checkpoint(tmp_path / "none.pt", device="cpu")
-    junk = tmp_path / "junk.pt"
-    junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(CprflError, match="junk.pt"):
-        evaluate_checkpoint(junk, device="cpu")
