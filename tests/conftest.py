@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib
 import pytest
 import torch
 
@@ -27,6 +28,8 @@ if TESTS not in sys.path:  # the helper modules beside the tests (own_dataset.py
     sys.path.insert(0, TESTS)
 
 from cprfl_lib.errors import CprflError  # noqa: E402
+
+matplotlib.use("Agg")  # every figure of the tests off-screen
 
 # The published split lists, kept outside the repository (never copied into it).
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

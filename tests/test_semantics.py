@@ -22,18 +22,7 @@ from cprfl_lib.semantics import clip as semantics_clip
 NAMES = ["cat", "dog", "traffic_light"]
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CPRFL_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def offline(monkeypatch):
-    """The hub in offline mode, whatever the environment of this run says."""
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", "/nonexistent-hf-cache")
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 @pytest.fixture

@@ -12,9 +12,7 @@ from cprfl_lib.errors import CprflError
 NAMES = ["cat", "dog", "bus", "potted_plant"]
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CPRFL_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 @pytest.fixture(scope="module")
