@@ -14,7 +14,7 @@ from cprfl_lib.errors import CprflError
 from cprfl_lib.losses import build_loss
 from cprfl_lib.model import count_parameters
 from cprfl_lib.train import factory, recipes
-from cprfl_repro.analysis import model as mt
+from cprfl_repro.analysis import model as model_tables
 from cprfl_repro.plots import model as pm
 
 NAMES = ["cat", "dog", "bus", "car", "sofa"]
@@ -58,7 +58,7 @@ def test_trace_shapes_follow_the_equations(model, batch) -> None:
     torch.testing.assert_close(t.Z[:, :v], t.F)
     # attention of each prompt over the visual tokens: a part of a softmax over v + c tokens
     assert (t.attention >= 0).all() and (t.attention.sum((2, 3)) <= 1 + 1e-5).all()
-    table = mt.shapes_table(t)
+    table = model_tables.shapes_table(t)
     assert list(table["measured"]) == [str(s) for s in [(b, cb, h, w), (b, v, cb), (b, v, d), (c, m), (c, d),
                                                        (b, v + c, d), (b, v + c, d), (b, c, d), (b, c), (b, c, h, w)]]
 
@@ -86,7 +86,7 @@ def test_full_gradient_is_the_sum_of_the_two_paths(model, batch) -> None:
     for key in (p1, p2):
         assert r.grad_P[key].norm() > 0
         assert (r.grad_P[key] - r.grad_P[full]).abs().max() > 1e3 * max(r.max_abs_diff_P, 1e-12)
-    table = mt.dual_path_table(r)
+    table = model_tables.dual_path_table(r)
     assert list(table["gradient"]) == [full, p1, p2, "P1 + P2"]
     assert table["‖dL/dP‖"].iloc[0] == pytest.approx(table["‖dL/dP‖"].iloc[3], rel=1e-6)
     # the switches and the mode are back as they were
@@ -133,8 +133,8 @@ def test_take_batch(model) -> None:
 
 
 def test_paper_parameter_counts_as_in_method_md() -> None:
-    table = mt.paper_parameter_table("paper-coco")
-    counts = mt.parameter_metrics(table)
+    table = model_tables.paper_parameter_table("paper-coco")
+    counts = model_tables.parameter_metrics(table)
     assert counts == {"backbone": 42_500_160, "phi": 4_196_352, "vsi": 41_957_376, "pi": 3_148_800,
                       "text": 63_690_240, "trainable_paper": 91_802_688, "trainable_official_code": 155_492_928}
     assert table["method.md §2"].iloc[:5].tolist() == table["parameters"].iloc[:5].tolist()
