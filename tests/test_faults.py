@@ -280,8 +280,10 @@ def test_split_list_with_another_checksum_is_named_and_left_alone(shared_data, t
 # ================================================================ semantics
 
 
-@pytest.mark.parametrize("stored", ["other class names", "other dimension"])
-def test_cached_embeddings_that_disagree_with_the_run(tmp_path, monkeypatch, stored):
+@pytest.mark.parametrize("stored, needles", [("other class names", ["'car'", "delete the file"]),
+                                            ("other dimension", ["(dim 32)", "delete the file"]),
+                                            ("unreadable", ["unreadable embedding cache", "delete it"])])
+def test_cached_embeddings_that_disagree_with_the_run(tmp_path, monkeypatch, stored, needles):
     from cprfl_lib.semantics import encode_classes
 
     monkeypatch.setenv("CPRFL_CACHE", str(tmp_path))
@@ -294,8 +296,9 @@ def test_cached_embeddings_that_disagree_with_the_run(tmp_path, monkeypatch, sto
     else:
         payload["embeddings"], payload["dim"] = emb[:, :32].clone(), 32
     torch.save(payload, file)
-    needle = "'car'" if stored == "other class names" else "(dim 32)"
-    one_line_error(lambda: encode_classes("clip-tiny", names), str(file), needle, "delete the file")
+    if stored == "unreadable":
+        file.write_bytes(b"not a torch file")
+    one_line_error(lambda: encode_classes("clip-tiny", names), str(file), *needles)
 
 
 def test_clip_weights_offline_fail_in_seconds(env, reference_run, tmp_path, monkeypatch):
@@ -317,8 +320,10 @@ def test_glove_file_missing_class_words_lists_them(tmp_path):
 
     glove = tmp_path / "glove.txt"
     glove.write_text("cat 0.1 0.2 0.3\ntraffic 0.5 0.5 0.5\ndog 0.3 0.2 0.1\n")
-    one_line_error(lambda: encode_classes("glove", ["cat", "traffic light", "zebra"], path=glove, cache=False),
-                   str(glove), "'traffic light': light", "'zebra': zebra")
+    message = one_line_error(lambda: encode_classes("glove", ["cat", "traffic light", "zebra", "pottedplant"], path=glove,
+                                                    cache=False), str(glove), "'traffic light': light", "'zebra': zebra",
+                             "potted")
+    assert "'cat'" not in message
 
 
 # ================================================================ checkpoints

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
@@ -96,14 +94,7 @@ def test_clip_bad_weights(tmp_path):
         encode_classes("clip-tiny", NAMES, weights=bad, cache=False)
 
 
-def test_openai_tag_offline_fails_fast_naming_a_local_file(offline):
-    import open_clip  # noqa: F401  (import time is not the failure's time)
-
-    start = time.monotonic()
-    with pytest.raises(CprflError, match=r"weights=/path/to/RN50") as err:
-        encode_classes("clip-rn50", NAMES, weights="openai", cache=False)
-    assert "'openai'" in str(err.value) and "\n" not in str(err.value)
-    print(f"offline failure after {time.monotonic() - start:.2f} s")  # informative, not asserted
+def test_openai_tag_offline_is_an_unavailable_encoder(offline):  # the error it gives: test_faults.py
     ok, why = encoder_status("clip-rn50", weights="openai")
     assert not ok and "offline" in why and "local file" in why
     assert encoder_status("clip-rn50", weights=None)[0]  # random weights need nothing
@@ -206,13 +197,7 @@ def test_word2vec_header_and_env_var(tmp_path, monkeypatch):
     assert embedding_dim("word2vec") == 3 and encoder_status("word2vec")[0]
 
 
-def test_word_vectors_missing_words_and_files(tmp_path, monkeypatch):
-    glove = _write_vectors(tmp_path / "glove.txt", VOCAB)
-    with pytest.raises(CprflError) as err:
-        encode_classes("glove", ["cat", "zebra", "hair drier", "pottedplant"], path=glove, cache=False)
-    message = str(err.value)
-    assert "glove.txt" in message and "zebra" in message and "drier" in message and "potted" in message
-    assert "'cat'" not in message
+def test_word_vectors_missing_files(tmp_path, monkeypatch):  # missing words: test_faults.py
     monkeypatch.delenv("CPRFL_GLOVE", raising=False)
     with pytest.raises(CprflError, match="CPRFL_GLOVE"):
         encode_classes("glove", ["cat"], cache=False)
@@ -273,21 +258,7 @@ def test_cache_hits_recomputes_and_rejects_foreign_files(tmp_path, monkeypatch):
     changed = encode_classes("glove", ["cat", "traffic light"], path=glove)  # a changed file recomputes
     assert len(calls) == 4 and changed[0, 0] == 5.0
 
-    files = sorted((tmp_path / "cache" / "embeddings").glob("glove-*.pt"), key=lambda p: p.stat().st_mtime_ns)
-    assert len(files) == 4
-    payload = torch.load(files[-1], weights_only=True)
-    assert payload["class_names"] == ["cat", "traffic light"] and payload["dim"] == 3
-    payload["class_names"] = ["dog", "bus"]
-    torch.save(payload, files[-1])
-    with pytest.raises(CprflError, match=r"\['dog', 'bus'\].*\['cat', 'traffic light'\]"):
-        encode_classes("glove", ["cat", "traffic light"], path=glove)
-    payload["class_names"], payload["dim"] = ["cat", "traffic light"], 5
-    torch.save(payload, files[-1])
-    with pytest.raises(CprflError, match=r"\(dim 5\).*\(dim 3\)"):
-        encode_classes("glove", ["cat", "traffic light"], path=glove)
-    files[-1].write_bytes(b"not a torch file")
-    with pytest.raises(CprflError, match="unreadable embedding cache"):
-        encode_classes("glove", ["cat", "traffic light"], path=glove)
+    assert len(list((tmp_path / "cache" / "embeddings").glob("glove-*.pt"))) == 4  # a file that disagrees: test_faults
 
 
 def test_clip_cache_is_keyed_by_weights_file(tiny_ckpt, monkeypatch):
