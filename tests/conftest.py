@@ -99,6 +99,30 @@ def as_args(overrides: dict) -> list[str]:
     return [f"{k}={text(v)}" for k, v in overrides.items()]
 
 
+def fake_training(monkeypatch, score, split: str = "test") -> list[Path]:
+    """The run store trains nothing: each run writes a metrics.json with every column at ``score(config)``, on the
+    test split (last epoch and best on test, epoch 1) or on the validation split alone (``split="val"``). The
+    folders it was asked to train, in order."""
+    import json
+
+    from cprfl_repro import studies
+    from cprfl_repro.reported import COLUMNS
+
+    trained = []
+
+    def train(config, run_dir, resume=False, progress=True):
+        trained.append(Path(run_dir))
+        row = {c: score(config) for c in COLUMNS}
+        on = {"val_last_epoch": {"model": row}} if split == "val" else {"last_epoch": {"model": row},
+                                                                         "best_on_test": {**row, "epoch": 1}}
+        metrics = {"dataset": config["data"]["dataset"], "wall_s": 0.0, **on}
+        (Path(run_dir) / "metrics.json").write_text(json.dumps(metrics))
+        return metrics
+
+    monkeypatch.setattr(studies, "train", train)
+    return trained
+
+
 # ---------------------------------------------------------------- fixtures
 
 

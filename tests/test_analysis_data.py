@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import one_line_error
 from matplotlib.figure import Figure
 
 from cprfl_lib.data.benchmarks import Benchmark
 from cprfl_lib.data.lists import SplitList
-from cprfl_lib.errors import CprflError
 from cprfl_repro.analysis import data
 from cprfl_repro.plots import data as plots
 
@@ -54,10 +54,8 @@ def test_conditional_cooccurrence_of_an_absent_class_is_zero() -> None:
 
 
 def test_statistics_reject_bad_targets() -> None:
-    with pytest.raises(CprflError, match="2-D"):
-        data.cooccurrence(np.zeros(5))
-    with pytest.raises(CprflError, match="0/1"):
-        data.labels_per_image(np.array([[2, 0]]))
+    one_line_error(lambda: data.cooccurrence(np.zeros(5)), "2-D")
+    one_line_error(lambda: data.labels_per_image(np.array([[2, 0]])), "0/1")
 
 
 def test_sample_indices_cover_rare_classes_first() -> None:
@@ -110,8 +108,7 @@ def test_benchmark_keys() -> None:
     assert data.benchmark_names("voc") == ("voc-lt", "synth-voc-lt")
     assert data.benchmark_names("COCO-LT") == ("coco-lt", "synth-coco-lt")
     assert data.benchmark_names("synth-voc-lt") == (None, "synth-voc-lt")
-    with pytest.raises(CprflError, match="'imagenet'"):
-        data.benchmark_names("imagenet")
+    one_line_error(lambda: data.benchmark_names("imagenet"), "'imagenet'")
 
 
 def test_no_lists_anywhere_falls_back_to_generated_and_says_why() -> None:
@@ -175,13 +172,11 @@ def test_a_user_folder_with_a_wrong_file_is_an_error(shared_data: Path, tmp_path
     for role in ("train", "labels"):
         shutil.copyfile(shared_data / "voc_lt" / f"{role}.txt", folder / f"{role}.txt")
     (folder / "test.txt").write_text("VOCdevkit/x.jpg 1\n")
-    with pytest.raises(CprflError, match="test.txt"):
-        data.choose_data("voc", list_dir=folder, **TINY)
+    one_line_error(lambda: data.choose_data("voc", list_dir=folder, **TINY), "test.txt")
 
 
 def test_a_list_dir_that_is_not_a_folder_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(CprflError, match="missing"):
-        data.choose_data("voc", list_dir=tmp_path / "missing", **TINY)
+    one_line_error(lambda: data.choose_data("voc", list_dir=tmp_path / "missing", **TINY), "missing")
 
 
 @pytest.mark.shared_data

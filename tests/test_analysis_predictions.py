@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import one_line_error
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -44,8 +45,7 @@ def test_choose_images(labelled) -> None:
     assert predictions.choose_images(targets, groups, 2, image_ids=[5, 0]) == [5, 0]
     with pytest.raises(CprflError, match=r"test indices in 0\.\.5, got \[1, 6\]"):
         predictions.choose_images(targets, groups, 2, image_ids=[1, 6])
-    with pytest.raises(CprflError, match="n_images must be at least 1"):
-        predictions.choose_images(targets, groups, 0)
+    one_line_error(lambda: predictions.choose_images(targets, groups, 0), "n_images must be at least 1")
 
 
 def test_top_k_colours(labelled) -> None:
@@ -94,10 +94,8 @@ def test_predictions_seeds_and_group_table(tmp_path, labelled) -> None:
     assert run.probabilities.shape == targets.shape and ((run.probabilities > 0) & (run.probabilities < 1)).all()
     assert list(run.groups) == ["head", "head", "medium", "tail", "tail"]
     bench = SimpleNamespace(name="b", class_names=NAMES, test=SimpleNamespace(targets=targets[::-1]))
-    with pytest.raises(CprflError, match="other classes or test images than b"):
-        predictions.load_predictions(folders[0], "ERM", bench)
-    with pytest.raises(CprflError, match="run the study first"):
-        predictions.load_predictions(tmp_path, "ERM")
+    one_line_error(lambda: predictions.load_predictions(folders[0], "ERM", bench), "other classes or test images than b")
+    one_line_error(lambda: predictions.load_predictions(tmp_path, "ERM"), "run the study first")
     with pytest.raises(CprflError, match="runs not available"):
         predictions.study_runs(pd.DataFrame([{"variant": "X", "status": "not available: no weights", "run_dir": None}]))
     fig = pp.per_class_ap_vs_count([run, predictions.load_predictions(folders[1], "CPRFL")], title="t")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import one_line_error
 
 from cprfl_lib.data import lists
 from cprfl_lib.data.benchmarks import Benchmark, benchmark_class_names, load_benchmark
@@ -85,10 +86,8 @@ def test_labels_count_must_match_spec(shared_data: Path, monkeypatch: pytest.Mon
 
 
 def test_unknown_benchmark_lists_known_ones() -> None:
-    with pytest.raises(CprflError, match="voc-lt, coco-lt, synth-voc-lt, synth-coco-lt"):
-        load_benchmark("imagenet-lt")
-    with pytest.raises(CprflError, match="unknown benchmark 'nus'"):
-        fetch_split_lists("nus")
+    one_line_error(lambda: load_benchmark("imagenet-lt"), "voc-lt, coco-lt, synth-voc-lt, synth-coco-lt")
+    one_line_error(lambda: fetch_split_lists("nus"), "unknown benchmark 'nus'")
 
 
 # ---------------------------------------------------------------- generated benchmarks
@@ -113,10 +112,8 @@ def test_synthetic_uses_generated_folder(tmp_path: Path, monkeypatch: pytest.Mon
     assert seen == [("synth-voc-lt", tmp_path, {"seed": 3, "splits": ("train", "val", "test")})]
     assert bench.is_synthetic and bench.image_root == folder and bench.list_files["labels"] == folder / "labels.txt"
     assert bench.train_counts.tolist() == [3, 1] and bench.val is None
-    with pytest.raises(CprflError, match="drop --list-dir"):
-        load_benchmark("synth-coco-lt", list_dir=tmp_path)
-    with pytest.raises(CprflError, match="apply only to synth"):
-        load_benchmark("voc-lt", synthetic_options={"seed": 1})
+    one_line_error(lambda: load_benchmark("synth-coco-lt", list_dir=tmp_path), "drop --list-dir")
+    one_line_error(lambda: load_benchmark("voc-lt", synthetic_options={"seed": 1}), "apply only to synth")
 
 
 def _fake_generated(folder: Path, splits=("train", "val", "test")) -> Path:

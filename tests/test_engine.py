@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import smoke_config
+from conftest import one_line_error, smoke_config
 
 from cprfl_lib.errors import CprflError
 from cprfl_lib.train import engine, factory, features
@@ -428,10 +428,8 @@ def test_use_ema_on_a_run_without_ema_is_an_error(smoke_run):
     from cprfl_lib.inference import evaluate_checkpoint, predict
 
     out, _ = smoke_run
-    with pytest.raises(CprflError, match="EMA"):
-        evaluate_checkpoint(out / "weights.pt", device="cpu", use_ema=True)
-    with pytest.raises(CprflError, match="EMA"):
-        predict(out / "weights.pt", [], device="cpu", use_ema=True)
+    one_line_error(lambda: evaluate_checkpoint(out / "weights.pt", device="cpu", use_ema=True), "EMA")
+    one_line_error(lambda: predict(out / "weights.pt", [], device="cpu", use_ema=True), "EMA")
 
 
 def test_predict_returns_the_top_k_class_names(smoke_run):
