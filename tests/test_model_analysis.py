@@ -174,21 +174,15 @@ def test_initial_prompts_are_those_of_the_seeded_model() -> None:
         model_analysis.initial_prompts(recipes.load_recipe("smoke", {"model.head": "linear"}), NAMES)
 
 
-def test_initial_prompts_leave_the_callers_torch_rng_alone() -> None:
-    torch.manual_seed(11)
-    expected = torch.rand(4)
-    torch.manual_seed(11)
+@pytest.mark.parametrize("rng", [torch, np.random])
+def test_initial_prompts_leave_the_callers_rng_alone(rng) -> None:
+    """torch's and numpy's global generators (seed_everything seeds numpy's, which torch.random.fork_rng does not
+    restore)."""
+    rng.manual_seed(11) if rng is torch else rng.seed(11)
+    expected = rng.rand(4)
+    rng.manual_seed(11) if rng is torch else rng.seed(11)
     model_analysis.initial_prompts(recipes.load_recipe("smoke"), NAMES)
-    assert torch.equal(torch.rand(4), expected)
-
-
-def test_initial_prompts_leave_the_callers_numpy_rng_alone() -> None:
-    """seed_everything also seeds numpy's global generator, which torch.random.fork_rng does not restore."""
-    np.random.seed(11)
-    expected = np.random.rand(4)
-    np.random.seed(11)
-    model_analysis.initial_prompts(recipes.load_recipe("smoke"), NAMES)
-    np.testing.assert_array_equal(np.random.rand(4), expected)
+    assert np.array_equal(np.asarray(rng.rand(4)), np.asarray(expected))
 
 
 def test_initial_prompts_equal_the_prompts_a_training_run_starts_from(tmp_path, monkeypatch) -> None:
