@@ -108,12 +108,7 @@ def test_dump_round_trips():
 
 
 def test_an_unknown_recipe_lists_the_available_ones():
-    with pytest.raises(CprflError) as info:
-        load_recipe("paper-vocc")
-    message = str(info.value)
-    assert "paper-vocc" in message
-    for name in available_recipes():
-        assert name in message
+    one_line_error(lambda: load_recipe("paper-vocc"), "paper-vocc", *available_recipes())
 
 
 def test_a_recipe_file_outside_the_package(tmp_path):
