@@ -84,8 +84,7 @@ def test_local_file_of_wrong_architecture(tmp_path):
 
 def test_weights_neither_tag_nor_file(tmp_path):
     bad = tmp_path / "nope.pth"
-    with pytest.raises(CprflError, match=r"nope\.pth.*IMAGENET1K_V2"):
-        build_backbone("resnet50", weights=str(bad))
+    one_line_error(lambda: build_backbone("resnet50", weights=str(bad)), "nope.pth", "IMAGENET1K_V2")
     (tmp_path / "junk.pth").write_text("not a checkpoint")
     one_line_error(lambda: build_backbone("resnet18", weights=tmp_path / "junk.pth"), "junk.pth")
 

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from conftest import one_line_error
 
-from cprfl_lib.errors import CprflError
 from cprfl_lib.losses import LOSSES, AsymmetricLoss, ResampleLoss, asl_reference, build_loss
 
 X = torch.tensor([[1.0, 2.0, 3.0], [-1.0, 0.5, -3.0]])
@@ -98,8 +97,7 @@ def test_rw_weights_follow_inverse_sqrt_frequency():
 
 def test_bad_inputs():
     one_line_error(lambda: build_loss("nope"), "'nope'")
-    with pytest.raises(CprflError, match=r"\(2, 3\).*\(2, 4\)"):
-        AsymmetricLoss()(X, torch.zeros(2, 4))
+    one_line_error(lambda: AsymmetricLoss()(X, torch.zeros(2, 4)), "(2, 3)", "(2, 4)")
     one_line_error(lambda: AsymmetricLoss()(torch.tensor([[float("nan"), 0.0, 1.0]]), torch.zeros(1, 3)), "NaN")
     one_line_error(lambda: AsymmetricLoss(reduction="avg"), "reduction")
     one_line_error(lambda: build_loss("db_focal"), "training counts")
