@@ -3,7 +3,8 @@
 - ``one_line_error(call, *needles)``: a library call raises a one-line CprflError naming every needle;
 - ``cli_error(done, *needles)``: a ``cprfl`` run exits 2, without a traceback, with one ``cprfl: error:`` line;
 - ``cprfl(env, cwd, *args)``: the console script in a subprocess; ``run_cli(capsys, *args)``: ``cli.main`` in process;
-- ``smoke_config(**overrides)``: the smoke recipe at test scale (64 generated images, CPU, one thread);
+- ``smoke_config(**overrides)``: the smoke recipe at test scale (64 generated images, CPU, one thread); ``as_args``:
+  overrides as the command's ``key=value`` arguments; ``fake_training(monkeypatch, score)``: the run store's stub;
 - fixtures: ``shared_data``, ``cprfl_cache``, ``private_cache``, ``offline``, ``cli_env`` and ``cli_cwd`` (a fresh
   offline cache and a working folder for the subprocesses), ``smoke_run`` (one finished smoke run for the session),
   ``close_figures``.
