@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import fake_training
 
 from tools import design
 
@@ -50,17 +51,12 @@ def test_the_cheapest_choice_within_the_tie_margin() -> None:
 
 def test_the_schedule_stage_keeps_each_setting_as_a_value(tmp_path: Path, monkeypatch) -> None:
     """lr, epochs and d come from each run's configuration (the one expansion), never from its row label."""
-    from cprfl_repro import studies
 
-    def train(config, run_dir, resume=False, progress=True):  # val mAP: best at lr 1e-3, 10 epochs, d = 64
+    def score(config):  # val mAP: best at lr 1e-3, 10 epochs, d = 64
         o, d = config["optim"], config["model"]["dim"] if config["model"]["head"] == "cprfl" else 64
-        score = 30 - abs(o["lr"] - 1e-3) * 1000 - abs(o["epochs"] - 10) / 5 - abs(d - 64) / 16
-        row = {c: score for c in ("mAP", "head", "medium", "tail")}
-        metrics = {"dataset": config["data"]["dataset"], "wall_s": 0.0, "val_last_epoch": {"model": row}}
-        (Path(run_dir) / "metrics.json").write_text(json.dumps(metrics))
-        return metrics
+        return 30 - abs(o["lr"] - 1e-3) * 1000 - abs(o["epochs"] - 10) / 5 - abs(d - 64) / 16
 
-    monkeypatch.setattr(studies, "train", train)
+    fake_training(monkeypatch, score, split="val")
     monkeypatch.setattr(design, "initial_prompt_cosines", lambda study: {})
     monkeypatch.setattr(design, "RECIPES", {"voc": "smoke"})
     args = argparse.Namespace(seeds=(0,), workers=1, base={}, out=tmp_path / "design")

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import smoke_config
 
 from cprfl_lib.cpus import set_torch_threads
 from cprfl_lib.train.distributed import Dist, GlobalBatchSampler, gather_predictions, shard_indices
-from cprfl_lib.train.recipes import load_recipe
 
 pytestmark = pytest.mark.usefixtures("cprfl_cache")
 
@@ -89,10 +89,8 @@ def free_port() -> int:
 
 def ddp_config() -> dict:
     """Deterministic smoke run with an EMA; no dropout, whose masks depend on how a batch is split."""
-    return load_recipe("smoke", {"data.synthetic_limit": 64, "train.device": "cpu", "train.max_steps_per_epoch": None,
-                                 "train.num_threads": 1,
-                                 "train.deterministic": True, "model.dropout": 0.0, "train.ema": 0.9,
-                                 "optim.schedule": "cosine", "optim.epochs": 2, "optim.batch_size": 16})
+    return smoke_config(**{"train.deterministic": True, "model.dropout": 0.0, "train.ema": 0.9,
+                            "optim.schedule": "cosine", "optim.epochs": 2, "optim.batch_size": 16})
 
 
 def _worker(rank: int, world: int, port: int, config: dict, out_dirs: list[str], results: str) -> None:
@@ -169,10 +167,8 @@ def _ddp_predictions(config: dict, tmp_path: Path) -> tuple[np.ndarray, np.ndarr
 def test_two_ranks_with_a_trainable_backbone_train_as_one(tmp_path):
     """The backbone's batch norms see the global batch (GlobalBatchNorm2d under gloo): the same steps and the
     same running statistics as one process, so every rank scores its test shard with the same model."""
-    config = load_recipe("smoke", {"data.synthetic_limit": 64, "train.device": "cpu", "train.max_steps_per_epoch": 2,
-                                   "train.num_threads": 1, "train.deterministic": True, "model.dropout": 0.0,
-                                   "model.freeze_backbone": False, "optim.epochs": 2, "optim.batch_size": 16,
-                                   "optim.lr": 1e-4})
+    config = smoke_config(**{"train.max_steps_per_epoch": 2, "train.deterministic": True, "model.dropout": 0.0,
+                             "model.freeze_backbone": False, "optim.epochs": 2, "optim.batch_size": 16, "optim.lr": 1e-4})
     single, ddp = _ddp_predictions(config, tmp_path)
     print(f"trainable backbone: max |logit difference| {np.abs(single - ddp).max():.2e} (logits up to "
           f"{np.abs(single).max():.2f})")
@@ -182,11 +178,7 @@ def test_two_ranks_with_a_trainable_backbone_train_as_one(tmp_path):
 @pytest.mark.slow
 def test_two_ranks_run_the_official_no_feature_grad_switch(tmp_path):
     """no_feature_grad leaves the VSI and the visual projection without gradients: DDP must not wait for them."""
-    config = ddp_config()
-    config = load_recipe("smoke", {**{k: v for k, v in [("data.synthetic_limit", 64), ("train.device", "cpu"),
-                                                         ("train.max_steps_per_epoch", None), ("train.num_threads", 1),
-                                                         ("train.deterministic", True), ("model.dropout", 0.0),
-                                                         ("optim.epochs", 2), ("optim.batch_size", 16)]},
-                                   "model.no_feature_grad": True})
+    config = smoke_config(**{"train.deterministic": True, "model.dropout": 0.0, "optim.epochs": 2,
+                             "optim.batch_size": 16, "model.no_feature_grad": True})
     single, ddp = _ddp_predictions(config, tmp_path)
     np.testing.assert_allclose(ddp, single, atol=1e-4)

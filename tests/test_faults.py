@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import pickle
+import random
 import shutil
 import signal
 import subprocess
@@ -25,57 +26,28 @@ import time
 from collections import namedtuple
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from conftest import ROOT, SCRIPT, SMOKE, as_args, cli_error, cprfl, one_line_error, run_cli
+from PIL import Image, ImageFile
 
 from cprfl_lib import runinfo
 from cprfl_lib.data.benchmarks import load_benchmark
 from cprfl_lib.data.datasets import MultiLabelImageDataset, check_images
-from cprfl_lib.data.lists import SplitList, fetch_split_lists, read_split
+from cprfl_lib.data.lists import SplitList, fetch_split_lists, read_labels, read_split
 from cprfl_lib.data.transforms import preprocessing
 from cprfl_lib.errors import CprflError
 from cprfl_lib.train import engine
 from cprfl_lib.train.checkpoint import FORMAT, load_checkpoint
 from cprfl_lib.train.recipes import load_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = Path(sys.executable).parent / "cprfl"
 SMOKE_DATA = "synth-voc-lt-s0-32px-limit300"  # the folder the smoke recipe generates
 EPOCHS = 6  # the reference run: long enough that a kill lands before its end
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def one_line_error(call, *needles: str) -> str:
-    """``call()`` raises a one-line CprflError that names every needle."""
-    with pytest.raises(CprflError) as err:
-        call()
-    message = str(err.value)
-    assert "\n" not in message, message
-    for needle in needles:
-        assert str(needle) in message, f"{needle!r} not in: {message}"
-    return message
-
-
-def cli(env: dict, cwd: Path, *args, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([str(SCRIPT), *map(str, args)], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-def cli_error(done: subprocess.CompletedProcess, *needles: str) -> str:
-    """Exit code 2, no traceback, and a last stderr line ``cprfl: error: ...`` naming every needle."""
-    output = done.stdout + done.stderr
-    assert "Traceback" not in output, done.stderr[-3000:]
-    assert done.returncode == 2, f"exit code {done.returncode}: {done.stderr[-2000:]}"
-    # progress bars redraw with \r; splitlines() splits on it too
-    errors = [line for line in done.stderr.splitlines() if line.startswith("cprfl: error: ")]
-    assert len(errors) == 1, done.stderr[-2000:]
-    for needle in needles:
-        assert str(needle) in errors[0], f"{needle!r} not in: {errors[0]}"
-    return errors[0]
 
 
 def digest(path: Path) -> str:
@@ -84,6 +56,20 @@ def digest(path: Path) -> str:
 
 def files_in(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+
+
+def start_train(env: dict, cwd: Path, out: Path, *args, output=subprocess.PIPE) -> subprocess.Popen:
+    """`cprfl train --recipe smoke --output-dir OUT ARGS` started in the background."""
+    return subprocess.Popen([str(SCRIPT), "train", "--recipe", "smoke", "--output-dir", str(out), *map(str, args)],
+                            env=env, cwd=cwd, stdout=output, stderr=output, text=True, stdin=subprocess.DEVNULL)
+
+
+def wait_for_checkpoint(proc: subprocess.Popen, out: Path) -> None:
+    """Until the run ``proc`` has saved its first checkpoint into ``out`` (at most 4 min)."""
+    deadline = time.monotonic() + 240
+    while not (out / "checkpoint.pt").is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, "the run never saved its first checkpoint"
+        time.sleep(0.01)
 
 
 def write_images(root: Path, n: int) -> list[str]:
@@ -104,39 +90,37 @@ def split_of(paths: list[str], num_classes: int = 3) -> SplitList:
     return SplitList(paths=paths, targets=np.zeros((len(paths), num_classes), np.uint8), source=Path("list.txt"))
 
 
+REFERENCE = {"data.synthetic_limit": 300, "train.deterministic": True, "optim.epochs": EPOCHS}
+
+
 def smoke_config(**overrides) -> dict:
-    base = {"train.deterministic": True, "optim.epochs": EPOCHS, "train.max_steps_per_epoch": None}
-    return load_recipe("smoke", {**base, **overrides})
+    """The shared smoke configuration on the recipe's 300 images, deterministic, EPOCHS epochs: the reference run."""
+    return conftest.smoke_config(**{**REFERENCE, **overrides})
 
 
 def smoke_args(**overrides) -> list[str]:
     """The CLI overrides of :func:`smoke_config` (the same run)."""
-    base = {"train.deterministic": "true", "optim.epochs": EPOCHS, "train.max_steps_per_epoch": "null"}
-    return [f"{k}={v}" for k, v in {**base, **overrides}.items()]
+    return as_args({**SMOKE, **REFERENCE, **overrides})
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict[str, str]:
-    """A fresh cache shared by the library calls (os.environ) and the ``cprfl`` subprocesses; offline."""
-    cache = tmp_path_factory.mktemp("faults-cache")
-    home = tmp_path_factory.mktemp("faults-home")
-    values = {"CPRFL_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "MPLCONFIGDIR": str(home / "mpl"),
-              "IPYTHONDIR": str(home / "ipython"), "JUPYTER_RUNTIME_DIR": str(home / "jupyter-runtime")}
+def env(cli_env) -> dict[str, str]:
+    """The session's fresh offline cache (:func:`conftest.cli_env`), shared by the library calls (os.environ) and the
+    ``cprfl`` subprocesses."""
     with pytest.MonkeyPatch.context() as mp:
-        for key, value in values.items():
+        for key, value in cli_env.items():
             mp.setenv(key, value)
         yield dict(os.environ)
 
 
 @pytest.fixture(scope="module")
-def cwd(tmp_path_factory) -> Path:
-    """Where subprocesses run: nothing may land in the repository."""
-    return tmp_path_factory.mktemp("faults-cwd")
+def cwd(cli_cwd) -> Path:
+    return cli_cwd
 
 
 @pytest.fixture(scope="module")
 def reference_run(env, tmp_path_factory) -> Path:
-    """An uninterrupted deterministic smoke run, trained in this process on a cold cache."""
+    """An uninterrupted deterministic smoke run, trained in this process in the session's fresh cache."""
     out = tmp_path_factory.mktemp("reference") / "run"
     try:
         engine.train(smoke_config(), out, progress=False)
@@ -156,7 +140,17 @@ def run_copy(reference_run, tmp_path) -> Path:
 
 def test_missing_data_root_is_named(tmp_path):
     absent = tmp_path / "no-such-root"
-    one_line_error(lambda: MultiLabelImageDataset(absent, split_of(["a.jpg"]), PREP), str(absent), "--data-root")
+    one_line_error(lambda: MultiLabelImageDataset(absent, split_of(["a.jpg"]), PREP), f"data root {absent} does not "
+                   "exist", "--data-root")
+    one_line_error(lambda: check_images(absent, ["a.jpg"]), f"data root {absent} does not exist")
+    one_line_error(lambda: MultiLabelImageDataset(None, split_of(["a.jpg"]), PREP), "no image folder given; pass "
+                   "--data-root")
+
+
+@pytest.mark.shared_data
+def test_data_check_names_a_missing_data_root(shared_data, capsys):
+    cli_error(run_cli(capsys, "data", "check", "--dataset", "voc-lt", "--list-dir", shared_data / "voc_lt",
+                      "--data-root", "/nonexistent"), "/nonexistent", only=True)
 
 
 def test_missing_images_are_counted_and_listed_before_training(tmp_path):
@@ -165,6 +159,10 @@ def test_missing_images_are_counted_and_listed_before_training(tmp_path):
         (tmp_path / paths[i]).unlink()
     one_line_error(lambda: check_images(tmp_path, paths), "3 of 7 images are missing", str(tmp_path),
                    "img/1.jpg", "img/4.jpg", "img/6.jpg")
+    one_line_error(lambda: MultiLabelImageDataset(tmp_path, split_of(paths), PREP),  # checked when the data is built
+                   f"3 of 7 images are missing under {tmp_path} (first: img/1.jpg, img/4.jpg", "--data-root")
+    one_line_error(lambda: check_images(tmp_path, [f"x{i}" for i in range(1200)], show=2),
+                   "1,200 of 1,200 images are missing", "(first: x0, x1, ...)")
 
 
 @pytest.mark.slow
@@ -174,19 +172,34 @@ def test_missing_images_through_the_command(env, cwd, reference_run, tmp_path):
     shutil.copytree(Path(env["CPRFL_CACHE"]) / "synthetic" / SMOKE_DATA, data / SMOKE_DATA)
     for name in ("000002.jpg", "000050.jpg", "000299.jpg"):
         (data / SMOKE_DATA / "images" / "train" / name).unlink()
-    done = cli(env, cwd, "train", "--recipe", "smoke", "--data-root", data, "--output-dir", tmp_path / "out")
+    done = cprfl(env, cwd, "train", "--recipe", "smoke", "--data-root", data, "--output-dir", tmp_path / "out")
     cli_error(done, "3 of 300 images are missing", "images/train/000002.jpg", "images/train/000299.jpg")
     assert files_in(tmp_path / "out") == []
 
 
-@pytest.mark.parametrize("damage", ["not an image", "truncated"])
+def _large_and_cut(path: Path) -> None:
+    """A 40 x 30 JPEG cut inside its image data (its header still parses)."""
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(path, quality=90)
+    path.write_bytes(path.read_bytes()[:600])
+
+
+DAMAGE = {"not an image": lambda p: p.write_bytes(b"this is text"),
+          "random bytes": lambda p: p.write_bytes(random.Random(0).randbytes(2000)),
+          "truncated header": lambda p: p.write_bytes(p.read_bytes()[:60]),
+          "truncated data": _large_and_cut}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
 def test_unreadable_image_is_named(tmp_path, damage):
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
     paths = write_images(tmp_path, 2)
     bad = tmp_path / paths[1]
-    bad.write_bytes(b"this is text" if damage == "not an image" else bad.read_bytes()[:60])
-    dataset = MultiLabelImageDataset(tmp_path, split_of(paths), PREP)
+    DAMAGE[damage](bad)
+    dataset = MultiLabelImageDataset(tmp_path, split_of(paths), PREP)  # both exist
     dataset[0]  # the good one still loads
-    one_line_error(lambda: dataset[1], str(bad), "cannot read image")
+    message = one_line_error(lambda: dataset[1], str(bad), "cannot read image", "replace the file")
+    assert "remove it from the list" not in message
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False  # not switched on to read it
 
 
 def test_unreadable_image_in_a_dataloader_worker_is_still_one_line(tmp_path):
@@ -206,20 +219,24 @@ def test_unreadable_image_in_a_dataloader_worker_is_still_one_line(tmp_path):
     one_line_error(wrapped.reraise, str(tmp_path / paths[1]), "cannot read image")
 
 
-@pytest.mark.parametrize("line, needle", [("img/0.jpg 0 x 2", "label 'x' is not an integer"),
-                                          ("img/0.jpg 0 3", "label 3 is out of range 0..2"),
-                                          ("img/0.jpg -1", "label -1 is out of range 0..2"),
-                                          ("7 1", "no image path")])
-def test_bad_list_line_names_file_line_and_value(tmp_path, line, needle):
-    lst = tmp_path / "train.txt"
-    lst.write_text(f"img/1.jpg 1\n\n{line}\n")
-    one_line_error(lambda: read_split(lst, 3), f"{lst}:3:", needle)
-
-
-def test_empty_list_is_named(tmp_path):
-    lst = tmp_path / "test.txt"
-    lst.write_text("\n  \n")
-    one_line_error(lambda: read_split(lst, 3), str(lst), "empty")
+@pytest.mark.parametrize("name, content, needle", [
+    ("train.txt", "img/1.jpg 1\n\nimg/0.jpg 0 x 2\n", "train.txt:3: label 'x' is not an integer"),
+    ("train.txt", "img/1.jpg 1\n\nimg/0.jpg 0 3\n", "train.txt:3: label 3 is out of range 0..2"),
+    ("train.txt", "img/1.jpg 1\n\nimg/0.jpg -1\n", "train.txt:3: label -1 is out of range 0..2"),
+    ("train.txt", "img/1.jpg 1\n\n7 1\n", "train.txt:3: no image path (the line starts with '7')"),
+    ("train.txt", "\n  \n", "train.txt: the list is empty"),
+    ("train.txt", None, "train.txt: file not found"),
+    ("labels.txt", "cat 0\ndog 2\n", "labels.txt:2: class index '2' should be 1"),
+    ("labels.txt", "cat 0\ndog\n", "labels.txt:2: expected 'class name INDEX', got 'dog'"),
+    ("labels.txt", "cat 0\nbig dog one\n", "labels.txt:2: class index 'one' should be 1"),
+    ("labels.txt", "cat 0\ncat 1\n", "labels.txt:2: class name 'cat' appears twice"),
+    ("labels.txt", "\n", "labels.txt: no class names"),
+])
+def test_bad_list_file_names_file_line_and_value(tmp_path, name, content, needle):
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    one_line_error(lambda: read_labels(path) if name == "labels.txt" else read_split(path, 3), str(path), needle)
 
 
 def test_hand_made_labels_with_19_classes_fail_the_checksum_first(tmp_path):
@@ -246,20 +263,27 @@ def test_generated_labels_with_19_classes_name_the_class_count(env, reference_ru
                    str(labels), "19 classes", "synth-voc-lt has 20")
 
 
-def test_split_list_with_another_checksum_is_named(shared_data, tmp_path):
-    """The published lists with one line added to the train list."""
+def test_split_list_with_another_checksum_is_named_and_left_alone(shared_data, tmp_path):
+    """The published lists with a label removed from a train line: named, neither deleted nor changed (read_split
+    itself never checks sums: a hand-edited list still parses)."""
     shutil.copytree(shared_data / "voc_lt", tmp_path / "lists")
-    train = next(p for p in (tmp_path / "lists").iterdir() if "train" in p.name)
-    train.write_text(train.read_text() + "VOCdevkit/VOC2012/JPEGImages/extra.jpg 3\n")
-    one_line_error(lambda: fetch_split_lists("voc-lt", list_dir=tmp_path / "lists", download=False),
-                   str(train), "is not that of the published voc_lt_train.txt")
+    train = tmp_path / "lists" / "train.txt"
+    train.write_text(train.read_text().replace(" 14 4 19", " 14 4", 1))
+    before = train.read_bytes()
+    message = one_line_error(lambda: fetch_split_lists("voc-lt", list_dir=tmp_path / "lists", download=False),
+                             f"{train}: sha256", "is not that of the published voc_lt_train.txt",
+                             "replace it with the published file")
+    assert "delete" not in message and train.read_bytes() == before
+    assert len(read_split(train, 20)) == 1142
 
 
 # ================================================================ semantics
 
 
-@pytest.mark.parametrize("stored", ["other class names", "other dimension"])
-def test_cached_embeddings_that_disagree_with_the_run(tmp_path, monkeypatch, stored):
+@pytest.mark.parametrize("stored, needles", [("other class names", ["'car'", "delete the file"]),
+                                            ("other dimension", ["(dim 32)", "delete the file"]),
+                                            ("unreadable", ["unreadable embedding cache", "delete it"])])
+def test_cached_embeddings_that_disagree_with_the_run(tmp_path, monkeypatch, stored, needles):
     from cprfl_lib.semantics import encode_classes
 
     monkeypatch.setenv("CPRFL_CACHE", str(tmp_path))
@@ -272,8 +296,9 @@ def test_cached_embeddings_that_disagree_with_the_run(tmp_path, monkeypatch, sto
     else:
         payload["embeddings"], payload["dim"] = emb[:, :32].clone(), 32
     torch.save(payload, file)
-    needle = "'car'" if stored == "other class names" else "(dim 32)"
-    one_line_error(lambda: encode_classes("clip-tiny", names), str(file), needle, "delete the file")
+    if stored == "unreadable":
+        file.write_bytes(b"not a torch file")
+    one_line_error(lambda: encode_classes("clip-tiny", names), str(file), *needles)
 
 
 def test_clip_weights_offline_fail_in_seconds(env, reference_run, tmp_path, monkeypatch):
@@ -295,28 +320,25 @@ def test_glove_file_missing_class_words_lists_them(tmp_path):
 
     glove = tmp_path / "glove.txt"
     glove.write_text("cat 0.1 0.2 0.3\ntraffic 0.5 0.5 0.5\ndog 0.3 0.2 0.1\n")
-    one_line_error(lambda: encode_classes("glove", ["cat", "traffic light", "zebra"], path=glove, cache=False),
-                   str(glove), "'traffic light': light", "'zebra': zebra")
+    message = one_line_error(lambda: encode_classes("glove", ["cat", "traffic light", "zebra", "pottedplant"], path=glove,
+                                                    cache=False), str(glove), "'traffic light': light", "'zebra': zebra",
+                             "potted")
+    assert "'cat'" not in message
 
 
 # ================================================================ checkpoints
 
 
-def test_resume_with_another_recipe_model_is_refused(run_copy):
+@pytest.mark.parametrize("overrides, recipe, needles", [
+    ({"model.dim": 64}, "smoke-wide", ["model.dim: 32 vs 64", "'smoke-wide'"]),
+    ({"data.dataset": "synth-coco-lt", "data.synthetic_limit": 40}, "smoke",
+     ["data.dataset: 'synth-voc-lt' vs 'synth-coco-lt'"])])
+def test_resume_with_another_model_or_dataset_is_refused(run_copy, overrides, recipe, needles):
     before = digest(run_copy / "weights.pt"), (run_copy / "config.yaml").read_text()
-    config = smoke_config(**{"model.dim": 64})
-    config["recipe"] = "smoke-wide"
+    config = {**smoke_config(**overrides), "recipe": recipe}
     one_line_error(lambda: engine.train(config, run_copy, resume=True, progress=False),
-                   str(run_copy / "weights.pt"), "model.dim: 32 vs 64", "'smoke-wide'")
+                   str(run_copy / "weights.pt"), *needles)
     assert (digest(run_copy / "weights.pt"), (run_copy / "config.yaml").read_text()) == before
-
-
-def test_synth_coco_run_refuses_a_synth_voc_checkpoint(run_copy):
-    before = digest(run_copy / "weights.pt")
-    config = smoke_config(**{"data.dataset": "synth-coco-lt", "data.synthetic_limit": 40})
-    one_line_error(lambda: engine.train(config, run_copy, resume=True, progress=False),
-                   str(run_copy / "weights.pt"), "data.dataset: 'synth-voc-lt' vs 'synth-coco-lt'")
-    assert digest(run_copy / "weights.pt") == before
 
 
 def test_checkpoint_whose_weights_do_not_fit_its_model(run_copy):
@@ -339,6 +361,20 @@ def test_truncated_checkpoint_is_named(run_copy, cut):
     before = files_in(run_copy)
     one_line_error(lambda: engine.train(smoke_config(), run_copy, resume=True, progress=False), str(path))
     assert files_in(run_copy) == before
+
+
+@pytest.mark.parametrize("kind, command", [("missing", "evaluate"), ("text", "evaluate"), ("truncated", "predict")])
+def test_a_file_that_is_not_a_checkpoint_is_one_line_from_evaluate_and_predict(reference_run, tmp_path, capsys, kind,
+                                                                              command):
+    bad = tmp_path / "checkpoint.pt"
+    if kind == "text":
+        bad.write_text("this is not a checkpoint\n")
+    elif kind == "truncated":
+        bad.write_bytes((reference_run / "weights.pt").read_bytes()[:4096])
+    image = sorted((Path(os.environ["CPRFL_CACHE"]) / "synthetic" / SMOKE_DATA / "images" / "test").glob("*.jpg"))[0]
+    extra = [image] if command == "predict" else []
+    cli_error(run_cli(capsys, command, bad, *extra, "--device", "cpu"), str(bad),
+              *(["does not exist"] if kind == "missing" else []), only=True)
 
 
 class _Payload:
@@ -368,7 +404,7 @@ def test_checkpoint_that_would_run_code_is_refused_without_running_it(env, cwd, 
     message = one_line_error(lambda: load_checkpoint(bad), str(bad), "not a cprfl checkpoint", "it was not loaded")
     assert "weights_only" not in message and "Re-running" not in message  # no advice to load it unsafely
     if container == "torch.save":  # and through the command (one is enough: ~10 s of imports)
-        cli_error(cli(env, cwd, "evaluate", bad), str(bad))
+        cli_error(cprfl(env, cwd, "evaluate", bad), str(bad))
     assert not marker.exists(), "loading the checkpoint ran code from it"
 
 
@@ -461,29 +497,31 @@ def test_interrupted_reproduce_keeps_the_previous_results(env, tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_training_resumes_to_identical_metrics(env, cwd, reference_run, tmp_path, capsys):
-    """`cprfl train` killed (SIGKILL) after its first checkpoint, then resumed: the uninterrupted run's metrics.
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_an_interrupted_run_resumes_to_identical_metrics(env, cwd, reference_run, tmp_path, capsys, how):
+    """`cprfl train` killed (SIGKILL) or stopped (SIGTERM: at a safe point, exit 130, one line) after its first
+    checkpoint: the checkpoint whole, no litter; resumed, the uninterrupted run's metrics.
 
     The reference run computed its cached features; this one reads them, so the test also checks
     that a cold and a warm feature cache give the same run.
     """
     out = tmp_path / "run"
-    args = ["train", "--recipe", "smoke", "--output-dir", out, *smoke_args()]
-    proc = subprocess.Popen([str(SCRIPT), *map(str, args)], env=env, cwd=cwd, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    proc = start_train(env, cwd, out, *smoke_args())
     try:
-        deadline = time.monotonic() + 240
-        while not (out / "checkpoint.pt").is_file():
-            assert proc.poll() is None, "the run ended before its first checkpoint"
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_for_checkpoint(proc, out)
+        proc.send_signal(getattr(signal, how))
+        _, stderr = proc.communicate(timeout=120)
     finally:
         proc.kill()  # the process we started, by its id (a no-op once it has ended)
-        proc.wait(timeout=60)
-    assert not (out / "metrics.json").exists(), "the run finished before it was killed"
+    assert not (out / "metrics.json").exists(), "the run finished before it was stopped"
+    if how == "SIGTERM":
+        assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
+        lines = [line for line in stderr.splitlines() if line.startswith("cprfl:")]
+        assert lines == ["cprfl: interrupted by SIGTERM; the run continues from its last checkpoint with --resume"]
     interrupted_at = load_checkpoint(out / "checkpoint.pt")["epoch"]  # complete, thanks to the atomic write
     assert 1 <= interrupted_at < EPOCHS
-
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    capsys.readouterr()
     try:
         engine.train(smoke_config(), out, resume=True, progress=True)
     finally:
@@ -505,7 +543,10 @@ def test_full_disk_is_reported_before_training(env, reference_run, tmp_path, mon
     assert files_in(out) == []
 
 
-def test_unwritable_output_directory_is_reported_before_training(env, reference_run, tmp_path):
+def test_unwritable_output_directory_is_reported_before_training(env, reference_run, tmp_path, monkeypatch):
+    from cprfl_lib.train import features
+
+    monkeypatch.setattr(features, "extract_features", lambda *a, **k: pytest.fail("features computed"))
     (tmp_path / "a-file").write_text("")
     out = tmp_path / "a-file" / "run"
     one_line_error(lambda: engine.train(smoke_config(), out, progress=False), str(out), "not writable")
@@ -541,8 +582,6 @@ def test_unwritable_output_directory_is_reported_before_training(env, reference_
     ("data.synthetic_limit=0", "'data.synthetic_limit' must be a whole number >= 1 or null, got 0"),
 ])
 def test_a_bad_value_is_one_line_before_anything_is_built(tmp_path, override, needle):
-    from cprfl_lib.train.recipes import load_recipe
-
     out = tmp_path / "run"
     one_line_error(lambda: engine.train(load_recipe("smoke", [*smoke_args(), override]), out, progress=False), needle)
     assert not out.exists()
@@ -550,7 +589,7 @@ def test_a_bad_value_is_one_line_before_anything_is_built(tmp_path, override, ne
 
 def test_a_bad_value_through_the_command_and_reproduce(env, cwd, tmp_path):
     """The CLI, and `make reproduce`'s overrides, refuse the same values in the same words."""
-    cli_error(cli(env, cwd, "train", "--recipe", "smoke", "optim.batch_size=0", "--output-dir", tmp_path / "r"),
+    cli_error(cprfl(env, cwd, "train", "--recipe", "smoke", "optim.batch_size=0", "--output-dir", tmp_path / "r"),
               "'optim.batch_size' must be a whole number >= 1, got 0")
     assert not (tmp_path / "r").exists()
     from cprfl_repro.context import resolve
@@ -673,16 +712,16 @@ def test_outputs_go_only_to_the_run_folder_and_the_cache(env, reference_run, tmp
                "HF_HOME": str(cache / "hf")}
     before = snapshot(home, work, data)
     run = tmp_path / "run"
-    done = cli(run_env, work, "train", "--recipe", "smoke", "--data-root", data, "--output-dir", run, "optim.epochs=1")
+    done = cprfl(run_env, work, "train", "--recipe", "smoke", "--data-root", data, "--output-dir", run, "optim.epochs=1")
     assert done.returncode == 0, done.stderr[-2000:]
     image = sorted((data / SMOKE_DATA / "images" / "test").glob("*.jpg"))[0]
     for args in (("evaluate", run, "--data-root", data), ("predict", run, image, "--top-k", "2"),
                  ("data", "check", "--dataset", "synth-voc-lt", "--data-root", data / SMOKE_DATA, "--deep"),
                  ("recipes", "smoke"), ("embed", "--encoder", "randn", "--dim", "8")):
-        done = cli(run_env, work, *args)
+        done = cprfl(run_env, work, *args)
         assert done.returncode in (0, 2), done.stderr[-2000:]
     # generated data never go into a folder the user named: the real tree is refused, not filled
-    done = cli(run_env, work, "train", "--recipe", "smoke", "--data-root", data / "VOCdevkit", "--output-dir",
+    done = cprfl(run_env, work, "train", "--recipe", "smoke", "--data-root", data / "VOCdevkit", "--output-dir",
                tmp_path / "run2")
     cli_error(done, "holds no generated synth-voc-lt", "drop --data-root")
     assert snapshot(home, work, data) == before
@@ -724,34 +763,6 @@ def test_a_killed_writers_temporary_files_are_cleaned_on_resume(run_copy):
     engine.train(smoke_config(), run_copy, resume=True, progress=False)
     assert not stale.exists() and live.exists()
     live.unlink()
-
-
-@pytest.mark.slow
-def test_sigterm_stops_at_a_safe_point_with_one_line(env, cwd, reference_run, tmp_path):
-    """SIGTERM to `cprfl train` after its first checkpoint: exit 130, one line, the checkpoint whole, no litter;
-    the run then resumes to the uninterrupted run's metrics."""
-    out = tmp_path / "run"
-    proc = subprocess.Popen([str(SCRIPT), "train", "--recipe", "smoke", "--output-dir", str(out), *smoke_args()],
-                            env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while not (out / "checkpoint.pt").is_file():
-        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr[-2000:]
-    lines = [line for line in stderr.splitlines() if line.startswith("cprfl:")]
-    assert lines == ["cprfl: interrupted by SIGTERM; the run continues from its last checkpoint with --resume"], stderr
-    assert "Traceback" not in stderr
-    load_checkpoint(out / "checkpoint.pt")  # whole
-    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
-    try:
-        engine.train(smoke_config(), out, resume=True, progress=False)
-    finally:
-        torch.use_deterministic_algorithms(False)
-    ours, reference = (json.loads((d / "metrics.json").read_text()) for d in (out, reference_run))
-    assert ours["last_epoch"] == reference["last_epoch"]
 
 
 def test_a_read_only_cache_is_one_line(env, tmp_path, monkeypatch):
@@ -841,12 +852,6 @@ TINY = {"train.deterministic": True, "optim.epochs": 2, "train.max_steps_per_epo
         "semantics.encoder": "clip-tiny", "semantics.weights": None, "semantics.dim": None}  # clip-tiny: cached
 
 
-def tiny_args(**overrides) -> list[str]:
-    """:data:`TINY` (and ``overrides``) as the command's ``key=value`` arguments."""
-    text = lambda v: "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)  # noqa: E731
-    return [f"{k}={text(v)}" for k, v in {**TINY, **overrides}.items()]
-
-
 def predictions(out: Path) -> dict[str, np.ndarray]:
     with np.load(out / "predictions.npz") as npz:
         return {k: npz[k] for k in npz.files if k != "class_names"}
@@ -912,10 +917,8 @@ def test_two_runs_filling_one_cold_cache_at_once_give_identical_predictions(env,
     """Two `cprfl train` of one command started together on a cold cache (generated data, embeddings, decoded
     images): both finish, with the predictions of a later run on the warm cache, bit for bit."""
     run_env = {**env, "CPRFL_CACHE": str(tmp_path / "cache")}
-    args = tiny_args(**{"model.freeze_backbone": False})
-    procs = [subprocess.Popen([str(SCRIPT), "train", "--recipe", "smoke", "--output-dir", str(tmp_path / f"run{i}"),
-                               *args], env=run_env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              stdin=subprocess.DEVNULL) for i in (0, 1)]
+    args = as_args({**TINY, "model.freeze_backbone": False})
+    procs = [start_train(run_env, cwd, tmp_path / f"run{i}", *args) for i in (0, 1)]
     try:
         done = [p.communicate(timeout=300) for p in procs]
     finally:
@@ -939,17 +942,13 @@ def _record(folder: Path) -> dict[str, str]:
 def test_resume_of_a_finished_run_with_other_settings_is_refused_naming_them(run_copy, capsys):
     """`cprfl train --resume optim.lr=5e-3 ...` on a finished run: exit 2, one line naming each differing key (nested
     ones by their dotted key); config.yaml, weights.pt and every other file as they were."""
-    from cprfl_lib import cli
-
     before = _record(run_copy)
     config = smoke_config(**{"optim.lr": 5e-3, "loss.params": {"reduction": "mean", "gamma_neg": 2}})
     one_line_error(lambda: engine.train(config, run_copy, resume=True, progress=False), str(run_copy / "weights.pt"),
                    "optim.lr: 0.001 vs 0.005", "loss.params.gamma_neg: (not set) vs 2")
-    code = cli.main(["train", "--recipe", "smoke", "--output-dir", str(run_copy), "--resume",
-                     *smoke_args(**{"optim.lr": "5e-3"})])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and err[0].startswith("cprfl: error: "), err
-    assert "optim.lr: 0.001 vs 0.005" in err[0] and "loss.params" not in err[0]
+    line = cli_error(run_cli(capsys, "train", "--recipe", "smoke", "--output-dir", run_copy, "--resume",
+                             *smoke_args(**{"optim.lr": "5e-3"})), "optim.lr: 0.001 vs 0.005", only=True)
+    assert "loss.params" not in line
     assert _record(run_copy) == before
 
 
@@ -1008,14 +1007,10 @@ def test_a_live_run_holds_its_folder_and_a_killed_runs_lock_is_taken_over(env, c
     """A second run into the folder of a live `cprfl train` is refused in one line naming the folder and the
     process; once that process is killed (its lock file stays), the next run takes the folder over with a note."""
     out = tmp_path / "run"
-    proc = subprocess.Popen([str(SCRIPT), "train", "--recipe", "smoke", "--output-dir", str(out),
-                             *smoke_args(**{"optim.epochs": 1000, "optim.lr": "5e-3"})], env=env, cwd=cwd,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    proc = start_train(env, cwd, out, *smoke_args(**{"optim.epochs": 1000, "optim.lr": "5e-3"}),
+                       output=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 240
-        while not (out / "checkpoint.pt").is_file():
-            assert proc.poll() is None and time.monotonic() < deadline, "the run never saved its first checkpoint"
-            time.sleep(0.05)
+        wait_for_checkpoint(proc, out)
         one_line_error(lambda: train_here(smoke_config(**{"optim.epochs": 1}), out), str(out), "is in use",
                        f"process {proc.pid}")
         assert proc.poll() is None
@@ -1037,10 +1032,7 @@ def test_two_runs_started_together_into_one_folder_leave_one_consistent_run(env,
     """Two `cprfl train` (optim.lr 1e-3 and 5e-3) started together into one folder: each finishes or is refused in
     one line naming the folder; the folder then holds one run: config.yaml, weights.pt and metrics of the same lr."""
     out = tmp_path / "run"
-    procs = {lr: subprocess.Popen([str(SCRIPT), "train", "--recipe", "smoke", "--output-dir", str(out),
-                                   *smoke_args(**{"optim.lr": lr})], env=env, cwd=cwd, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-             for lr in ("1e-3", "5e-3")}
+    procs = {lr: start_train(env, cwd, out, *smoke_args(**{"optim.lr": lr})) for lr in ("1e-3", "5e-3")}
     try:
         done = {lr: p.communicate(timeout=300) for lr, p in procs.items()}
     finally:
@@ -1061,14 +1053,12 @@ def test_two_runs_started_together_into_one_folder_leave_one_consistent_run(env,
 def test_a_bad_loss_parameter_is_refused_before_the_cache_is_touched(tmp_path, monkeypatch, capsys):
     """loss.params checked per loss by its dotted key, by the command and by the library, before a file is written
     (the cache is empty, no run folder)."""
-    from cprfl_lib import cli
-
     cache, out = tmp_path / "cache", tmp_path / "run"
     monkeypatch.setenv("CPRFL_CACHE", str(cache))
-    assert cli.main(["train", "--recipe", "smoke", "--output-dir", str(out), "loss.params={reduction: avg}"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("cprfl: error: configuration key 'loss.params.reduction' must be one "
-                                               "of ['sum', 'mean', 'batchmean']"), err
+    line = cli_error(run_cli(capsys, "train", "--recipe", "smoke", "--output-dir", out, "loss.params={reduction: avg}"),
+                     only=True)
+    assert line.startswith("cprfl: error: configuration key 'loss.params.reduction' must be one of ['sum', 'mean', "
+                           "'batchmean']"), line
     config = smoke_config()
     config["loss"]["params"] = {"gamma_neg": -4}  # past load_recipe: the engine validates again
     one_line_error(lambda: engine.train(config, out, progress=False), "'loss.params.gamma_neg' must be a finite "
@@ -1077,11 +1067,8 @@ def test_a_bad_loss_parameter_is_refused_before_the_cache_is_touched(tmp_path, m
 
 
 def test_predict_top_k_beyond_the_classes_says_so(reference_run, capsys):
-    from cprfl_lib import cli
-
     image = sorted((Path(os.environ["CPRFL_CACHE"]) / "synthetic" / SMOKE_DATA / "images" / "test").glob("*.jpg"))[0]
-    assert cli.main(["predict", str(reference_run), str(image), "--top-k", "1000", "--device", "cpu"]) == 0
-    captured = capsys.readouterr()
-    assert captured.err.strip().splitlines() == [
-        "cprfl: note: --top-k 1000 is more than the model's 20 classes; all 20 are listed"], captured.err
-    assert len(captured.out.strip().splitlines()) == 1 + 20
+    code, out, err = run_cli(capsys, "predict", reference_run, image, "--top-k", "1000", "--device", "cpu")
+    assert code == 0 and err.strip().splitlines() == [
+        "cprfl: note: --top-k 1000 is more than the model's 20 classes; all 20 are listed"], err
+    assert len(out.strip().splitlines()) == 1 + 20

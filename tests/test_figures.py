@@ -9,38 +9,35 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from matplotlib.collections import LineCollection, PathCollection
+from matplotlib.text import Text
+from matplotlib.transforms import Bbox
+from PIL import Image
 
-matplotlib.use("Agg")
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.collections import LineCollection, PathCollection  # noqa: E402
-from matplotlib.text import Text  # noqa: E402
-from matplotlib.transforms import Bbox  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from cprfl_lib.errors import CprflError  # noqa: E402
-from cprfl_lib.metrics import class_groups  # noqa: E402
-from cprfl_lib.model_analysis import PATHS, DualPath, Trace  # noqa: E402
-from cprfl_repro import style as st  # noqa: E402
-from cprfl_repro.analysis.data import DataChoice  # noqa: E402
-from cprfl_repro.analysis.predictions import RunPredictions  # noqa: E402
-from cprfl_repro.analysis.semantics import ClassInfo, EncoderResult  # noqa: E402
-from cprfl_repro.plots import data as pd_data  # noqa: E402
-from cprfl_repro.plots import model as pm  # noqa: E402
-from cprfl_repro.plots import predictions as pp  # noqa: E402
-from cprfl_repro.plots import semantics as ps  # noqa: E402
-from cprfl_repro.plots import training as pt  # noqa: E402
-from cprfl_repro.reported import COLUMNS  # noqa: E402
+from cprfl_lib.errors import CprflError
+from cprfl_lib.metrics import class_groups
+from cprfl_lib.model_analysis import PATHS, DualPath, Trace
+from cprfl_repro.analysis.data import DataChoice
+from cprfl_repro.analysis.predictions import RunPredictions
+from cprfl_repro.analysis.semantics import ClassInfo, EncoderResult
+from cprfl_repro.plots import data as pd_data
+from cprfl_repro.plots import model as pm
+from cprfl_repro.plots import predictions as pp
+from cprfl_repro.plots import semantics as ps
+from cprfl_repro.plots import training as pt
+from cprfl_repro.reported import COLUMNS
+from cprfl_repro.style import STYLE_ENV, WIDTHS, Style, current, load_style
 
 pytestmark = pytest.mark.usefixtures("close_figures")
 
 
 @pytest.fixture(autouse=True)
 def default_style(monkeypatch):
-    monkeypatch.delenv(st.STYLE_ENV, raising=False)
+    monkeypatch.delenv(STYLE_ENV, raising=False)
 
 
 # ---------------------------------------------------------------- synthetic inputs
@@ -198,7 +195,7 @@ def legends(fig) -> list:
     return [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend() is not None)]
 
 
-def check_figure(name: str, fig, style: st.Style) -> None:
+def check_figure(name: str, fig, style: Style) -> None:
     import warnings
 
     with warnings.catch_warnings():
@@ -211,7 +208,7 @@ def check_figure(name: str, fig, style: st.Style) -> None:
             inter = Bbox.intersection(box, data)
             assert inter is None or inter.width * inter.height <= 0, f"{name}: the legend covers a {kind} at {data}"
     width = fig.get_figwidth()
-    assert any(abs(width - style.width(k)) < 1e-6 for k in st.WIDTHS), f"{name}: {width} in, not a column or a page"
+    assert any(abs(width - style.width(k)) < 1e-6 for k in WIDTHS), f"{name}: {width} in, not a column or a page"
     tight = fig.get_tightbbox(renderer)
     assert tight.width <= width + 0.05, f"{name}: drawn {tight.width:.2f} in wide in a {width} in figure"
     for text in fig.findobj(Text):
@@ -224,8 +221,8 @@ def check_figure(name: str, fig, style: st.Style) -> None:
 def test_every_figure_keeps_its_legend_off_the_data_and_fits_its_width(tmp_path, monkeypatch, user_style) -> None:
     if user_style:
         (tmp_path / "style.yaml").write_text(user_style)
-        monkeypatch.setenv(st.STYLE_ENV, str(tmp_path / "style.yaml"))
-    style = st.current()
+        monkeypatch.setenv(STYLE_ENV, str(tmp_path / "style.yaml"))
+    style = current()
     names = []
     for name, fig in every_figure(tmp_path):
         check_figure(name, fig, style)
@@ -242,7 +239,7 @@ def test_the_overlap_check_sees_a_legend_on_the_bars() -> None:
     ax.bar(range(4), [1, 1, 1, 1], label="bars")
     ax.legend(loc="center")
     with pytest.raises(AssertionError, match="legend covers a patch"):
-        check_figure("inside", fig, st.current())
+        check_figure("inside", fig, current())
 
 
 # ---------------------------------------------------------------- the style as a user's file
@@ -252,8 +249,8 @@ def test_a_users_style_changes_widths_fonts_and_colours(tmp_path, monkeypatch) -
     path = tmp_path / "my style.yaml"
     path.write_text("font: {family: serif, size: 9, small: 8}\nwidth: {page: 6.0}\n"
                     "palette: {head: '#000000', series: ['#111111', '#222222']}\n")
-    monkeypatch.setenv(st.STYLE_ENV, str(path))
-    style = st.current()
+    monkeypatch.setenv(STYLE_ENV, str(path))
+    style = current()
     assert style.source == str(path.resolve()) and style.small == 8 and style.width("column") == 3.3
     fig = pt.study_bars(_runs_table([f"v{i}" for i in range(5)]), title="t")
     check_figure("restyled", fig, style)
@@ -262,8 +259,8 @@ def test_a_users_style_changes_widths_fonts_and_colours(tmp_path, monkeypatch) -
     assert min(t.get_fontsize() for t in texts) == 8 and "serif" in texts[0].get_family()[0]
     heads = [p for p in fig.axes[0].patches if matplotlib.colors.to_hex(p.get_facecolor()) == "#000000"]
     assert len(heads) == 5  # one head bar per variant, in the user's colour
-    monkeypatch.delenv(st.STYLE_ENV)
-    assert st.current().source == "default"
+    monkeypatch.delenv(STYLE_ENV)
+    assert current().source == "default"
 
 
 @pytest.mark.parametrize("text, message", [
@@ -280,7 +277,7 @@ def test_a_bad_style_file_is_refused_in_one_line_naming_it(tmp_path, text, messa
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     with pytest.raises(CprflError, match=message) as err:
-        st.load_style(path)
+        load_style(path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
@@ -291,7 +288,7 @@ def test_reproduce_refuses_a_bad_style_before_anything_runs(tmp_path) -> None:
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("colours: {head: red}\n")
-    env = {**os.environ, st.STYLE_ENV: str(bad), "CPRFL_RESULTS_ROOT": str(tmp_path / "results")}
+    env = {**os.environ, STYLE_ENV: str(bad), "CPRFL_RESULTS_ROOT": str(tmp_path / "results")}
     done = subprocess.run([sys.executable, "-m", "cprfl_repro.reproduce", "--profile", "smoke"], env=env,
                           cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
@@ -379,7 +376,7 @@ def test_the_readme_restyles_every_figure_from_the_stored_runs(tmp_path) -> None
         pytest.skip(f"{style_file} exists already (a user's own file: left alone)")
     env = {**os.environ, "PROFILE": "smoke", "CPRFL_RESULTS_ROOT": str(tmp_path / "results"),
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop(st.STYLE_ENV, None)
+    env.pop(STYLE_ENV, None)
     style_file.write_text(style_text)
     try:
         for attempt in (1, 2):
@@ -394,7 +391,7 @@ def test_the_readme_restyles_every_figure_from_the_stored_runs(tmp_path) -> None
     finally:
         style_file.unlink()
     out = tmp_path / "results" / "smoke"
-    style = st.load_style(io_text_file(tmp_path / "style.yaml", style_text))
+    style = load_style(io_text_file(tmp_path / "style.yaml", style_text))
     pngs = sorted((out / "figures").glob("*.png"))
     assert len(pngs) >= 18
     for png in pngs:
@@ -428,7 +425,7 @@ def test_a_pipeline_check_figure_says_so_within_its_width(tmp_path) -> None:
         assert CHECK_LABEL in texts and any(t.startswith("pipeline check, not results") for t in texts)
         fig.canvas.draw()
         assert fig.get_tightbbox(fig.canvas.get_renderer()).width <= fig.get_figwidth() + 0.05, name
-        assert min(t.get_fontsize() for t in fig.texts) >= st.current().small
+        assert min(t.get_fontsize() for t in fig.texts) >= current().small
 
 
 def test_a_subset_merged_into_earlier_results_is_indexed_whole(tmp_path) -> None:

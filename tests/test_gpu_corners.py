@@ -9,13 +9,14 @@ import json
 import os
 import queue
 import socket
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import smoke_config
+from test_engine import Killed, kill_after_epochs  # the engine tests' kill, one definition
 
 from cprfl_lib.cpus import set_torch_threads
 from cprfl_lib.errors import CprflError
@@ -23,17 +24,13 @@ from cprfl_lib.train import engine
 from cprfl_lib.train.checkpoint import load_checkpoint, save_checkpoint
 from cprfl_lib.train.recipes import load_recipe
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_engine import Killed, kill_after_epochs  # noqa: E402  (the engine tests' kill, one definition)
-
 ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("cprfl_cache")
 
 
 def smoke(**overrides) -> dict:
-    base = {"data.synthetic_limit": 64, "train.device": "cpu", "train.max_steps_per_epoch": 2, "train.num_threads": 1}
-    return load_recipe("smoke", {**base, **overrides})
+    return smoke_config(**{"train.max_steps_per_epoch": 2, **overrides})
 
 
 def count_checkpoints(monkeypatch) -> list[int]:

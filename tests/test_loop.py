@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import one_line_error
 
 from cprfl_lib.errors import CprflError
 
@@ -87,8 +88,7 @@ def test_a_settings_file_changes_entries_and_names_an_unknown_key(tmp_path):
     assert read_settings(good) == {"optim.lr": 0.002, "loss.params.gamma_neg": 2, "model.tau": 1.0}
     bad = tmp_path / "bad.yaml"
     bad.write_text("optim:\n  lerning_rate: 0.002\n")
-    with pytest.raises(CprflError, match=r"bad.yaml: unknown configuration key 'optim.lerning_rate'"):
-        read_settings(bad)
+    one_line_error(lambda: read_settings(bad), "bad.yaml: unknown configuration key 'optim.lerning_rate'")
 
 
 def test_a_notebook_takes_its_settings_from_the_profile(tmp_path, monkeypatch):
@@ -107,8 +107,7 @@ def test_a_notebook_takes_its_settings_from_the_profile(tmp_path, monkeypatch):
                             overrides={"loss": {"params": {"gamma_neg": 2}}})
     assert named.output_dir == tmp_path / "results" / "quick-γ-test" and named.changes == {"loss.params.gamma_neg": 2}
     assert named.reference().overrides == ctx.overrides and named.reference().changes == {}
-    with pytest.raises(CprflError, match="no notebook '07_x'"):
-        ctx.notebook("07_x")
+    one_line_error(lambda: ctx.notebook("07_x"), "no notebook '07_x'")
 
 
 def test_every_profile_sets_only_the_notebooks_settings():
@@ -128,8 +127,7 @@ def test_a_profile_with_an_unknown_setting_is_refused(monkeypatch):
     real = context._profile_file
     monkeypatch.setattr(context, "_profile_file",
                         lambda p: {"04_training": {"sedes": [0]}} if p == "quick" else real(p))
-    with pytest.raises(CprflError, match="quick.yaml: 04_training has no setting 'sedes'"):
-        context.profile_parameters("quick")
+    one_line_error(lambda: context.profile_parameters("quick"), "quick.yaml: 04_training has no setting 'sedes'")
 
 
 def test_the_notebooks_declare_only_what_a_user_changes():

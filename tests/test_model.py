@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from conftest import one_line_error
 from torch import nn
 
-from cprfl_lib.errors import CprflError
 from cprfl_lib.model import CPRFLHead, LinearHead, MultiLabelClassifier, PromptInitialization, count_parameters
 
 TINY = dict(dim=32, heads=2, dim_head=8, mlp_dim=48, dropout=0.0)
@@ -131,14 +131,10 @@ def test_trainable_text_encoder_receives_gradients():
 
 
 def test_bad_inputs_raise_clear_errors():
-    with pytest.raises(CprflError, match="exactly one"):
-        CPRFLHead(24, 7, **TINY)
-    with pytest.raises(CprflError, match=r"\(7, m\)"):
-        CPRFLHead(24, 7, class_embeddings=torch.randn(5, 10), **TINY)
-    with pytest.raises(CprflError, match="feature map"):
-        tiny_head()(torch.randn(24))
-    with pytest.raises(CprflError, match="images"):
-        MultiLabelClassifier(nn.Identity(), LinearHead(3, 2))(torch.randn(2, 4, 8, 8))
+    one_line_error(lambda: CPRFLHead(24, 7, **TINY), "exactly one")
+    one_line_error(lambda: CPRFLHead(24, 7, class_embeddings=torch.randn(5, 10), **TINY), "(7, m)")
+    one_line_error(lambda: tiny_head()(torch.randn(24)), "feature map")
+    one_line_error(lambda: MultiLabelClassifier(nn.Identity(), LinearHead(3, 2))(torch.randn(2, 4, 8, 8)), "images")
 
 
 def test_linear_baseline_shapes():

@@ -3,8 +3,8 @@
 from pathlib import Path
 
 import pytest
+from conftest import one_line_error
 
-from cprfl_lib.errors import CprflError
 from cprfl_repro.context import PROFILES
 from cprfl_repro.reproduce import _swap_in, check_parameters, notebooks, profile_parameters
 
@@ -28,8 +28,7 @@ def test_the_six_notebooks_exist_in_order():
 
 
 def test_unknown_profile_is_rejected():
-    with pytest.raises(CprflError, match="'fast'"):
-        profile_parameters("fast")
+    one_line_error(lambda: profile_parameters("fast"), "'fast'")
 
 
 def test_swap_in_replaces_the_whole_folder(tmp_path):

@@ -2,39 +2,26 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import SMOKE, fake_training
 
 from cprfl_lib.errors import CprflError
 from cprfl_repro import experiments, reports, studies
 from cprfl_repro.reported import COLUMNS
 
 LINEAR = {"model.head": "linear"}
-TINY = {"data.synthetic_limit": 64, "train.device": "cpu", "train.max_steps_per_epoch": 2, "optim.epochs": 1,
-        "train.num_threads": 1}
+TINY = {**SMOKE, "train.max_steps_per_epoch": 2, "optim.epochs": 1}
 
 
 @pytest.fixture
 def fake_train(monkeypatch):
-    """Replace training by a stub that writes a metrics.json and records which folders it trained."""
-    trained = []
-
-    def train(config, run_dir, resume=False, progress=True):
-        trained.append(Path(run_dir))
-        value = float(config["train"]["seed"]) + (10.0 if config["model"]["head"] == "linear" else 0.0)
-        row = {c: value for c in COLUMNS}
-        metrics = {"dataset": config["data"]["dataset"], "wall_s": 0.0, "last_epoch": {"model": row},
-                   "best_on_test": {**row, "epoch": 1}}
-        (Path(run_dir) / "metrics.json").write_text(json.dumps(metrics))
-        return metrics
-
-    monkeypatch.setattr(studies, "train", train)
-    return trained
+    """Training replaced by a stub that writes a metrics.json (every figure: the seed, + 10 for a linear head)."""
+    return fake_training(monkeypatch, lambda c: float(c["train"]["seed"]) + 10.0 * (c["model"]["head"] == "linear"))
 
 
 def test_a_configuration_shared_by_two_studies_trains_once(tmp_path, fake_train):
@@ -429,13 +416,7 @@ def test_initial_prompt_cosines_of_a_study():
 
 
 def test_a_design_run_without_test_is_a_row_with_its_validation_figures(tmp_path, monkeypatch, capsys):
-    def train(config, run_dir, resume=False, progress=True):
-        row = {c: 30.0 + config["train"]["seed"] for c in COLUMNS}
-        metrics = {"dataset": config["data"]["dataset"], "wall_s": 0.0, "val_last_epoch": {"model": row}}
-        (Path(run_dir) / "metrics.json").write_text(json.dumps(metrics))
-        return metrics
-
-    monkeypatch.setattr(studies, "train", train)
+    fake_training(monkeypatch, lambda config: 30.0 + config["train"]["seed"], split="val")
     monkeypatch.delenv(studies.PROGRESS_ENV, raising=False)
     plan = {"d": studies.Study("smoke", {"raw": {}}, (0, 1), {"data.eval_splits": ["val"]})}
     rows = studies.run_studies(plan, tmp_path, progress=True)["d"]

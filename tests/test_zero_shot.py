@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import one_line_error
 from PIL import Image
 
-from cprfl_lib import zero_shot as zs
+from cprfl_lib import zero_shot
 from cprfl_lib.errors import CprflError
 
 NAMES = ["cat", "dog", "bus", "potted_plant"]
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CPRFL_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 @pytest.fixture(scope="module")
-def model() -> zs.ZeroShotCLIP:
-    return zs.load_zero_shot(NAMES, "clip-tiny", weights=None)
+def model() -> zero_shot.ZeroShotCLIP:
+    return zero_shot.load_zero_shot(NAMES, "clip-tiny", weights=None)
 
 
 @pytest.fixture
@@ -40,7 +39,7 @@ def test_logits_shapes_and_range(model, images) -> None:
 
 
 def test_softmax_and_sigmoid_scores(model, images) -> None:
-    logits = zs.ZeroShotCLIP.activate(torch.stack([model(model.preprocess(i)[None])[0] for i in images]), "none")
+    logits = zero_shot.ZeroShotCLIP.activate(torch.stack([model(model.preprocess(i)[None])[0] for i in images]), "none")
     soft = model.predict(images, "softmax")
     sig = model.predict(images, "sigmoid")
     assert soft.shape == sig.shape == (3, len(NAMES))
@@ -52,32 +51,27 @@ def test_softmax_and_sigmoid_scores(model, images) -> None:
 
 
 def test_columns_follow_the_class_names(model, images) -> None:
-    swapped = zs.load_zero_shot(NAMES[::-1], "clip-tiny", weights=None)
+    swapped = zero_shot.load_zero_shot(NAMES[::-1], "clip-tiny", weights=None)
     torch.testing.assert_close(swapped.predict(images, "none"), model.predict(images, "none").flip(1))
 
 
 def test_bad_input(model, images) -> None:
-    with pytest.raises(CprflError, match="activation 'relu'"):
-        model.predict(images, "relu")
-    with pytest.raises(CprflError, match=r"\(B, 3, H, W\)"):
-        model(torch.zeros(3, 64, 64))
-    with pytest.raises(CprflError, match="no images"):
-        model.predict([])
-    with pytest.raises(CprflError, match="at least one class"):
-        zs.load_zero_shot([], "clip-tiny", weights=None)
+    one_line_error(lambda: model.predict(images, "relu"), "activation 'relu'")
+    one_line_error(lambda: model(torch.zeros(3, 64, 64)), "(B, 3, H, W)")
+    one_line_error(lambda: model.predict([]), "no images")
+    one_line_error(lambda: zero_shot.load_zero_shot([], "clip-tiny", weights=None), "at least one class")
 
 
 def test_unavailable_weights_say_why(tmp_path, monkeypatch) -> None:
     missing = tmp_path / "RN50-openai.bin"
-    ok, reason = zs.status("clip-rn50", missing)
+    ok, reason = zero_shot.status("clip-rn50", missing)
     assert not ok and str(missing) in reason
     with pytest.raises(CprflError, match="not available: CLIP weights file not found"):
-        zs.load_zero_shot(NAMES, "clip-rn50", weights=missing)
+        zero_shot.load_zero_shot(NAMES, "clip-rn50", weights=missing)
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "no-hf-cache"))
-    with pytest.raises(CprflError, match="offline"):
-        zs.load_zero_shot(NAMES, "clip-rn50", weights="openai")
-    assert zs.status("minilm", None) == (False, "'minilm' is not a CLIP encoder (choose one of "
+    one_line_error(lambda: zero_shot.load_zero_shot(NAMES, "clip-rn50", weights="openai"), "offline")
+    assert zero_shot.status("minilm", None) == (False, "'minilm' is not a CLIP encoder (choose one of "
                                                  "['clip-rn50', 'clip-tiny', 'clip-vit-b-16'])")
