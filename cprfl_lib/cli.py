@@ -9,10 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from cprfl_lib.data.names import BENCHMARKS
 from cprfl_lib.errors import CprflError, run_command
-
-# data.benchmarks.known_benchmarks(), without importing torch for --help
-BENCHMARKS = ("voc-lt", "coco-lt", "synth-voc-lt", "synth-coco-lt", "own")  # own: your dataset (--data-root DIR)
 
 
 def _cmd_recipes(args) -> None:
@@ -26,8 +24,9 @@ def _cmd_recipes(args) -> None:
 
 
 def _cmd_data(args) -> None:
-    from cprfl_lib.data.benchmarks import SYNTHETIC, load_benchmark
+    from cprfl_lib.data.benchmarks import load_benchmark
     from cprfl_lib.data.lists import fetch_split_lists, install_split_lists
+    from cprfl_lib.data.names import SYNTHETIC
 
     if args.action == "fetch":
         if args.dataset in SYNTHETIC:

@@ -208,13 +208,6 @@ def test_bad_arguments_are_one_line(capsys, args, needle):
     assert exc.value.code == 2 and len(err) == 1 and err[0].startswith("cprfl") and needle in err[0], err
 
 
-def test_the_cli_offers_every_known_benchmark():
-    from cprfl_lib import cli
-    from cprfl_lib.data import benchmarks as splits
-
-    assert cli.BENCHMARKS == splits.known_benchmarks()
-
-
 def test_embed_names_a_generated_benchmark_without_drawing_it(monkeypatch):
     from cprfl_lib.data import benchmarks as splits
     from cprfl_lib.data import synthetic
