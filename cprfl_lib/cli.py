@@ -235,7 +235,7 @@ def _count(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # overrides may stand on both sides of an option: `cprfl train optim.lr=1e-4 --recipe quick-voc train.seed=1`
+    # overrides may stand on both sides of an option: `cprfl train optim.lr=1e-4 --recipe cpu-voc train.seed=1`
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 SCRIPT = Path(sys.executable).parent / "cprfl"
-RECIPES = ("paper-voc", "paper-coco", "code-voc", "code-coco", "quick-voc", "quick-coco", "smoke")
+RECIPES = ("paper-voc", "paper-coco", "code-voc", "code-coco", "cpu-voc", "cpu-coco", "tiny")
 
 
 @pytest.fixture(scope="session")
@@ -65,19 +65,19 @@ def test_recipes_lists_every_recipe(cli_env, workdir):
 
 
 def test_recipes_prints_the_resolved_recipe_with_overrides(cli_env, workdir):
-    done = cprfl(cli_env, workdir, "recipes", "smoke", "optim.lr=0.5")
+    done = cprfl(cli_env, workdir, "recipes", "tiny", "optim.lr=0.5")
     assert done.returncode == 0, done.stderr
     config = yaml.safe_load(done.stdout)
     assert config["optim"]["lr"] == 0.5
-    assert config["recipe"] == "smoke" and config["model"]["dim"] == 32  # the smoke recipe, not the defaults
+    assert config["recipe"] == "tiny" and config["model"]["dim"] == 32  # the tiny recipe, not the defaults
 
 
 def test_recipes_rejects_an_unknown_key_by_name(cli_env, workdir):
-    assert_one_line_error(cprfl(cli_env, workdir, "recipes", "smoke", "optim.lrr=1"), "lrr")
+    assert_one_line_error(cprfl(cli_env, workdir, "recipes", "tiny", "optim.lrr=1"), "lrr")
 
 
 def test_recipes_rejects_a_value_of_the_wrong_type(cli_env, workdir):
-    assert_one_line_error(cprfl(cli_env, workdir, "recipes", "smoke", "optim.lr=abc"), "optim.lr", "abc")
+    assert_one_line_error(cprfl(cli_env, workdir, "recipes", "tiny", "optim.lr=abc"), "optim.lr", "abc")
 
 
 def test_train_unknown_recipe_names_it_and_lists_the_recipes(cli_env, workdir):
@@ -110,7 +110,7 @@ def test_data_check_names_a_missing_data_root(cli_env, workdir, shared_data):
 @pytest.fixture(scope="module")
 def smoke_run(cli_env, workdir, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     run = tmp_path_factory.mktemp("smoke") / "run"
-    return run, cprfl(cli_env, workdir, "train", "--recipe", "smoke", "--output-dir", run)
+    return run, cprfl(cli_env, workdir, "train", "--recipe", "tiny", "--output-dir", run)
 
 
 def _digest(path: Path) -> str:
@@ -126,7 +126,7 @@ def test_train_smoke_writes_every_output(smoke_run):
         assert (run / name).is_file(), f"{name} missing from {run}"
     assert not (run / "checkpoint.pt").exists()  # no optimizer state once the run has finished
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["recipe"] == "smoke" and config["data"]["dataset"] == "synth-voc-lt"
+    assert config["recipe"] == "tiny" and config["data"]["dataset"] == "synth-voc-lt"
     rows = (run / "summary.csv").read_text().splitlines()
     assert rows[0].startswith("epoch,") and len(rows) == 1 + config["optim"]["epochs"]
     metrics = json.loads((run / "metrics.json").read_text())
@@ -181,7 +181,7 @@ def test_a_file_that_is_not_a_checkpoint_is_a_one_line_error(cli_env, workdir, s
 def test_resume_with_another_model_is_refused_and_leaves_the_run_alone(cli_env, workdir, smoke_run):
     run, _ = smoke_run
     before = _digest(run / "weights.pt"), (run / "config.yaml").read_text()
-    done = cprfl(cli_env, workdir, "train", "--recipe", "smoke", "--resume", "--output-dir", run, "model.dim=64")
+    done = cprfl(cli_env, workdir, "train", "--recipe", "tiny", "--resume", "--output-dir", run, "model.dim=64")
     assert_one_line_error(done, "model.dim", "32", "64", str(run / "weights.pt"))
     assert (_digest(run / "weights.pt"), (run / "config.yaml").read_text()) == before
 
@@ -191,13 +191,13 @@ def test_overrides_on_both_sides_of_an_option_are_one_command(monkeypatch):
 
     seen = []
     monkeypatch.setattr(cli, "_cmd_train", seen.append)
-    assert cli.main(["train", "optim.lr=0.5", "--recipe", "smoke", "train.seed=3", "--resume"]) == 0
-    assert seen[0].recipe == "smoke" and seen[0].overrides == ["optim.lr=0.5", "train.seed=3"] and seen[0].resume
+    assert cli.main(["train", "optim.lr=0.5", "--recipe", "tiny", "train.seed=3", "--resume"]) == 0
+    assert seen[0].recipe == "tiny" and seen[0].overrides == ["optim.lr=0.5", "train.seed=3"] and seen[0].resume
 
 
 @pytest.mark.parametrize("args, needle", [(["predict", "x.pt", "a.jpg", "--top-k", "-1"], "--top-k"),
                                           (["predict", "x.pt", "a.jpg", "--top-k", "two"], "two"),
-                                          (["train", "--recipe", "smoke", "--bogus"], "--bogus"),
+                                          (["train", "--recipe", "tiny", "--bogus"], "--bogus"),
                                           (["data", "check", "--workers", "-2"], "--workers")])
 def test_bad_arguments_are_one_line(capsys, args, needle):
     from cprfl_lib.cli import main
@@ -230,7 +230,7 @@ def test_train_prints_one_line_per_evaluated_split(monkeypatch, capsys, tmp_path
                 **({"last_epoch": {"model": row}} if "test" in evaluated else {})}
 
     monkeypatch.setattr(engine, "train", fake_train)
-    assert cli.main(["train", "--recipe", "smoke", "--output-dir", str(tmp_path / "run"), *overrides]) == 0
+    assert cli.main(["train", "--recipe", "tiny", "--output-dir", str(tmp_path / "run"), *overrides]) == 0
     lines = capsys.readouterr().out.splitlines()
     split_lines = [line for line in lines if " split, last epoch: " in line]
     assert [line.split("), ")[1].split(" split")[0] for line in split_lines] == splits

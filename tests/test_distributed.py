@@ -88,7 +88,7 @@ def free_port() -> int:
 
 def ddp_config() -> dict:
     """Deterministic smoke run with an EMA; no dropout, whose masks depend on how a batch is split."""
-    return load_recipe("smoke", {"data.synthetic_limit": 64, "train.device": "cpu", "train.max_steps_per_epoch": None,
+    return load_recipe("tiny", {"data.synthetic_limit": 64, "train.device": "cpu", "train.max_steps_per_epoch": None,
                                  "train.num_threads": 1,
                                  "train.deterministic": True, "model.dropout": 0.0, "train.ema": 0.9,
                                  "optim.schedule": "cosine", "optim.epochs": 2, "optim.batch_size": 16})
@@ -168,7 +168,7 @@ def _ddp_predictions(config: dict, tmp_path: Path) -> tuple[np.ndarray, np.ndarr
 def test_two_processes_with_a_trainable_backbone_train_as_one(tmp_path):
     """The backbone's batch norms see the global batch (GlobalBatchNorm2d under gloo): the same steps and the
     same running statistics as one process, so every rank scores its test shard with the same model."""
-    config = load_recipe("smoke", {"data.synthetic_limit": 64, "train.device": "cpu", "train.max_steps_per_epoch": 2,
+    config = load_recipe("tiny", {"data.synthetic_limit": 64, "train.device": "cpu", "train.max_steps_per_epoch": 2,
                                    "train.num_threads": 1, "train.deterministic": True, "model.dropout": 0.0,
                                    "model.freeze_backbone": False, "optim.epochs": 2, "optim.batch_size": 16,
                                    "optim.lr": 1e-4})
@@ -182,7 +182,7 @@ def test_two_processes_with_a_trainable_backbone_train_as_one(tmp_path):
 def test_two_processes_run_the_official_no_feature_grad_switch(tmp_path):
     """no_feature_grad leaves the VSI and the visual projection without gradients: DDP must not wait for them."""
     config = ddp_config()
-    config = load_recipe("smoke", {**{k: v for k, v in [("data.synthetic_limit", 64), ("train.device", "cpu"),
+    config = load_recipe("tiny", {**{k: v for k, v in [("data.synthetic_limit", 64), ("train.device", "cpu"),
                                                          ("train.max_steps_per_epoch", None), ("train.num_threads", 1),
                                                          ("train.deterministic", True), ("model.dropout", 0.0),
                                                          ("optim.epochs", 2), ("optim.batch_size", 16)]},

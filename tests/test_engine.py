@@ -41,13 +41,13 @@ def fresh_features(tmp_path, monkeypatch):
 
 
 def smoke(**overrides) -> dict:
-    """The smoke recipe on 64 generated images per split: 4 steps of 16 per epoch, 2 epochs.
+    """The tiny recipe on 64 generated images per split: 4 steps of 16 per epoch, 2 epochs.
 
     One torch thread: on a busy 2-core machine two threads spin-wait on each other (seen: 5x slower).
     """
     base = {"data.synthetic_limit": 64, "train.device": "cpu", "train.max_steps_per_epoch": None,
             "train.num_threads": 1}
-    return load_recipe("smoke", {**base, **overrides})
+    return load_recipe("tiny", {**base, **overrides})
 
 
 def read_summary(path: Path) -> list[dict]:
@@ -89,7 +89,7 @@ def test_a_smoke_run_writes_its_five_files(smoke_run):
     best = metrics["best_on_test"]
     assert best["epoch"] in (1, 2) and best["model"] == "model" and "test set" in best["note"]
     assert best["mAP"] == pytest.approx(max(float(r["mAP"]) for r in rows), rel=1e-5)
-    assert metrics["epochs"] == 2 and metrics["synthetic"] is True and metrics["recipe"] == "smoke"
+    assert metrics["epochs"] == 2 and metrics["synthetic"] is True and metrics["recipe"] == "tiny"
 
     ckpt = load_checkpoint(out / "weights.pt")  # weights_only=True inside
     assert ckpt["epoch"] == 2 and len(ckpt["history"]) == 2 and ckpt["ema"] is None

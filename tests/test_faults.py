@@ -42,7 +42,7 @@ from cprfl_lib.train.recipes import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).parent / "cprfl"
-SMOKE_DATA = "synth-voc-lt-s0-32px-limit300"  # the folder the smoke recipe generates
+SMOKE_DATA = "synth-voc-lt-s0-32px-limit300"  # the folder the tiny recipe generates
 EPOCHS = 6  # the reference run: long enough that a kill lands before its end
 
 
@@ -106,7 +106,7 @@ def split_of(paths: list[str], num_classes: int = 3) -> SplitList:
 
 def smoke_config(**overrides) -> dict:
     base = {"train.deterministic": True, "optim.epochs": EPOCHS, "train.max_steps_per_epoch": None}
-    return load_recipe("smoke", {**base, **overrides})
+    return load_recipe("tiny", {**base, **overrides})
 
 
 def smoke_args(**overrides) -> list[str]:
@@ -174,7 +174,7 @@ def test_missing_images_through_the_command(env, cwd, reference_run, tmp_path):
     shutil.copytree(Path(env["CPRFL_CACHE"]) / "synthetic" / SMOKE_DATA, data / SMOKE_DATA)
     for name in ("000002.jpg", "000050.jpg", "000299.jpg"):
         (data / SMOKE_DATA / "images" / "train" / name).unlink()
-    done = cli(env, cwd, "train", "--recipe", "smoke", "--data-root", data, "--output-dir", tmp_path / "out")
+    done = cli(env, cwd, "train", "--recipe", "tiny", "--data-root", data, "--output-dir", tmp_path / "out")
     cli_error(done, "3 of 300 images are missing", "images/train/000002.jpg", "images/train/000299.jpg")
     assert files_in(tmp_path / "out") == []
 
@@ -305,9 +305,9 @@ def test_glove_file_missing_class_words_lists_them(tmp_path):
 def test_resume_with_another_recipe_model_is_refused(run_copy):
     before = digest(run_copy / "weights.pt"), (run_copy / "config.yaml").read_text()
     config = smoke_config(**{"model.dim": 64})
-    config["recipe"] = "smoke-wide"
+    config["recipe"] = "tiny-wide"
     one_line_error(lambda: engine.train(config, run_copy, resume=True, progress=False),
-                   str(run_copy / "weights.pt"), "model.dim: 32 vs 64", "'smoke-wide'")
+                   str(run_copy / "weights.pt"), "model.dim: 32 vs 64", "'tiny-wide'")
     assert (digest(run_copy / "weights.pt"), (run_copy / "config.yaml").read_text()) == before
 
 
@@ -468,7 +468,7 @@ def test_killed_training_resumes_to_identical_metrics(env, cwd, reference_run, t
     that a cold and a warm feature cache give the same run.
     """
     out = tmp_path / "run"
-    args = ["train", "--recipe", "smoke", "--output-dir", out, *smoke_args()]
+    args = ["train", "--recipe", "tiny", "--output-dir", out, *smoke_args()]
     proc = subprocess.Popen([str(SCRIPT), *map(str, args)], env=env, cwd=cwd, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     try:
@@ -544,19 +544,19 @@ def test_a_bad_value_is_one_line_before_anything_is_built(tmp_path, override, ne
     from cprfl_lib.train.recipes import load_recipe
 
     out = tmp_path / "run"
-    one_line_error(lambda: engine.train(load_recipe("smoke", [*smoke_args(), override]), out, progress=False), needle)
+    one_line_error(lambda: engine.train(load_recipe("tiny", [*smoke_args(), override]), out, progress=False), needle)
     assert not out.exists()
 
 
 def test_a_bad_value_through_the_command_and_reproduce(env, cwd, tmp_path):
     """The CLI, and `make reproduce`'s overrides, refuse the same values in the same words."""
-    cli_error(cli(env, cwd, "train", "--recipe", "smoke", "optim.batch_size=0", "--output-dir", tmp_path / "r"),
+    cli_error(cli(env, cwd, "train", "--recipe", "tiny", "optim.batch_size=0", "--output-dir", tmp_path / "r"),
               "'optim.batch_size' must be a whole number >= 1, got 0")
     assert not (tmp_path / "r").exists()
     from cprfl_repro.context import resolve
 
     ctx = resolve("smoke", tmp_path / "out", tmp_path / "work", overrides=["optim.lr=-1"])
-    one_line_error(lambda: ctx.recipe("smoke"), "'optim.lr' must be a finite number > 0, got -1")
+    one_line_error(lambda: ctx.recipe("tiny"), "'optim.lr' must be a finite number > 0, got -1")
     one_line_error(lambda: resolve("smoke", tmp_path / "out", overrides=["optim.lerning_rate=1"]),
                    "unknown configuration key 'optim.lerning_rate'")
 
@@ -673,16 +673,16 @@ def test_outputs_go_only_to_the_run_folder_and_the_cache(env, reference_run, tmp
                "HF_HOME": str(cache / "hf")}
     before = snapshot(home, work, data)
     run = tmp_path / "run"
-    done = cli(run_env, work, "train", "--recipe", "smoke", "--data-root", data, "--output-dir", run, "optim.epochs=1")
+    done = cli(run_env, work, "train", "--recipe", "tiny", "--data-root", data, "--output-dir", run, "optim.epochs=1")
     assert done.returncode == 0, done.stderr[-2000:]
     image = sorted((data / SMOKE_DATA / "images" / "test").glob("*.jpg"))[0]
     for args in (("evaluate", run, "--data-root", data), ("predict", run, image, "--top-k", "2"),
                  ("data", "check", "--dataset", "synth-voc-lt", "--data-root", data / SMOKE_DATA, "--deep"),
-                 ("recipes", "smoke"), ("embed", "--encoder", "randn", "--dim", "8")):
+                 ("recipes", "tiny"), ("embed", "--encoder", "randn", "--dim", "8")):
         done = cli(run_env, work, *args)
         assert done.returncode in (0, 2), done.stderr[-2000:]
     # generated data never go into a folder the user named: the real tree is refused, not filled
-    done = cli(run_env, work, "train", "--recipe", "smoke", "--data-root", data / "VOCdevkit", "--output-dir",
+    done = cli(run_env, work, "train", "--recipe", "tiny", "--data-root", data / "VOCdevkit", "--output-dir",
                tmp_path / "run2")
     cli_error(done, "holds no generated synth-voc-lt", "drop --data-root")
     assert snapshot(home, work, data) == before
@@ -731,7 +731,7 @@ def test_sigterm_stops_at_a_safe_point_with_one_line(env, cwd, reference_run, tm
     """SIGTERM to `cprfl train` after its first checkpoint: exit 130, one line, the checkpoint whole, no litter;
     the run then resumes to the uninterrupted run's metrics."""
     out = tmp_path / "run"
-    proc = subprocess.Popen([str(SCRIPT), "train", "--recipe", "smoke", "--output-dir", str(out), *smoke_args()],
+    proc = subprocess.Popen([str(SCRIPT), "train", "--recipe", "tiny", "--output-dir", str(out), *smoke_args()],
                             env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
@@ -807,7 +807,7 @@ def test_sigterm_stops_a_study_and_its_workers(env, cwd, tmp_path):
         "from cprfl_lib.errors import run_command\n"
         "from cprfl_repro.studies import run_study\n"
         "variants = {f'tau={t}': {'model.tau': t} for t in (0.25, 0.5, 1.0, 2.0)}\n"
-        f"job = lambda: run_study('s', 'smoke', variants, [0], {str(tmp_path / 'runs')!r}, "
+        f"job = lambda: run_study('s', 'tiny', variants, [0], {str(tmp_path / 'runs')!r}, "
         "{'optim.epochs': 400, 'train.max_steps_per_epoch': None}, progress=True, workers=2)\n"
         "if __name__ == '__main__':\n"
         "    sys.exit(run_command('study', job))\n")
@@ -878,7 +878,7 @@ def test_a_cold_and_a_warm_cache_give_identical_predictions(tmp_path, monkeypatc
     cold run's dropout differed.)"""
     cache = tmp_path / "cache"
     monkeypatch.setenv("CPRFL_CACHE", str(cache))
-    config = load_recipe("smoke", {**TINY, "model.freeze_backbone": backbone == "frozen"})
+    config = load_recipe("tiny", {**TINY, "model.freeze_backbone": backbone == "frozen"})
     train_here(config, tmp_path / "cold")
     filled = entries(cache)
     used = {"synthetic", "embeddings", "features" if backbone == "frozen" else "decoded"}
@@ -890,7 +890,7 @@ def test_a_cold_and_a_warm_cache_give_identical_predictions(tmp_path, monkeypatc
 
 
 def test_a_random_backbone_is_keyed_by_its_weights(tmp_path):
-    """A random-weight backbone (the smoke recipe's): the features key holds its weights, so a run of another seed
+    """A random-weight backbone (the tiny recipe's): the features key holds its weights, so a run of another seed
     (other weights) does not read the features of the first."""
     from types import SimpleNamespace
 
@@ -913,7 +913,7 @@ def test_two_runs_filling_one_cold_cache_at_once_give_identical_predictions(env,
     images): both finish, with the predictions of a later run on the warm cache, bit for bit."""
     run_env = {**env, "CPRFL_CACHE": str(tmp_path / "cache")}
     args = tiny_args(**{"model.freeze_backbone": False})
-    procs = [subprocess.Popen([str(SCRIPT), "train", "--recipe", "smoke", "--output-dir", str(tmp_path / f"run{i}"),
+    procs = [subprocess.Popen([str(SCRIPT), "train", "--recipe", "tiny", "--output-dir", str(tmp_path / f"run{i}"),
                                *args], env=run_env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               stdin=subprocess.DEVNULL) for i in (0, 1)]
     try:
@@ -927,7 +927,7 @@ def test_two_runs_filling_one_cold_cache_at_once_give_identical_predictions(env,
     assert same_predictions(first, second)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CPRFL_CACHE", str(tmp_path / "cache"))
-        train_here(load_recipe("smoke", {**TINY, "model.freeze_backbone": False}), tmp_path / "warm")
+        train_here(load_recipe("tiny", {**TINY, "model.freeze_backbone": False}), tmp_path / "warm")
     assert same_predictions(first, predictions(tmp_path / "warm"))
 
 
@@ -945,7 +945,7 @@ def test_resume_of_a_finished_run_with_other_settings_is_refused_naming_them(run
     config = smoke_config(**{"optim.lr": 5e-3, "loss.params": {"reduction": "mean", "gamma_neg": 2}})
     one_line_error(lambda: engine.train(config, run_copy, resume=True, progress=False), str(run_copy / "weights.pt"),
                    "optim.lr: 0.001 vs 0.005", "loss.params.gamma_neg: (not set) vs 2")
-    code = cli.main(["train", "--recipe", "smoke", "--output-dir", str(run_copy), "--resume",
+    code = cli.main(["train", "--recipe", "tiny", "--output-dir", str(run_copy), "--resume",
                      *smoke_args(**{"optim.lr": "5e-3"})])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("cprfl: error: "), err
@@ -1008,7 +1008,7 @@ def test_a_live_run_holds_its_folder_and_a_killed_runs_lock_is_taken_over(env, c
     """A second run into the folder of a live `cprfl train` is refused in one line naming the folder and the
     process; once that process is killed (its lock file stays), the next run takes the folder over with a note."""
     out = tmp_path / "run"
-    proc = subprocess.Popen([str(SCRIPT), "train", "--recipe", "smoke", "--output-dir", str(out),
+    proc = subprocess.Popen([str(SCRIPT), "train", "--recipe", "tiny", "--output-dir", str(out),
                              *smoke_args(**{"optim.epochs": 1000, "optim.lr": "5e-3"})], env=env, cwd=cwd,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     try:
@@ -1037,7 +1037,7 @@ def test_two_runs_started_together_into_one_folder_leave_one_consistent_run(env,
     """Two `cprfl train` (optim.lr 1e-3 and 5e-3) started together into one folder: each finishes or is refused in
     one line naming the folder; the folder then holds one run: config.yaml, weights.pt and metrics of the same lr."""
     out = tmp_path / "run"
-    procs = {lr: subprocess.Popen([str(SCRIPT), "train", "--recipe", "smoke", "--output-dir", str(out),
+    procs = {lr: subprocess.Popen([str(SCRIPT), "train", "--recipe", "tiny", "--output-dir", str(out),
                                    *smoke_args(**{"optim.lr": lr})], env=env, cwd=cwd, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
              for lr in ("1e-3", "5e-3")}
@@ -1065,7 +1065,7 @@ def test_a_bad_loss_parameter_is_refused_before_the_cache_is_touched(tmp_path, m
 
     cache, out = tmp_path / "cache", tmp_path / "run"
     monkeypatch.setenv("CPRFL_CACHE", str(cache))
-    assert cli.main(["train", "--recipe", "smoke", "--output-dir", str(out), "loss.params={reduction: avg}"]) == 2
+    assert cli.main(["train", "--recipe", "tiny", "--output-dir", str(out), "loss.params={reduction: avg}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("cprfl: error: configuration key 'loss.params.reduction' must be one "
                                                "of ['sum', 'mean', 'batchmean']"), err

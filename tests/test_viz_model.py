@@ -37,9 +37,9 @@ pytestmark = pytest.mark.usefixtures("private_cache", "close_figures")
 
 @pytest.fixture
 def model():
-    """The smoke recipe's model (tiny trunk, d = 32, randn W with m = 16), in train mode as built."""
+    """The tiny recipe's model (tiny trunk, d = 32, randn W with m = 16), in train mode as built."""
     torch.manual_seed(0)
-    return factory.model_from(recipes.load_recipe("smoke"), NAMES)
+    return factory.model_from(recipes.load_recipe("tiny"), NAMES)
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def test_trace_restores_train_mode_and_rejects_the_linear_baseline(model, batch)
     model.train()
     vm.trace(model, batch[0])
     assert model.training and model.head.vsi[0].attn.to_out[1].training
-    linear = factory.model_from(recipes.load_recipe("smoke", {"model.head": "linear"}), NAMES)
+    linear = factory.model_from(recipes.load_recipe("tiny", {"model.head": "linear"}), NAMES)
     with pytest.raises(CprflError, match="LinearHead"):
         vm.trace(linear, batch[0])
     with pytest.raises(CprflError, match=r"\(B, 3, H, W\)"):
@@ -167,7 +167,7 @@ def _prompts_built_by_hand(config: dict, names: list[str]) -> torch.Tensor:
 
 
 def test_initial_prompts_are_those_of_the_seeded_model() -> None:
-    config = recipes.load_recipe("smoke", {"train.seed": 3})
+    config = recipes.load_recipe("tiny", {"train.seed": 3})
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         got = vm.initial_prompts(config, NAMES)
@@ -177,20 +177,20 @@ def test_initial_prompts_are_those_of_the_seeded_model() -> None:
         torch.use_deterministic_algorithms(deterministic)
     assert got.shape == (len(NAMES), config["model"]["dim"]) and not got.requires_grad
     assert torch.equal(got, again) and torch.equal(got, want)
-    other = vm.initial_prompts(recipes.load_recipe("smoke", {"train.seed": 4}), NAMES)
+    other = vm.initial_prompts(recipes.load_recipe("tiny", {"train.seed": 4}), NAMES)
     assert not torch.allclose(other, got)  # the PI network's initialisation follows the run's seed
-    scaled = vm.initial_prompts(recipes.load_recipe("smoke", {"train.seed": 3, "semantics.centre": True}), NAMES)
+    scaled = vm.initial_prompts(recipes.load_recipe("tiny", {"train.seed": 3, "semantics.centre": True}), NAMES)
     assert not torch.allclose(scaled, got)  # and the prompts follow the embeddings W
     assert -1 <= semantics.mean_cosine(got) <= 1
     with pytest.raises(CprflError, match="model.head='linear' has no prompts"):
-        vm.initial_prompts(recipes.load_recipe("smoke", {"model.head": "linear"}), NAMES)
+        vm.initial_prompts(recipes.load_recipe("tiny", {"model.head": "linear"}), NAMES)
 
 
 def test_initial_prompts_leave_the_callers_torch_rng_alone() -> None:
     torch.manual_seed(11)
     expected = torch.rand(4)
     torch.manual_seed(11)
-    vm.initial_prompts(recipes.load_recipe("smoke"), NAMES)
+    vm.initial_prompts(recipes.load_recipe("tiny"), NAMES)
     assert torch.equal(torch.rand(4), expected)
 
 
@@ -199,7 +199,7 @@ def test_initial_prompts_leave_the_callers_numpy_rng_alone() -> None:
     np.random.seed(11)
     expected = np.random.rand(4)
     np.random.seed(11)
-    vm.initial_prompts(recipes.load_recipe("smoke"), NAMES)
+    vm.initial_prompts(recipes.load_recipe("tiny"), NAMES)
     np.testing.assert_array_equal(np.random.rand(4), expected)
 
 
@@ -207,7 +207,7 @@ def test_initial_prompts_equal_the_prompts_a_training_run_starts_from(tmp_path, 
     from cprfl_lib.data.benchmarks import benchmark_class_names
     from cprfl_lib.train import engine
 
-    config = recipes.load_recipe("smoke", {"data.synthetic_limit": 16, "optim.epochs": 1, "train.max_steps_per_epoch": 1,
+    config = recipes.load_recipe("tiny", {"data.synthetic_limit": 16, "optim.epochs": 1, "train.max_steps_per_epoch": 1,
                                            "train.device": "cpu", "train.seed": 2, "train.save_weights": False})
     built = []
     real = factory.model_from
@@ -276,14 +276,14 @@ def test_predictions_seeds_and_group_table(tmp_path, labelled) -> None:
     m0 = {"mAP": 50.0, "head": 60.0, "medium": 40.0, "tail": 30.0}
     m1 = {"mAP": 54.0, "head": 62.0, "medium": 44.0, "tail": 38.0}
     variant = {"model.head": "linear", "loss.name": "bce"}
-    configs = {seed: studies.run_config("smoke", variant, seed) for seed in range(4)}
+    configs = {seed: studies.run_config("tiny", variant, seed) for seed in range(4)}
     folders = {seed: studies.run_dir_for(c, tmp_path) for seed, c in configs.items()}
-    folders[2] = studies.run_dir_for(studies.run_config("smoke", {**variant, "optim.lr": 0.5}, 2), tmp_path)
+    folders[2] = studies.run_dir_for(studies.run_config("tiny", {**variant, "optim.lr": 0.5}, 2), tmp_path)
     for seed, m in ((0, m0), (1, m1), (2, m1), (3, m1)):
         _fake_run(folders[seed], rng.normal(size=targets.shape).astype(np.float32), targets, m)
     for seed in (0, 1, 2):  # seed 2: another configuration; seed 3: no stamp at all
         (folders[seed] / "run.json").write_text(json.dumps(studies.stamp(configs[seed])))
-    study = studies.Study("smoke", {"ERM": variant})
+    study = studies.Study("tiny", {"ERM": variant})
     assert studies.finished_seeds(tmp_path, study, "ERM") == [folders[0], folders[1]]
     runs = pd.DataFrame([{"variant": "ERM", "status": "ok", "run_dir": str(folders[3])}])
     found = studies.seeds_of(runs, tmp_path, study)
