@@ -105,6 +105,11 @@ def _mean_pct(values: np.ndarray) -> float:
     return float(values.mean() * 100) if values.size else float("nan")
 
 
+def mean_average_precision(scores, targets) -> float:
+    """mAP in %: the mean of the per-class APs, classes with no positive left out (NaN if none has one)."""
+    return _mean_pct(average_precision(scores, targets))
+
+
 def map_report(scores, targets, train_counts, class_names=None, thresholds=None) -> GroupMAP:
     """mAP and head/medium/tail mAP; classes with no positive are listed, not averaged."""
     ap = average_precision(scores, targets)
