@@ -9,10 +9,8 @@ import time
 from pathlib import Path
 
 from cprfl_lib.cpus import usable_cpus
+from cprfl_lib.data.names import BENCHMARKS
 from cprfl_lib.errors import CprflError, run_command
-
-# data.benchmarks.known_benchmarks(), without importing torch for --help
-BENCHMARKS = ("voc-lt", "coco-lt", "synth-voc-lt", "synth-coco-lt", "own")  # own: your dataset (--data-root DIR)
 
 
 def _cmd_recipes(args) -> None:
@@ -26,8 +24,9 @@ def _cmd_recipes(args) -> None:
 
 
 def _cmd_data(args) -> None:
-    from cprfl_lib.data.benchmarks import SYNTHETIC, load_benchmark
+    from cprfl_lib.data.benchmarks import load_benchmark
     from cprfl_lib.data.lists import fetch_split_lists, install_split_lists
+    from cprfl_lib.data.names import SYNTHETIC
 
     if args.action == "fetch":
         if args.dataset in SYNTHETIC:
@@ -237,7 +236,7 @@ def _count(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # overrides may stand on both sides of an option: `cprfl train optim.lr=1e-4 --recipe quick-voc train.seed=1`
+    # overrides may stand on both sides of an option: `cprfl train optim.lr=1e-4 --recipe cpu-voc train.seed=1`
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]

@@ -12,7 +12,6 @@ under autocast: fp16 probabilities underflow the eps clamp), and has an explicit
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -259,16 +258,3 @@ def build_loss(name: str, train_counts=None, num_train: int | None = None, famil
     except TypeError as exc:  # an unknown keyword from a recipe or the CLI
         raise CprflError(f"bad parameter for loss {name!r}: {exc}") from None
 
-
-def asl_reference(logits, targets, gamma_neg=4.0, gamma_pos=0.0, clip=0.05, eps=1e-8) -> float:
-    """The ASL formula written out element by element in plain Python (for tests and the notebook)."""
-    total = 0.0
-    for row_x, row_y in zip(logits, targets):
-        for x, y in zip(row_x, row_y):
-            p = 1 / (1 + math.exp(-x))
-            if y:
-                total -= (1 - p) ** gamma_pos * math.log(max(p, eps))
-            else:
-                p_m = max(p - clip, 0.0)
-                total -= p_m ** gamma_neg * math.log(max(1 - p_m, eps))
-    return total

@@ -85,8 +85,8 @@ def average_precision(scores, targets) -> np.ndarray:
 
 
 @dataclass
-class Report:
-    """mAP (in %) over all classes and per group, with the per-class APs behind them."""
+class GroupMAP:
+    """mAP (in %) over all classes and per group (head / medium / tail), with the per-class APs behind them."""
 
     mAP: float
     head: float
@@ -105,7 +105,12 @@ def _mean_pct(values: np.ndarray) -> float:
     return float(values.mean() * 100) if values.size else float("nan")
 
 
-def map_report(scores, targets, train_counts, class_names=None, thresholds=None) -> Report:
+def mean_average_precision(scores, targets) -> float:
+    """mAP in %: the mean of the per-class APs, classes with no positive left out (NaN if none has one)."""
+    return _mean_pct(average_precision(scores, targets))
+
+
+def map_report(scores, targets, train_counts, class_names=None, thresholds=None) -> GroupMAP:
     """mAP and head/medium/tail mAP; classes with no positive are listed, not averaged."""
     ap = average_precision(scores, targets)
     groups = class_groups(train_counts, thresholds)
@@ -116,7 +121,7 @@ def map_report(scores, targets, train_counts, class_names=None, thresholds=None)
     if missing:
         warnings.warn(f"no positive image for {len(missing)} class(es) in the evaluated split, left out of mAP: "
                       f"{missing}", stacklevel=2)
-    return Report(
+    return GroupMAP(
         mAP=_mean_pct(ap),
         head=_mean_pct(ap[groups == "head"]),
         medium=_mean_pct(ap[groups == "medium"]),
@@ -163,8 +168,3 @@ def topk_metrics(scores, targets, k: int = 3, threshold: float | None = None) ->
         pred &= 1 / (1 + np.exp(-scores)) >= threshold
     return _prf((pred & (targets == 1)).sum(0), pred.sum(0), targets.sum(0))
 
-
-def weighted_group_mean(head: float, medium: float, tail: float, sizes) -> float:
-    """Class-count-weighted mean of the group figures; equals the total mAP (method.md §11.4)."""
-    n_h, n_m, n_t = sizes
-    return (n_h * head + n_m * medium + n_t * tail) / (n_h + n_m + n_t)

@@ -131,7 +131,7 @@ def read_study(path: str | os.PathLike) -> tuple[str, Study]:
     """A study file: (its name, the study, recipe and seeds possibly unset). The format::
 
         name: tau_fine            # optional: else the file's name; letters, digits, _ . -
-        recipe: quick-voc         # optional: a recipe name (or a recipe file, relative to this file)
+        recipe: cpu-voc           # optional: a recipe name (or a recipe file, relative to this file)
         reference: tau=0.5        # a variant's label, or a mapping {row: the row it is compared with}
         seeds: [0, 1]             # optional: whole numbers >= 0
         variants:                 # at least one; a variant is a mapping of recipe overrides

@@ -3,7 +3,7 @@
 - ``one_line_error(call, *needles)``: a library call raises a one-line CprflError naming every needle;
 - ``cli_error(done, *needles)``: a ``cprfl`` run exits 2, without a traceback, with one ``cprfl: error:`` line;
 - ``cprfl(env, cwd, *args)``: the console script in a subprocess; ``run_cli(capsys, *args)``: ``cli.main`` in process;
-- ``smoke_config(**overrides)``: the smoke recipe at test scale (64 generated images, CPU, one thread); ``as_args``:
+- ``smoke_config(**overrides)``: the tiny recipe at test scale (64 generated images, CPU, one thread); ``as_args``:
   overrides as the command's ``key=value`` arguments; ``fake_training(monkeypatch, score)``: the run store's stub;
 - fixtures: ``shared_data``, ``cprfl_cache``, ``private_cache``, ``offline``, ``cli_env`` and ``cli_cwd`` (a fresh
   offline cache and a working folder for the subprocesses), ``smoke_run`` (one finished smoke run for the session),
@@ -35,7 +35,7 @@ matplotlib.use("Agg")  # every figure of the tests off-screen
 # The published split lists, kept outside the repository (never copied into it).
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SCRIPT = Path(sys.executable).parent / "cprfl"
-# The smoke recipe on 64 generated images per split (4 steps of 16 per epoch, 2 epochs), on the CPU. One torch
+# The tiny recipe on 64 generated images per split (4 steps of 16 per epoch, 2 epochs), on the CPU. One torch
 # thread: on a busy 2-core machine two threads spin-wait on each other (seen: 5x slower).
 SMOKE = {"data.synthetic_limit": 64, "train.device": "cpu", "train.max_steps_per_epoch": None,
          "train.num_threads": 1}
@@ -88,10 +88,10 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
 
 
 def smoke_config(**overrides) -> dict:
-    """The smoke recipe at test scale (:data:`SMOKE`), with ``overrides`` (dotted keys)."""
+    """The tiny recipe at test scale (:data:`SMOKE`), with ``overrides`` (dotted keys)."""
     from cprfl_lib.train.recipes import load_recipe
 
-    return load_recipe("smoke", {**SMOKE, **overrides})
+    return load_recipe("tiny", {**SMOKE, **overrides})
 
 
 def as_args(overrides: dict) -> list[str]:
@@ -187,7 +187,7 @@ def smoke_run(cli_env, cli_cwd, tmp_path_factory) -> tuple[Path, subprocess.Comp
     """One finished run of :func:`smoke_config`, trained by `cprfl train` as a user trains it, for every test that
     only needs a finished run (its folder and the command's result). Tests of training itself train their own."""
     run = tmp_path_factory.mktemp("smoke") / "run"
-    done = cprfl(cli_env, cli_cwd, "train", "--recipe", "smoke", "--output-dir", run, *as_args(SMOKE))
+    done = cprfl(cli_env, cli_cwd, "train", "--recipe", "tiny", "--output-dir", run, *as_args(SMOKE))
     assert done.returncode == 0, done.stderr[-3000:]
     return run, done
 

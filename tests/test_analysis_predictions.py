@@ -68,14 +68,14 @@ def test_predictions_seeds_and_group_table(tmp_path, labelled) -> None:
     m0 = {"mAP": 50.0, "head": 60.0, "medium": 40.0, "tail": 30.0}
     m1 = {"mAP": 54.0, "head": 62.0, "medium": 44.0, "tail": 38.0}
     variant = {"model.head": "linear", "loss.name": "bce"}
-    configs = {seed: studies.run_config("smoke", variant, seed) for seed in range(4)}
+    configs = {seed: studies.run_config("tiny", variant, seed) for seed in range(4)}
     folders = {seed: studies.run_dir_for(c, tmp_path) for seed, c in configs.items()}
-    folders[2] = studies.run_dir_for(studies.run_config("smoke", {**variant, "optim.lr": 0.5}, 2), tmp_path)
+    folders[2] = studies.run_dir_for(studies.run_config("tiny", {**variant, "optim.lr": 0.5}, 2), tmp_path)
     for seed, m in ((0, m0), (1, m1), (2, m1), (3, m1)):
         _fake_run(folders[seed], rng.normal(size=targets.shape).astype(np.float32), targets, m)
     for seed in (0, 1, 2):  # seed 2: another configuration; seed 3: no stamp at all
         (folders[seed] / "run.json").write_text(json.dumps(studies.stamp(configs[seed])))
-    study = studies.Study("smoke", {"ERM": variant})
+    study = studies.Study("tiny", {"ERM": variant})
     assert studies.finished_seeds(tmp_path, study, "ERM") == [folders[0], folders[1]]
     runs = pd.DataFrame([{"variant": "ERM", "status": "ok", "run_dir": str(folders[3])}])
     found = studies.seeds_of(runs, tmp_path, study)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import cli_error, cprfl, run_cli
 
-RECIPES = ("paper-voc", "paper-coco", "code-voc", "code-coco", "quick-voc", "quick-coco", "smoke")
+RECIPES = ("paper-voc", "paper-coco", "code-voc", "code-coco", "cpu-voc", "cpu-coco", "tiny")
 
 
 # --- recipes (no torch import: fast) -----------------------------------------------------------
@@ -27,15 +27,15 @@ def test_recipes_lists_every_recipe(cli_env, cli_cwd):
 
 
 def test_recipes_prints_the_resolved_recipe_with_overrides(cli_env, cli_cwd):
-    done = cprfl(cli_env, cli_cwd, "recipes", "smoke", "optim.lr=0.5")
+    done = cprfl(cli_env, cli_cwd, "recipes", "tiny", "optim.lr=0.5")
     assert done.returncode == 0, done.stderr
     config = yaml.safe_load(done.stdout)
     assert config["optim"]["lr"] == 0.5
-    assert config["recipe"] == "smoke" and config["model"]["dim"] == 32  # the smoke recipe, not the defaults
+    assert config["recipe"] == "tiny" and config["model"]["dim"] == 32  # the tiny recipe, not the defaults
 
 
-@pytest.mark.parametrize("args, needles", [(["recipes", "smoke", "optim.lrr=1"], ["lrr"]),
-                                           (["recipes", "smoke", "optim.lr=abc"], ["optim.lr", "abc"]),
+@pytest.mark.parametrize("args, needles", [(["recipes", "tiny", "optim.lrr=1"], ["lrr"]),
+                                           (["recipes", "tiny", "optim.lr=abc"], ["optim.lr", "abc"]),
                                            (["train", "--recipe", "nope"], ["nope", *RECIPES])])
 def test_a_bad_recipe_key_value_or_name_is_one_line(cli_env, cli_cwd, args, needles):
     cli_error(cprfl(cli_env, cli_cwd, *args), *needles, only=True)
@@ -71,13 +71,13 @@ def test_overrides_on_both_sides_of_an_option_are_one_command(monkeypatch):
 
     seen = []
     monkeypatch.setattr(cli, "_cmd_train", seen.append)
-    assert cli.main(["train", "optim.lr=0.5", "--recipe", "smoke", "train.seed=3", "--resume"]) == 0
-    assert seen[0].recipe == "smoke" and seen[0].overrides == ["optim.lr=0.5", "train.seed=3"] and seen[0].resume
+    assert cli.main(["train", "optim.lr=0.5", "--recipe", "tiny", "train.seed=3", "--resume"]) == 0
+    assert seen[0].recipe == "tiny" and seen[0].overrides == ["optim.lr=0.5", "train.seed=3"] and seen[0].resume
 
 
 @pytest.mark.parametrize("args, needle", [(["predict", "x.pt", "a.jpg", "--top-k", "-1"], "--top-k"),
                                           (["predict", "x.pt", "a.jpg", "--top-k", "two"], "two"),
-                                          (["train", "--recipe", "smoke", "--bogus"], "--bogus"),
+                                          (["train", "--recipe", "tiny", "--bogus"], "--bogus"),
                                           (["data", "check", "--workers", "-2"], "--workers")])
 def test_bad_arguments_are_one_line(capsys, args, needle):
     from cprfl_lib.cli import main
@@ -102,7 +102,7 @@ def test_train_prints_one_line_per_evaluated_split(monkeypatch, capsys, tmp_path
                 **({"last_epoch": {"model": row}} if "test" in evaluated else {})}
 
     monkeypatch.setattr(engine, "train", fake_train)
-    assert cli.main(["train", "--recipe", "smoke", "--output-dir", str(tmp_path / "run"), *overrides]) == 0
+    assert cli.main(["train", "--recipe", "tiny", "--output-dir", str(tmp_path / "run"), *overrides]) == 0
     lines = capsys.readouterr().out.splitlines()
     split_lines = [line for line in lines if " split, last epoch: " in line]
     assert [line.split("), ")[1].split(" split")[0] for line in split_lines] == splits

@@ -58,7 +58,7 @@ def test_the_schedule_stage_keeps_each_setting_as_a_value(tmp_path: Path, monkey
 
     fake_training(monkeypatch, score, split="val")
     monkeypatch.setattr(design, "initial_prompt_cosines", lambda study: {})
-    monkeypatch.setattr(design, "RECIPES", {"voc": "smoke"})
+    monkeypatch.setattr(design, "RECIPES", {"voc": "tiny"})
     args = argparse.Namespace(seeds=(0,), workers=1, base={}, out=tmp_path / "design")
     picks = design.stage_schedule(args, tmp_path / "runs", {})["schedule"]["voc"]
     assert (picks["best"]["lr"], picks["best"]["epochs"], picks["best"]["dim"]) == (1e-3, 10, 64)
@@ -87,12 +87,12 @@ def test_the_generator_holds_the_scene_the_design_study_chose() -> None:
         assert list(spec.object_range) == pytest.approx(chosen["object_range"])
 
 
-def test_the_quick_recipes_hold_what_the_design_study_chose() -> None:
+def test_the_cpu_recipes_hold_what_the_design_study_chose() -> None:
     from cprfl_lib.train.recipes import load_recipe
 
     choices = json.loads((Path(__file__).resolve().parents[1] / "results" / "design" / "choices.json").read_text())
     for family in ("voc", "coco"):
-        config = load_recipe(f"quick-{family}")
+        config = load_recipe(f"cpu-{family}")
         for key, value in choices["embedding"]["overrides"].items():
             section, name = key.split(".")
             assert config[section][name] == value, key

@@ -75,7 +75,7 @@ def test_a_smoke_run_writes_its_five_files(smoke_run):
     best = metrics["best_on_test"]
     assert best["epoch"] in (1, 2) and best["model"] == "model" and "test set" in best["note"]
     assert best["mAP"] == pytest.approx(max(float(r["mAP"]) for r in rows), rel=1e-5)
-    assert metrics["epochs"] == 2 and metrics["synthetic"] is True and metrics["recipe"] == "smoke"
+    assert metrics["epochs"] == 2 and metrics["synthetic"] is True and metrics["recipe"] == "tiny"
 
     torch.load(out / "weights.pt", weights_only=True)  # no pickled objects beyond tensors and containers
     ckpt = load_checkpoint(out / "weights.pt")  # weights_only=True inside

@@ -23,7 +23,7 @@ def test_prompt_initialization_input_follows_the_encoder(encoder, m, tmp_path, m
     overrides = {"semantics.encoder": encoder, "semantics.weights": None, "semantics.dim": None}
     if encoder == "glove":
         overrides["semantics.path"] = str(_glove_300(tmp_path / "glove.300d.txt"))
-    config = load_recipe("smoke", overrides)
+    config = load_recipe("tiny", overrides)
     head = factory.head_from(config, feat_dim=64, class_names=NAMES)
     assert head.class_embeddings.shape == (len(NAMES), m)
     assert head.prompt_init.fc1.in_features == m
@@ -34,7 +34,7 @@ def test_prompt_initialization_input_follows_the_encoder(encoder, m, tmp_path, m
 def test_computing_embeddings_does_not_move_the_global_rng(tmp_path, monkeypatch):
     """A cold embedding cache (the encoder is built) and a warm one must give the same initialisation."""
     monkeypatch.setenv("CPRFL_CACHE", str(tmp_path / "cache"))
-    config = load_recipe("smoke", {"semantics.encoder": "clip-tiny", "semantics.weights": None, "semantics.dim": None})
+    config = load_recipe("tiny", {"semantics.encoder": "clip-tiny", "semantics.weights": None, "semantics.dim": None})
     torch.manual_seed(0)
     factory.semantics_from(config, NAMES)  # cold: builds the text tower
     cold = torch.rand(3)
@@ -53,24 +53,24 @@ def test_the_embedding_scale_is_applied_after_the_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(semantics, "_compute", lambda *a, **k: calls.append(1) or compute(*a, **k))
     base = {"semantics.encoder": "glove", "semantics.path": str(_glove_300(tmp_path / "glove.300d.txt")),
             "semantics.dim": None}
-    raw, text, m = factory.semantics_from(load_recipe("smoke", base), NAMES)
+    raw, text, m = factory.semantics_from(load_recipe("tiny", base), NAMES)
     assert text is None and m == 300 and len(calls) == 1
-    scaled, _, m2 = factory.semantics_from(load_recipe("smoke", {**base, "semantics.centre": True,
+    scaled, _, m2 = factory.semantics_from(load_recipe("tiny", {**base, "semantics.centre": True,
                                                                 "semantics.norm": "sqrt_m"}), NAMES)
     assert len(calls) == 1 and m2 == 300  # the same cache entry
     torch.testing.assert_close(scaled, semantics.rescale(raw, centre=True, norm="sqrt_m"))
     torch.testing.assert_close(scaled.norm(dim=1), torch.full((len(NAMES),), 300 ** 0.5))
     centred = raw - raw.mean(0, keepdim=True)
     torch.testing.assert_close(scaled, centred / centred.norm(dim=1, keepdim=True) * 300 ** 0.5)
-    again, _, _ = factory.semantics_from(load_recipe("smoke", base), NAMES)
+    again, _, _ = factory.semantics_from(load_recipe("tiny", base), NAMES)
     torch.testing.assert_close(again, raw)  # the cache was not rescaled in place
-    two, _, _ = factory.semantics_from(load_recipe("smoke", {**base, "semantics.norm": 2.0}), NAMES)
+    two, _, _ = factory.semantics_from(load_recipe("tiny", {**base, "semantics.norm": 2.0}), NAMES)
     torch.testing.assert_close(two.norm(dim=1), torch.full((len(NAMES),), 2.0))
 
 
 def test_the_head_is_built_from_the_rescaled_embeddings(tmp_path, monkeypatch):
     monkeypatch.setenv("CPRFL_CACHE", str(tmp_path / "cache"))
-    config = load_recipe("smoke", {"semantics.centre": True, "semantics.norm": 3.0})  # randn, m = 16
+    config = load_recipe("tiny", {"semantics.centre": True, "semantics.norm": 3.0})  # randn, m = 16
     head = factory.head_from(config, feat_dim=64, class_names=NAMES)
     w = head.class_embeddings
     assert w.shape == (len(NAMES), 16)

@@ -43,7 +43,7 @@ from cprfl_lib.train import engine
 from cprfl_lib.train.checkpoint import FORMAT, load_checkpoint
 from cprfl_lib.train.recipes import load_recipe
 
-SMOKE_DATA = "synth-voc-lt-s0-32px-limit300"  # the folder the smoke recipe generates
+SMOKE_DATA = "synth-voc-lt-s0-32px-limit300"  # the folder the tiny recipe generates
 EPOCHS = 6  # the reference run: long enough that a kill lands before its end
 
 
@@ -60,7 +60,7 @@ def files_in(folder: Path) -> list[str]:
 
 def start_train(env: dict, cwd: Path, out: Path, *args, output=subprocess.PIPE) -> subprocess.Popen:
     """`cprfl train --recipe smoke --output-dir OUT ARGS` started in the background."""
-    return subprocess.Popen([str(SCRIPT), "train", "--recipe", "smoke", "--output-dir", str(out), *map(str, args)],
+    return subprocess.Popen([str(SCRIPT), "train", "--recipe", "tiny", "--output-dir", str(out), *map(str, args)],
                             env=env, cwd=cwd, stdout=output, stderr=output, text=True, stdin=subprocess.DEVNULL)
 
 
@@ -172,7 +172,7 @@ def test_missing_images_through_the_command(env, cwd, reference_run, tmp_path):
     shutil.copytree(Path(env["CPRFL_CACHE"]) / "synthetic" / SMOKE_DATA, data / SMOKE_DATA)
     for name in ("000002.jpg", "000050.jpg", "000299.jpg"):
         (data / SMOKE_DATA / "images" / "train" / name).unlink()
-    done = cprfl(env, cwd, "train", "--recipe", "smoke", "--data-root", data, "--output-dir", tmp_path / "out")
+    done = cprfl(env, cwd, "train", "--recipe", "tiny", "--data-root", data, "--output-dir", tmp_path / "out")
     cli_error(done, "3 of 300 images are missing", "images/train/000002.jpg", "images/train/000299.jpg")
     assert files_in(tmp_path / "out") == []
 
@@ -330,8 +330,8 @@ def test_glove_file_missing_class_words_lists_them(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, recipe, needles", [
-    ({"model.dim": 64}, "smoke-wide", ["model.dim: 32 vs 64", "'smoke-wide'"]),
-    ({"data.dataset": "synth-coco-lt", "data.synthetic_limit": 40}, "smoke",
+    ({"model.dim": 64}, "tiny-wide", ["model.dim: 32 vs 64", "'tiny-wide'"]),
+    ({"data.dataset": "synth-coco-lt", "data.synthetic_limit": 40}, "tiny",
      ["data.dataset: 'synth-voc-lt' vs 'synth-coco-lt'"])])
 def test_resume_with_another_model_or_dataset_is_refused(run_copy, overrides, recipe, needles):
     before = digest(run_copy / "weights.pt"), (run_copy / "config.yaml").read_text()
@@ -583,19 +583,19 @@ def test_unwritable_output_directory_is_reported_before_training(env, reference_
 ])
 def test_a_bad_value_is_one_line_before_anything_is_built(tmp_path, override, needle):
     out = tmp_path / "run"
-    one_line_error(lambda: engine.train(load_recipe("smoke", [*smoke_args(), override]), out, progress=False), needle)
+    one_line_error(lambda: engine.train(load_recipe("tiny", [*smoke_args(), override]), out, progress=False), needle)
     assert not out.exists()
 
 
 def test_a_bad_value_through_the_command_and_reproduce(env, cwd, tmp_path):
     """The CLI, and `make reproduce`'s overrides, refuse the same values in the same words."""
-    cli_error(cprfl(env, cwd, "train", "--recipe", "smoke", "optim.batch_size=0", "--output-dir", tmp_path / "r"),
+    cli_error(cprfl(env, cwd, "train", "--recipe", "tiny", "optim.batch_size=0", "--output-dir", tmp_path / "r"),
               "'optim.batch_size' must be a whole number >= 1, got 0")
     assert not (tmp_path / "r").exists()
     from cprfl_repro.context import resolve
 
     ctx = resolve("smoke", tmp_path / "out", tmp_path / "work", overrides=["optim.lr=-1"])
-    one_line_error(lambda: ctx.recipe("smoke"), "'optim.lr' must be a finite number > 0, got -1")
+    one_line_error(lambda: ctx.recipe("tiny"), "'optim.lr' must be a finite number > 0, got -1")
     one_line_error(lambda: resolve("smoke", tmp_path / "out", overrides=["optim.lerning_rate=1"]),
                    "unknown configuration key 'optim.lerning_rate'")
 
@@ -712,16 +712,16 @@ def test_outputs_go_only_to_the_run_folder_and_the_cache(env, reference_run, tmp
                "HF_HOME": str(cache / "hf")}
     before = snapshot(home, work, data)
     run = tmp_path / "run"
-    done = cprfl(run_env, work, "train", "--recipe", "smoke", "--data-root", data, "--output-dir", run, "optim.epochs=1")
+    done = cprfl(run_env, work, "train", "--recipe", "tiny", "--data-root", data, "--output-dir", run, "optim.epochs=1")
     assert done.returncode == 0, done.stderr[-2000:]
     image = sorted((data / SMOKE_DATA / "images" / "test").glob("*.jpg"))[0]
     for args in (("evaluate", run, "--data-root", data), ("predict", run, image, "--top-k", "2"),
                  ("data", "check", "--dataset", "synth-voc-lt", "--data-root", data / SMOKE_DATA, "--deep"),
-                 ("recipes", "smoke"), ("embed", "--encoder", "randn", "--dim", "8")):
+                 ("recipes", "tiny"), ("embed", "--encoder", "randn", "--dim", "8")):
         done = cprfl(run_env, work, *args)
         assert done.returncode in (0, 2), done.stderr[-2000:]
     # generated data never go into a folder the user named: the real tree is refused, not filled
-    done = cprfl(run_env, work, "train", "--recipe", "smoke", "--data-root", data / "VOCdevkit", "--output-dir",
+    done = cprfl(run_env, work, "train", "--recipe", "tiny", "--data-root", data / "VOCdevkit", "--output-dir",
                tmp_path / "run2")
     cli_error(done, "holds no generated synth-voc-lt", "drop --data-root")
     assert snapshot(home, work, data) == before
@@ -818,7 +818,7 @@ def test_sigterm_stops_a_study_and_its_workers(env, cwd, tmp_path):
         "from cprfl_lib.errors import run_command\n"
         "from cprfl_repro.studies import run_study\n"
         "variants = {f'tau={t}': {'model.tau': t} for t in (0.25, 0.5, 1.0, 2.0)}\n"
-        f"job = lambda: run_study('s', 'smoke', variants, [0], {str(tmp_path / 'runs')!r}, "
+        f"job = lambda: run_study('s', 'tiny', variants, [0], {str(tmp_path / 'runs')!r}, "
         "{'optim.epochs': 400, 'train.max_steps_per_epoch': None}, progress=True, workers=2)\n"
         "if __name__ == '__main__':\n"
         "    sys.exit(run_command('study', job))\n")
@@ -883,7 +883,7 @@ def test_a_cold_and_a_warm_cache_give_identical_predictions(tmp_path, monkeypatc
     cold run's dropout differed.)"""
     cache = tmp_path / "cache"
     monkeypatch.setenv("CPRFL_CACHE", str(cache))
-    config = load_recipe("smoke", {**TINY, "model.freeze_backbone": backbone == "frozen"})
+    config = load_recipe("tiny", {**TINY, "model.freeze_backbone": backbone == "frozen"})
     train_here(config, tmp_path / "cold")
     filled = entries(cache)
     used = {"synthetic", "embeddings", "features" if backbone == "frozen" else "decoded"}
@@ -895,7 +895,7 @@ def test_a_cold_and_a_warm_cache_give_identical_predictions(tmp_path, monkeypatc
 
 
 def test_a_random_backbone_is_keyed_by_its_weights(tmp_path):
-    """A random-weight backbone (the smoke recipe's): the features key holds its weights, so a run of another seed
+    """A random-weight backbone (the tiny recipe's): the features key holds its weights, so a run of another seed
     (other weights) does not read the features of the first."""
     from types import SimpleNamespace
 
@@ -930,7 +930,7 @@ def test_two_runs_filling_one_cold_cache_at_once_give_identical_predictions(env,
     assert same_predictions(first, second)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CPRFL_CACHE", str(tmp_path / "cache"))
-        train_here(load_recipe("smoke", {**TINY, "model.freeze_backbone": False}), tmp_path / "warm")
+        train_here(load_recipe("tiny", {**TINY, "model.freeze_backbone": False}), tmp_path / "warm")
     assert same_predictions(first, predictions(tmp_path / "warm"))
 
 
@@ -946,7 +946,7 @@ def test_resume_of_a_finished_run_with_other_settings_is_refused_naming_them(run
     config = smoke_config(**{"optim.lr": 5e-3, "loss.params": {"reduction": "mean", "gamma_neg": 2}})
     one_line_error(lambda: engine.train(config, run_copy, resume=True, progress=False), str(run_copy / "weights.pt"),
                    "optim.lr: 0.001 vs 0.005", "loss.params.gamma_neg: (not set) vs 2")
-    line = cli_error(run_cli(capsys, "train", "--recipe", "smoke", "--output-dir", run_copy, "--resume",
+    line = cli_error(run_cli(capsys, "train", "--recipe", "tiny", "--output-dir", run_copy, "--resume",
                              *smoke_args(**{"optim.lr": "5e-3"})), "optim.lr: 0.001 vs 0.005", only=True)
     assert "loss.params" not in line
     assert _record(run_copy) == before
@@ -1055,7 +1055,7 @@ def test_a_bad_loss_parameter_is_refused_before_the_cache_is_touched(tmp_path, m
     (the cache is empty, no run folder)."""
     cache, out = tmp_path / "cache", tmp_path / "run"
     monkeypatch.setenv("CPRFL_CACHE", str(cache))
-    line = cli_error(run_cli(capsys, "train", "--recipe", "smoke", "--output-dir", out, "loss.params={reduction: avg}"),
+    line = cli_error(run_cli(capsys, "train", "--recipe", "tiny", "--output-dir", out, "loss.params={reduction: avg}"),
                      only=True)
     assert line.startswith("cprfl: error: configuration key 'loss.params.reduction' must be one of ['sum', 'mean', "
                            "'batchmean']"), line

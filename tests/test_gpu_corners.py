@@ -363,7 +363,7 @@ def _cli_worker(rank: int, world: int, port: int, cwd: str, overrides: list[str]
         time.strftime = lambda fmt, *a: "19990101-000000"  # noqa: ARG005 - another second on another rank
     try:
         with open(f"stdout-{rank}.txt", "w") as fh, contextlib.redirect_stdout(fh):
-            code = cli.main(["train", "--recipe", "smoke", *overrides])
+            code = cli.main(["train", "--recipe", "tiny", *overrides])
         Path(f"exit-{rank}.txt").write_text(str(code))
     finally:
         if dist.is_initialized():
@@ -379,7 +379,7 @@ def test_all_ranks_write_one_folder_and_rank0_prints_the_figures(tmp_path):
     _join_or_fail(context, 240)
     assert (tmp_path / "exit-0.txt").read_text() == (tmp_path / "exit-1.txt").read_text() == "0"
     folders = list((tmp_path / "runs").iterdir())
-    assert len(folders) == 1 and folders[0].name.startswith("smoke-") and "19990101" not in folders[0].name
+    assert len(folders) == 1 and folders[0].name.startswith("tiny-") and "19990101" not in folders[0].name
     assert (folders[0] / "metrics.json").is_file()
     rank0, rank1 = ((tmp_path / f"stdout-{r}.txt").read_text() for r in (0, 1))
     assert "test split, last epoch: mAP" in rank0 and f"outputs in {folders[0]}" in rank0

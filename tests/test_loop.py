@@ -54,9 +54,9 @@ def _env(results_root: Path) -> dict:
 def test_a_dotted_key_inside_a_mapping_keeps_its_siblings():
     from cprfl_lib.train.recipes import load_recipe
 
-    params = load_recipe("quick-voc", {"loss.params.gamma_neg": 2})["loss"]["params"]
+    params = load_recipe("cpu-voc", {"loss.params.gamma_neg": 2})["loss"]["params"]
     assert params["gamma_neg"] == 2 and params["clip"] == 0.05 and params["gamma_pos"] == 0
-    assert load_recipe("quick-voc", ["loss.params={gamma_neg: 2}"])["loss"]["params"] == {"gamma_neg": 2}
+    assert load_recipe("cpu-voc", ["loss.params={gamma_neg: 2}"])["loss"]["params"] == {"gamma_neg": 2}
 
 
 def test_overrides_text_splits_only_where_a_key_starts():
@@ -99,7 +99,7 @@ def test_a_notebook_takes_its_settings_from_the_profile(tmp_path, monkeypatch):
     ctx = context.resolve("quick", work_dir=tmp_path / "runs")
     quick = context.profile_parameters("quick")
     assert ctx.notebook("05_ablations") == quick["05_ablations"]
-    assert ctx.notebook("05_ablations")["recipe"] == "quick-voc" and ctx.notebook("04_training")["seeds"] == [0, 1, 2]
+    assert ctx.notebook("05_ablations")["recipe"] == "cpu-voc" and ctx.notebook("04_training")["seeds"] == [0, 1, 2]
     # a hand run without a name writes results/<profile>-lab/, never results/<profile>/
     assert ctx.output_dir == tmp_path / "results" / "quick-lab"
     assert not (tmp_path / "results" / "quick").exists()

@@ -27,9 +27,9 @@ pytestmark = pytest.mark.usefixtures("private_cache", "close_figures")
 
 @pytest.fixture
 def model():
-    """The smoke recipe's model (tiny trunk, d = 32, randn W with m = 16), in train mode as built."""
+    """The tiny recipe's model (tiny trunk, d = 32, randn W with m = 16), in train mode as built."""
     torch.manual_seed(0)
-    return factory.model_from(recipes.load_recipe("smoke"), NAMES)
+    return factory.model_from(recipes.load_recipe("tiny"), NAMES)
 
 
 @pytest.fixture
@@ -68,7 +68,7 @@ def test_trace_restores_train_mode_and_rejects_the_linear_baseline(model, batch)
     model.train()
     model_analysis.trace(model, batch[0])
     assert model.training and model.head.vsi[0].attn.to_out[1].training
-    linear = factory.model_from(recipes.load_recipe("smoke", {"model.head": "linear"}), NAMES)
+    linear = factory.model_from(recipes.load_recipe("tiny", {"model.head": "linear"}), NAMES)
     one_line_error(lambda: model_analysis.trace(linear, batch[0]), "LinearHead")
     one_line_error(lambda: model_analysis.trace(model, batch[0][0]), "(B, 3, H, W)")
 
@@ -146,7 +146,7 @@ def test_meta_text_tower_counts_what_the_model_trains() -> None:
 
 def _prompts_built_by_hand(config: dict, names: list[str]) -> torch.Tensor:
     """What engine.train does before training: seed, then build the model with factory.model_from."""
-    from cprfl_lib.train.engine import seed_everything
+    from cprfl_lib.train.device import seed_everything
 
     seed_everything(config["train"]["seed"], config["train"]["deterministic"])
     model = factory.model_from(config, names)
@@ -155,7 +155,7 @@ def _prompts_built_by_hand(config: dict, names: list[str]) -> torch.Tensor:
 
 
 def test_initial_prompts_are_those_of_the_seeded_model() -> None:
-    config = recipes.load_recipe("smoke", {"train.seed": 3})
+    config = recipes.load_recipe("tiny", {"train.seed": 3})
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         got = model_analysis.initial_prompts(config, NAMES)
@@ -165,13 +165,13 @@ def test_initial_prompts_are_those_of_the_seeded_model() -> None:
         torch.use_deterministic_algorithms(deterministic)
     assert got.shape == (len(NAMES), config["model"]["dim"]) and not got.requires_grad
     assert torch.equal(got, again) and torch.equal(got, want)
-    other = model_analysis.initial_prompts(recipes.load_recipe("smoke", {"train.seed": 4}), NAMES)
+    other = model_analysis.initial_prompts(recipes.load_recipe("tiny", {"train.seed": 4}), NAMES)
     assert not torch.allclose(other, got)  # the PI network's initialisation follows the run's seed
-    scaled = model_analysis.initial_prompts(recipes.load_recipe("smoke", {"train.seed": 3, "semantics.centre": True}), NAMES)
+    scaled = model_analysis.initial_prompts(recipes.load_recipe("tiny", {"train.seed": 3, "semantics.centre": True}), NAMES)
     assert not torch.allclose(scaled, got)  # and the prompts follow the embeddings W
     assert -1 <= semantics.mean_cosine(got) <= 1
     with pytest.raises(CprflError, match="model.head='linear' has no prompts"):
-        model_analysis.initial_prompts(recipes.load_recipe("smoke", {"model.head": "linear"}), NAMES)
+        model_analysis.initial_prompts(recipes.load_recipe("tiny", {"model.head": "linear"}), NAMES)
 
 
 @pytest.mark.parametrize("rng", [torch, np.random])
@@ -181,7 +181,7 @@ def test_initial_prompts_leave_the_callers_rng_alone(rng) -> None:
     rng.manual_seed(11) if rng is torch else rng.seed(11)
     expected = rng.rand(4)
     rng.manual_seed(11) if rng is torch else rng.seed(11)
-    model_analysis.initial_prompts(recipes.load_recipe("smoke"), NAMES)
+    model_analysis.initial_prompts(recipes.load_recipe("tiny"), NAMES)
     assert np.array_equal(np.asarray(rng.rand(4)), np.asarray(expected))
 
 
@@ -189,7 +189,7 @@ def test_initial_prompts_equal_the_prompts_a_training_run_starts_from(tmp_path, 
     from cprfl_lib.data.benchmarks import benchmark_class_names
     from cprfl_lib.train import engine
 
-    config = recipes.load_recipe("smoke", {"data.synthetic_limit": 16, "optim.epochs": 1, "train.max_steps_per_epoch": 1,
+    config = recipes.load_recipe("tiny", {"data.synthetic_limit": 16, "optim.epochs": 1, "train.max_steps_per_epoch": 1,
                                            "train.device": "cpu", "train.seed": 2, "train.save_weights": False})
     built = []
     real = factory.model_from

@@ -29,7 +29,7 @@ class Toy(nn.Module):
 
 
 def optim_cfg(**kw) -> dict:
-    return {**load_recipe("smoke")["optim"], **kw}
+    return {**load_recipe("tiny")["optim"], **kw}
 
 
 def group_of(groups: list[dict]) -> dict[int, dict]:

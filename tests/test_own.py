@@ -60,7 +60,7 @@ def test_the_recipes_losses_and_prompts_take_the_datasets_classes(datasets):
     from cprfl_lib.losses import ResampleLoss
     from cprfl_lib.train import factory
 
-    config = load_recipe("own-cpu", {"data.data_root": str(datasets["coco"]), "data.group_thresholds": THRESHOLDS,
+    config = load_recipe("cpu-own", {"data.data_root": str(datasets["coco"]), "data.group_thresholds": THRESHOLDS,
                                      "loss.name": "db_focal", "loss.params": {}})
     bench = factory.benchmark_from(config)
     loss = factory.loss_from(config, bench)
@@ -70,9 +70,9 @@ def test_the_recipes_losses_and_prompts_take_the_datasets_classes(datasets):
     assert np.allclose(loss.init_bias.numpy(), -np.log(len(bench.train) / bench.train_counts - 1) * 0.05 / 2.0,
                        rtol=1e-5)
     assert factory.dataset_family(config) == "coco" and loss.neg_scale == 2.0
-    assert load_recipe("own-paper")["data"]["dataset"] == "own"
-    one_line_error(lambda: factory.benchmark_from(load_recipe("own-cpu")), "--data-root", "own")
-    one_line_error(lambda: load_recipe("own-cpu", {"data.group_thresholds": [20, 100]}), "data.group_thresholds")
+    assert load_recipe("paper-own")["data"]["dataset"] == "own"
+    one_line_error(lambda: factory.benchmark_from(load_recipe("cpu-own")), "--data-root", "own")
+    one_line_error(lambda: load_recipe("cpu-own", {"data.group_thresholds": [20, 100]}), "data.group_thresholds")
 
 
 def test_data_info_and_check_name_the_dataset(datasets, capsys):
@@ -135,7 +135,7 @@ def test_image_in_train_and_test_is_leakage_counted_and_named(lists, tmp_path, c
                          "images/train/000.jpg")
     assert "images/train/002.jpg" in msg
     before = snapshot(lists)
-    code, _, err = run_cli(capsys, "train", "--recipe", "own-cpu", "--data-root", lists, "--output-dir",
+    code, _, err = run_cli(capsys, "train", "--recipe", "cpu-own", "--data-root", lists, "--output-dir",
                            tmp_path / "run")
     assert code == 2 and err.count("\n") == 1 and "leakage" in err  # refused before anything is written
     assert not (tmp_path / "run").exists() and snapshot(lists) == before

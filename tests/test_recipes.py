@@ -14,7 +14,7 @@ ASL_PAPER = {"gamma_neg": 4, "gamma_pos": 0, "clip": 0.05}
 
 def test_the_seven_recipes_are_listed_and_load():
     names = available_recipes()
-    assert {"paper-voc", "paper-coco", "code-voc", "code-coco", "quick-voc", "quick-coco", "smoke"} <= set(names)
+    assert {"paper-voc", "paper-coco", "code-voc", "code-coco", "cpu-voc", "cpu-coco", "tiny"} <= set(names)
     assert "defaults" not in names
     for name in names:
         config = load_recipe(name)
@@ -61,8 +61,8 @@ def test_code_recipes_state_what_the_official_code_does(name, dataset, lr):
     assert {k: c["loss"]["params"][k] for k in ASL_PAPER} == ASL_PAPER
 
 
-@pytest.mark.parametrize("name, dataset", [("quick-voc", "synth-voc-lt"), ("quick-coco", "synth-coco-lt")])
-def test_quick_recipes_use_generated_data_minilm_and_a_frozen_lite0(name, dataset):
+@pytest.mark.parametrize("name, dataset", [("cpu-voc", "synth-voc-lt"), ("cpu-coco", "synth-coco-lt")])
+def test_cpu_recipes_use_generated_data_minilm_and_a_frozen_lite0(name, dataset):
     c = load_recipe(name)
     assert c["data"]["dataset"] == dataset and c["data"]["image_size"] == 224  # 7 x 7 Lite0 tokens
     assert c["data"]["eval_splits"] is None  # validation and test
@@ -71,25 +71,25 @@ def test_quick_recipes_use_generated_data_minilm_and_a_frozen_lite0(name, datase
     assert c["train"]["cache_features"] in ("auto", True)  # a frozen backbone trains on cached features
 
 
-def test_smoke_recipe_is_tiny():
-    c = load_recipe("smoke")
+def test_the_tiny_recipe_is_small():
+    c = load_recipe("tiny")
     assert c["data"]["dataset"].startswith("synth-") and c["data"]["synthetic_limit"]
     assert c["model"]["backbone"] == "tiny" and c["model"]["backbone_weights"] is None
     assert c["semantics"]["weights"] is None and c["train"]["max_steps_per_epoch"]
 
 
 def test_dotted_string_overrides_are_parsed_as_yaml_values():
-    c = load_recipe("smoke", ["optim.lr=3e-4", "optim.epochs=7", "train.ema=0.9", "model.backbone_weights=null",
+    c = load_recipe("tiny", ["optim.lr=3e-4", "optim.epochs=7", "train.ema=0.9", "model.backbone_weights=null",
                               "train.amp=false", "data.dataset=synth-coco-lt", "semantics.template=a {} here"])
     assert c["optim"]["lr"] == 3e-4 and isinstance(c["optim"]["lr"], float)  # YAML 1.1 alone reads a string
     assert c["optim"]["epochs"] == 7 and isinstance(c["optim"]["epochs"], int)
     assert c["train"]["ema"] == 0.9 and c["model"]["backbone_weights"] is None and c["train"]["amp"] is False
     assert c["data"]["dataset"] == "synth-coco-lt" and c["semantics"]["template"] == "a {} here"
-    assert c["recipe"] == "smoke" and c["model"]["dim"] == 32  # the rest of the recipe is kept
+    assert c["recipe"] == "tiny" and c["model"]["dim"] == 32  # the rest of the recipe is kept
 
 
 def test_dict_overrides_dotted_and_nested():
-    c = load_recipe("smoke", {"optim.lr": 1e-2, "model": {"dim": 64}, "loss.params": {"gamma_neg": 2}})
+    c = load_recipe("tiny", {"optim.lr": 1e-2, "model": {"dim": 64}, "loss.params": {"gamma_neg": 2}})
     assert c["optim"]["lr"] == 1e-2 and c["model"]["dim"] == 64 and c["model"]["heads"] == 2
     assert c["loss"]["params"] == {"gamma_neg": 2}  # loss parameters are free-form
     again = apply_overrides(c, {"optim.epochs": 4})
@@ -97,7 +97,7 @@ def test_dict_overrides_dotted_and_nested():
 
 
 def test_an_int_where_a_float_is_expected_is_accepted():
-    assert load_recipe("smoke", {"optim.lr": 1})["optim"]["lr"] == 1
+    assert load_recipe("tiny", {"optim.lr": 1})["optim"]["lr"] == 1
 
 
 def test_dump_round_trips():
@@ -109,6 +109,16 @@ def test_dump_round_trips():
 
 def test_an_unknown_recipe_lists_the_available_ones():
     one_line_error(lambda: load_recipe("paper-vocc"), "paper-vocc", *available_recipes())
+
+
+@pytest.mark.parametrize("old, new", [("smoke", "tiny"), ("quick-voc", "cpu-voc"), ("quick-coco", "cpu-coco"),
+                                      ("own-cpu", "cpu-own"), ("own-paper", "paper-own")])
+def test_the_old_recipe_names_are_unknown_recipes_and_no_recipe_is_named_like_a_profile(old, new):
+    from cprfl_repro.context import PROFILES
+
+    with pytest.raises(CprflError, match=f"^unknown recipe '{old}'; available: .*{new}"):
+        load_recipe(old)
+    assert not set(available_recipes()) & set(PROFILES)
 
 
 def test_a_recipe_file_outside_the_package(tmp_path):
@@ -141,21 +151,21 @@ def test_the_paper_recipes_evaluate_after_the_last_epoch_and_the_code_recipes_fr
 
 def test_eval_splits_defaults_to_every_split_and_takes_a_list_of_val_and_test():
     assert defaults()["data"]["eval_splits"] is None
-    assert load_recipe("smoke")["data"]["eval_splits"] is None
-    assert load_recipe("smoke", ["data.eval_splits=[val]"])["data"]["eval_splits"] == ["val"]
-    assert load_recipe("smoke", {"data.eval_splits": ["val", "test"]})["data"]["eval_splits"] == ["val", "test"]
-    assert load_recipe("smoke", {"data.eval_splits": ["test"]})["data"]["eval_splits"] == ["test"]
+    assert load_recipe("tiny")["data"]["eval_splits"] is None
+    assert load_recipe("tiny", ["data.eval_splits=[val]"])["data"]["eval_splits"] == ["val"]
+    assert load_recipe("tiny", {"data.eval_splits": ["val", "test"]})["data"]["eval_splits"] == ["val", "test"]
+    assert load_recipe("tiny", {"data.eval_splits": ["test"]})["data"]["eval_splits"] == ["test"]
 
 
 def test_synthetic_scene_is_a_mapping_replaced_whole_by_an_override():
     from cprfl_lib.train import recipes
 
     assert defaults()["data"]["synthetic_scene"] == {} and "synthetic_scene" in recipes.OPAQUE
-    c = load_recipe("smoke", ["data.synthetic_scene={decoys: 0, clutter: [2, 4]}"])
+    c = load_recipe("tiny", ["data.synthetic_scene={decoys: 0, clutter: [2, 4]}"])
     assert c["data"]["synthetic_scene"] == {"decoys": 0, "clutter": [2, 4]}
     again = apply_overrides(c, {"data.synthetic_scene": {"occluders": 0.1}})
     assert again["data"]["synthetic_scene"] == {"occluders": 0.1}  # replaced, not merged
-    nested = load_recipe("smoke", {"data": {"synthetic_scene": {"extra_instances": 0.0}}})
+    nested = load_recipe("tiny", {"data": {"synthetic_scene": {"extra_instances": 0.0}}})
     assert nested["data"]["synthetic_scene"] == {"extra_instances": 0.0}
 
 
@@ -169,12 +179,12 @@ def test_centre_and_norm_values():
     sem = defaults()["semantics"]
     assert sem["centre"] is False and sem["norm"] is None
     for norm in (None, "sqrt_m", 1, 2.5):
-        assert load_recipe("smoke", {"semantics.centre": True, "semantics.norm": norm})["semantics"]["norm"] == norm
-    assert load_recipe("smoke", ["semantics.norm=sqrt_m"])["semantics"]["norm"] == "sqrt_m"
+        assert load_recipe("tiny", {"semantics.centre": True, "semantics.norm": norm})["semantics"]["norm"] == norm
+    assert load_recipe("tiny", ["semantics.norm=sqrt_m"])["semantics"]["norm"] == "sqrt_m"
 
 
 def test_centre_with_normalize_is_allowed():
-    c = load_recipe("smoke", {"semantics.centre": True, "semantics.normalize": True})
+    c = load_recipe("tiny", {"semantics.centre": True, "semantics.normalize": True})
     assert c["semantics"]["centre"] is True and c["semantics"]["normalize"] is True
 
 
@@ -217,5 +227,5 @@ def test_every_configuration_key_has_a_rule():
 ])
 def test_a_bad_override_is_refused_in_one_line_naming_it(overrides, needle):
     with pytest.raises(CprflError, match=needle) as info:
-        load_recipe("smoke", overrides)
+        load_recipe("tiny", overrides)
     assert "\n" not in str(info.value)

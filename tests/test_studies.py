@@ -25,8 +25,8 @@ def fake_train(monkeypatch):
 
 
 def test_a_configuration_shared_by_two_studies_trains_once(tmp_path, fake_train):
-    plan = {"a": studies.Study("smoke", {"cprfl": {}, "linear": LINEAR}, (0, 1)),
-            "b": studies.Study("smoke", {"same cprfl": {}}, (1,))}
+    plan = {"a": studies.Study("tiny", {"cprfl": {}, "linear": LINEAR}, (0, 1)),
+            "b": studies.Study("tiny", {"same cprfl": {}}, (1,))}
     out = studies.run_studies(plan, tmp_path)
     assert len(fake_train) == 4  # 2 variants x 2 seeds; b's run is a's (cprfl, seed 1)
     assert list(out["a"]["variant"]) == ["cprfl", "cprfl", "linear", "linear"]
@@ -35,7 +35,7 @@ def test_a_configuration_shared_by_two_studies_trains_once(tmp_path, fake_train)
 
 
 def test_finished_runs_are_reused_and_a_code_change_retrains(tmp_path, fake_train, monkeypatch):
-    plan = {"a": studies.Study("smoke", {"cprfl": {}}, (0,))}
+    plan = {"a": studies.Study("tiny", {"cprfl": {}}, (0,))}
     studies.run_studies(plan, tmp_path)
     studies.run_studies(plan, tmp_path)
     assert len(fake_train) == 1
@@ -45,20 +45,20 @@ def test_finished_runs_are_reused_and_a_code_change_retrains(tmp_path, fake_trai
 
 
 def test_an_unavailable_variant_is_a_row_with_its_reason(tmp_path, fake_train):
-    plan = {"fig": studies.Study("smoke", {"CLIP": studies.Unavailable("no weights offline"), "randn": {}}, (0,))}
+    plan = {"fig": studies.Study("tiny", {"CLIP": studies.Unavailable("no weights offline"), "randn": {}}, (0,))}
     rows = studies.run_studies(plan, tmp_path)["fig"]
     assert list(rows["status"]) == ["not available: no weights offline", "ok"]
     assert len(fake_train) == 1
 
 
 def test_run_study_is_one_entry_of_run_studies(tmp_path, fake_train):
-    rows = studies.run_study("t", "smoke", {"cprfl": {}, "linear": LINEAR}, [0], tmp_path)
+    rows = studies.run_study("t", "tiny", {"cprfl": {}, "linear": LINEAR}, [0], tmp_path)
     assert list(rows["variant"]) == ["cprfl", "linear"] and len(fake_train) == 2
 
 
 def test_the_most_expensive_runs_come_first():
     def cost(overrides, classes=20, cached=True):
-        config = studies.run_config("smoke", overrides)
+        config = studies.run_config("tiny", overrides)
         sizes = {"classes": classes, "train_images": 1000, "tokens": 16, "cached_features": cached}
         return studies.expected_cost(config, sizes)
 
@@ -68,13 +68,13 @@ def test_the_most_expensive_runs_come_first():
 
 
 def test_runs_sharing_data_share_one_cache_key():
-    a, b = studies.run_config("smoke", {}), studies.run_config("smoke", {"loss.name": "bce", "model.tau": 2.0}, seed=3)
+    a, b = studies.run_config("tiny", {}), studies.run_config("tiny", {"loss.name": "bce", "model.tau": 2.0}, seed=3)
     assert studies.cache_key(a) == studies.cache_key(b)
-    assert studies.cache_key(a) != studies.cache_key(studies.run_config("smoke", {"data.image_size": 64}))
+    assert studies.cache_key(a) != studies.cache_key(studies.run_config("tiny", {"data.image_size": 64}))
     # a linear run reads no class embeddings: it cannot fill the CPRFL runs' embeddings cache
-    linear = studies.run_config("smoke", LINEAR)
+    linear = studies.run_config("tiny", LINEAR)
     assert studies.cache_key(linear) != studies.cache_key(a)
-    assert studies.cache_key(linear) == studies.cache_key(studies.run_config("smoke", {**LINEAR, "semantics.dim": 8}))
+    assert studies.cache_key(linear) == studies.cache_key(studies.run_config("tiny", {**LINEAR, "semantics.dim": 8}))
 
 
 class InlineExecutor:
@@ -116,13 +116,13 @@ def inline_pool(monkeypatch, fake_train):
 
 
 def test_runs_are_handed_to_the_workers_longest_first(tmp_path, inline_pool):
-    coco = studies.run_config("smoke", {"data.dataset": "synth-coco-lt"})
-    coco["recipe"] = "smoke-coco"
-    plan = {"voc": studies.Study("smoke", {"linear": LINEAR, "cprfl": {}, "deep": {"model.depth": 2}}, (0,)),
+    coco = studies.run_config("tiny", {"data.dataset": "synth-coco-lt"})
+    coco["recipe"] = "tiny-coco"
+    plan = {"voc": studies.Study("tiny", {"linear": LINEAR, "cprfl": {}, "deep": {"model.depth": 2}}, (0,)),
             "coco": studies.Study(coco, {"cprfl": {}}, (0,))}
     out = studies.run_studies(plan, tmp_path, workers=2, progress=False)
     # 80 classes + 16 tokens, then 2 layers x (20 + 16), then 20 + 16, then a linear head
-    assert inline_pool.submitted == ["smoke-coco/cprfl1", "smoke/cprfl2", "smoke/cprfl1", "smoke/linear1"]
+    assert inline_pool.submitted == ["tiny-coco/cprfl1", "tiny/cprfl2", "tiny/cprfl1", "tiny/linear1"]
     assert list(out["voc"]["variant"]) == ["linear", "cprfl", "deep"] and out["voc"]["status"].eq("ok").all()
 
 
@@ -131,14 +131,14 @@ def test_a_failed_run_is_named_and_the_queued_runs_are_dropped(tmp_path, inline_
         raise CprflError("the loss became nan at step 3")
 
     monkeypatch.setattr(studies, "train", fail)
-    plan = {"t": studies.Study("smoke", {"a": {}, "b": LINEAR}, (0,))}
+    plan = {"t": studies.Study("tiny", {"a": {}, "b": LINEAR}, (0,))}
     with pytest.raises(CprflError, match=r"run .*seed0-[0-9a-f]+: the loss became nan at step 3"):
         studies.run_studies(plan, tmp_path, workers=2, progress=False)
     assert inline_pool.cancelled == [True]
 
 
 def test_a_study_where_nothing_can_run_still_summarizes(tmp_path, fake_train):
-    rows = studies.run_studies({"f": studies.Study("smoke", {"CLIP": studies.Unavailable("offline")})}, tmp_path)["f"]
+    rows = studies.run_studies({"f": studies.Study("tiny", {"CLIP": studies.Unavailable("offline")})}, tmp_path)["f"]
     assert list(reports.summarize(rows)["note"]) == ["not available: offline"] and reports.means(rows).empty
 
 
@@ -152,7 +152,7 @@ def test_unknown_study_names_are_an_error():
 @pytest.mark.usefixtures("private_cache")
 def test_two_workers_give_the_same_metrics_as_one(tmp_path):
     """Two workers first, on empty caches (filled by ``prepare``), then one process on the warm caches."""
-    plan = {"t": studies.Study("smoke", {"cprfl": {}, "linear": LINEAR, "bce": {"loss.name": "bce"}}, (0,), TINY)}
+    plan = {"t": studies.Study("tiny", {"cprfl": {}, "linear": LINEAR, "bce": {"loss.name": "bce"}}, (0,), TINY)}
     two = studies.run_studies(plan, tmp_path / "two", progress=False, workers=2)["t"]
     one = studies.run_studies(plan, tmp_path / "one", progress=False)["t"]
     assert list(one["variant"]) == list(two["variant"]) and one["mAP"].notna().all()
@@ -202,12 +202,12 @@ def test_the_run_digest_covers_the_modules_a_run_imports(library_copy):
 
 def test_editing_the_cli_or_a_recipe_keeps_every_finished_run_and_editing_the_model_retrains(
         tmp_path, fake_train, library_copy):
-    plan = {"a": studies.Study("smoke", {"cprfl": {}, "linear": LINEAR}, (0, 1))}
+    plan = {"a": studies.Study("tiny", {"cprfl": {}, "linear": LINEAR}, (0, 1))}
     studies.run_studies(plan, tmp_path / "runs")
     assert len(fake_train) == 4
     append(library_copy / "cli.py", "\n# a help text changed\n")
     append(library_copy / "train" / "recipes" / "paper-coco.yaml", "\n# touched\n")
-    append(library_copy / "train" / "recipes" / "smoke.yaml", "\n# the recipe these runs read: its values decide\n")
+    append(library_copy / "train" / "recipes" / "tiny.yaml", "\n# the recipe these runs read: its values decide\n")
     studies.run_studies(plan, tmp_path / "runs")
     assert len(fake_train) == 4  # nothing retrained
     append(library_copy / "model.py", "\n# the model changed\n")
@@ -216,7 +216,7 @@ def test_editing_the_cli_or_a_recipe_keeps_every_finished_run_and_editing_the_mo
 
 
 def test_a_recipe_description_is_not_part_of_a_run_stamp(tmp_path, fake_train):
-    config = studies.run_config("smoke")
+    config = studies.run_config("tiny")
     plan = {"a": studies.Study(config, {"cprfl": {}}, (0,))}
     studies.run_studies(plan, tmp_path)
     plan = {"a": studies.Study({**config, "description": "another text"}, {"cprfl": {}}, (0,))}
@@ -354,7 +354,7 @@ def context(tmp_path, **overrides):
 
 def test_the_embedding_scale_and_figure3_studies(tmp_path, every_encoder_but_glove):
     # train.save_weights=false everywhere: only the recipe's own run keeps its weights (notebook 06 reads them)
-    plan = experiments.ablation_studies(context(tmp_path, **{"train.save_weights": False}), "quick-voc", [0, 1],
+    plan = experiments.ablation_studies(context(tmp_path, **{"train.save_weights": False}), "cpu-voc", [0, 1],
                                         ["embedding_scale", "figure3"])
     scale, fig3 = plan["embedding_scale"], plan["figure3"]
     labels = ("Randn", "Word2Vec", "GloVe", "CLIP-RN50", "CLIP-ViT-B/16", "MiniLM")
@@ -371,7 +371,7 @@ def test_the_embedding_scale_and_figure3_studies(tmp_path, every_encoder_but_glo
     assert config["CLIP-RN50 · centred, norm √m"]["norm"] == "sqrt_m"
     assert config["CLIP-RN50 · centred, norm √m"]["encoder"] == "clip-rn50"
     assert config["CLIP-RN50 · raw"]["weights"] == "openai" and config["MiniLM · raw"]["weights"] is None
-    # quick-voc's own semantics (MiniLM, centred, norm √m): the run of Table 1's CPRFL row, kept, trained once
+    # cpu-voc's own semantics (MiniLM, centred, norm √m): the run of Table 1's CPRFL row, kept, trained once
     keep = [name for name, seed, c in scale.runs() if seed == 0 and c["train"]["save_weights"]]
     assert keep == ["MiniLM · centred, norm √m"]
     assert [name for name, seed, c in fig3.runs() if seed == 0 and c["train"]["save_weights"]] == ["MiniLM"]
@@ -384,10 +384,10 @@ def test_the_embedding_scale_and_figure3_studies(tmp_path, every_encoder_but_glo
 
 
 def test_every_built_in_study_is_a_study_file_with_its_reference(tmp_path, every_encoder_but_glove):
-    plan = experiments.ablation_studies(context(tmp_path), "smoke", [0], experiments.builtin_studies())
+    plan = experiments.ablation_studies(context(tmp_path), "tiny", [0], experiments.builtin_studies())
     assert set(experiments.PAPER_STUDIES) < set(plan)
     for name, study in plan.items():
-        assert study.recipe == "smoke" and study.seeds == (0,) and study.reference is not None
+        assert study.recipe == "tiny" and study.seeds == (0,) and study.reference is not None
         for variant in study.variants:
             assert study.reference_of(variant) in study.variants, (name, variant)
         assert list(study.runs())  # every study has a row that runs here
@@ -404,12 +404,12 @@ def test_initial_prompt_cosines_of_a_study():
 
     variants = {"raw": {}, "centred √m": {"semantics.centre": True, "semantics.norm": "sqrt_m"}, "linear": LINEAR,
                 "off": studies.Unavailable("offline")}
-    study = studies.Study("smoke", variants, (3, 4))
+    study = studies.Study("tiny", variants, (3, 4))
     got = experiments.initial_prompt_cosines(study)
     assert list(got) == ["raw", "centred √m"]  # the CPRFL variants that can run
     names = benchmark_class_names("synth-voc-lt")
     for name in got:
-        config = studies.run_config("smoke", variants[name], 3)  # the first seed's run
+        config = studies.run_config("tiny", variants[name], 3)  # the first seed's run
         assert got[name] == round(mean_cosine(initial_prompts(config, names)), 4)
         assert -1 <= got[name] <= 1
     assert got["raw"] != got["centred √m"]
@@ -418,7 +418,7 @@ def test_initial_prompt_cosines_of_a_study():
 def test_a_design_run_without_test_is_a_row_with_its_validation_figures(tmp_path, monkeypatch, capsys):
     fake_training(monkeypatch, lambda config: 30.0 + config["train"]["seed"], split="val")
     monkeypatch.delenv(studies.PROGRESS_ENV, raising=False)
-    plan = {"d": studies.Study("smoke", {"raw": {}}, (0, 1), {"data.eval_splits": ["val"]})}
+    plan = {"d": studies.Study("tiny", {"raw": {}}, (0, 1), {"data.eval_splits": ["val"]})}
     rows = studies.run_studies(plan, tmp_path, progress=True)["d"]
     assert list(rows["val_mAP"]) == [30.0, 31.0] and rows["mAP"].isna().all() and rows["best_mAP"].isna().all()
     assert rows["best_epoch"].isna().all() and list(rows["status"]) == ["ok", "ok"]

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 TAU = """\
 name: tau_fine          # the table's name
-recipe: smoke           # optional: else the notebook's recipe
+recipe: tiny            # optional: else the notebook's recipe
 reference: tau=0.5      # the row every other row is compared with
 seeds: [0, 1]           # optional: else the notebook's seeds
 variants:
@@ -40,15 +40,15 @@ def smoke(tmp_path: Path, **overrides):
 def test_a_study_file_is_read_and_bound_like_a_built_in_study(tmp_path, monkeypatch):
     path = write(tmp_path, TAU)
     name, study, where = experiments.load_study(str(path))
-    assert name == "tau_fine" and study.recipe == "smoke" and study.seeds == (0, 1) and study.reference == "tau=0.5"
+    assert name == "tau_fine" and study.recipe == "tiny" and study.seeds == (0, 1) and study.reference == "tau=0.5"
     assert study.variants["tau=1"] == {"model": {"tau": 1.0}}  # kept as written: values, never text to parse
     monkeypatch.chdir(tmp_path)  # a relative path is read from the current folder
-    plan = experiments.ablation_studies(smoke(tmp_path, **{"optim.epochs": 1}), "quick-voc", [7],
+    plan = experiments.ablation_studies(smoke(tmp_path, **{"optim.epochs": 1}), "cpu-voc", [7],
                                         ["study.yaml", "table2"])
     assert list(plan) == ["tau_fine", "table2"]
     tau, table2 = plan["tau_fine"], plan["table2"]
-    assert tau.recipe == "smoke" and tau.seeds == (0, 1)  # its own recipe and seeds
-    assert table2.recipe == "quick-voc" and table2.seeds == (7,)  # the notebook's
+    assert tau.recipe == "tiny" and tau.seeds == (0, 1)  # its own recipe and seeds
+    assert table2.recipe == "cpu-voc" and table2.seeds == (7,)  # the notebook's
     runs = list(tau.runs())
     assert [(v, s) for v, s, _ in runs] == [(v, s) for v in ("tau=0.25", "tau=0.5", "tau=1") for s in (0, 1)]
     assert [c["model"]["tau"] for _, s, c in runs if s == 0] == [0.25, 0.5, 1.0]
@@ -66,17 +66,17 @@ variants:
 """)
     name, study, _ = experiments.load_study(str(path))
     assert name == "study" and study.recipe is None and study.seeds == ()  # the file's name; the notebook's rest
-    study = experiments.ablation_studies(smoke(tmp_path), "smoke", [0], [str(path)])["study"]
+    study = experiments.ablation_studies(smoke(tmp_path), "tiny", [0], [str(path)])["study"]
     dotted, nested, empty = (study.config(v, 0) for v in ("dotted", "nested", "empty"))
     assert dotted == nested and dotted["loss"]["params"] == {"gamma_neg": 2}
-    assert empty == studies.run_config("smoke", seed=0)
+    assert empty == studies.run_config("tiny", seed=0)
 
 
 def test_a_study_file_switching_the_encoder_gets_an_unavailable_row(tmp_path, monkeypatch):
     monkeypatch.setattr(experiments, "encoder_status", lambda encoder, **kw: (encoder != "glove", "no GloVe file"))
     path = write(tmp_path, "reference: randn\nvariants:\n  randn: {semantics: {encoder: randn, dim: 8}}\n"
                            "  glove: {semantics.encoder: glove}\n")
-    study = experiments.ablation_studies(smoke(tmp_path), "smoke", [0], [str(path)])["study"]
+    study = experiments.ablation_studies(smoke(tmp_path), "tiny", [0], [str(path)])["study"]
     assert study.variants["glove"] == studies.Unavailable("no GloVe file")
     assert study.config("randn", 0)["semantics"]["dim"] == 8 and [v for v, _, _ in study.runs()] == ["randn"]
 
@@ -116,7 +116,7 @@ def test_a_bad_study_file_is_refused_in_one_line_before_anything_runs(tmp_path, 
     path = write(tmp_path, text)
     ctx = smoke(tmp_path)
     with pytest.raises(CprflError, match=message) as err:
-        experiments.ablation_studies(ctx, "smoke", [0], ["table2", str(path)])
+        experiments.ablation_studies(ctx, "tiny", [0], ["table2", str(path)])
     assert "\n" not in str(err.value)
     assert not any(ctx.work_dir.iterdir())  # nothing trained, nothing written
 
@@ -124,10 +124,10 @@ def test_a_bad_study_file_is_refused_in_one_line_before_anything_runs(tmp_path, 
 def test_missing_and_repeated_study_files_are_refused(tmp_path):
     ctx = smoke(tmp_path)
     with pytest.raises(CprflError, match=r"study file nowhere/tau\.yaml does not exist"):
-        experiments.ablation_studies(ctx, "smoke", [0], ["nowhere/tau.yaml"])
+        experiments.ablation_studies(ctx, "tiny", [0], ["nowhere/tau.yaml"])
     path = write(tmp_path, TAU)
     with pytest.raises(CprflError, match=r"a study named 'tau_fine' is already in the list"):
-        experiments.ablation_studies(ctx, "smoke", [0], [str(path), str(path)])
+        experiments.ablation_studies(ctx, "tiny", [0], [str(path), str(path)])
 
 
 def test_a_user_study_runs_through_notebook_05_with_its_table_figure_and_intervals(tmp_path, monkeypatch):
@@ -149,4 +149,4 @@ def test_a_user_study_runs_through_notebook_05_with_its_table_figure_and_interva
     metrics = json.loads((out / "metrics" / "05_ablations.json").read_text())
     assert list(metrics["studies"]) == ["tau_fine"]
     assert not [p for p in out.rglob("*") if p.is_file() and "table2" in p.name]  # only what was asked for
-    assert os.listdir(tmp_path / "runs") == ["smoke"] and len(list((tmp_path / "runs" / "smoke").iterdir())) == 4
+    assert os.listdir(tmp_path / "runs") == ["tiny"] and len(list((tmp_path / "runs" / "tiny").iterdir())) == 4

@@ -174,7 +174,7 @@ def _step_model(name: str, device: torch.device, optimised: bool):
     if name == "paper":
         config = bench_config("paper-voc")
     else:
-        config = bench_config("quick-voc", **{"train.cache_features": name == "quick-head"})
+        config = bench_config("cpu-voc", **{"train.cache_features": name == "quick-head"})
     apply_overrides(config, {"train.amp": optimised, "train.channels_last": optimised and name != "quick-head"})
     classes = synthetic_class_names("synth-coco-lt" if "coco" in config["data"]["dataset"] else "synth-voc-lt")
     model = factory.model_from(config, classes).to(device)
@@ -215,10 +215,10 @@ def section_step(device: torch.device, quick: bool, configs: list[str], out=_say
     cpu = device.type == "cpu"
     plan = {"quick-e2e": [8] if quick else [16, 32], "quick-head": [32] if quick else [32, 128],
             "paper": ([1] if quick else [1, 2]) if cpu else ([16] if quick else [16, 32])}
-    qr, pr = load_recipe("quick-voc"), load_recipe("paper-voc")
+    qr, pr = load_recipe("cpu-voc"), load_recipe("paper-voc")
     quick_d, quick_px, paper_d = qr["model"]["dim"], qr["data"]["image_size"], pr["model"]["dim"]
-    what = {"quick-e2e": f"quick-voc: frozen EfficientNet-Lite0 {quick_px} px per step + d={quick_d} head",
-            "quick-head": f"quick-voc: the d={quick_d} head on cached tokens",
+    what = {"quick-e2e": f"cpu-voc: frozen EfficientNet-Lite0 {quick_px} px per step + d={quick_d} head",
+            "quick-head": f"cpu-voc: the d={quick_d} head on cached tokens",
             "paper": f"paper-voc: ResNet-101 448 px fine-tuned + d={paper_d} VSI, 20 classes"}
     out("\n== training step (random weights and batches in memory; the engine's train state and train_one_epoch)")
     if cpu:
@@ -256,7 +256,7 @@ def _epoch_data(device: torch.device, quick: bool):
     from cprfl_lib.train.features import extract_features
 
     overrides = {"data.synthetic_limit": 128 if quick else None, "data.decoded_cache": False}
-    config = bench_config("quick-voc", **overrides, **{"train.cache_features": False})
+    config = bench_config("cpu-voc", **overrides, **{"train.cache_features": False})
     bench = factory.benchmark_from(config)
     model = factory.model_from(config, bench.class_names).to(device)
     images = RunData(config, bench, model, device, Dist(), progress=False)  # end-to-end data
@@ -305,7 +305,7 @@ def section_epoch_eval(device: torch.device, quick: bool, sections: list[str], o
     if "epoch" in sections:
         t["head"] = time_epoch(config, bench, model, tensors["train"], True, device)
         t["e2e"] = time_epoch(config, bench, model, images.train, False, device)
-        out(f"\n== one epoch of quick-voc: head on cached features vs end-to-end (train.cache_features=false); "
+        out(f"\n== one epoch of cpu-voc: head on cached features vs end-to-end (train.cache_features=false); "
             f"{threads} training thread(s) as the recipe says")
         out(f"   end-to-end epoch       {t['e2e']:8.2f} s  ({n_train / t['e2e']:8.1f} img/s; JPEG decoding + frozen "
             "backbone + head)")

@@ -47,20 +47,20 @@ from cprfl_repro.experiments import initial_prompt_cosines
 from cprfl_repro.studies import Study, run_config, run_studies
 from cprfl_repro.tables import mean_std, write_table
 
-RECIPES = {"voc": "quick-voc", "coco": "quick-coco"}
+RECIPES = {"voc": "cpu-voc", "coco": "cpu-coco"}
 VAL_ONLY = {"data.eval_splits": ["val"]}
 COCO_SIZES = {"small": 0.41, "medium": 0.34, "large": 0.24}  # COCO's instances by area (issue 15)
 LEARNABLE = 0.05  # (AP - chance) / (100 - chance), per group
 LINEAR_ASL = {"model.head": "linear"}
 # object sizes relative to the spec's; round 1: x0.8, x1.0, x1.25; round 2 added the smaller ones
 SCENES = {"objects x0.45": 0.45, "objects x0.6": 0.6, "objects x0.8": 0.8, "objects x1.0": 1.0, "objects x1.25": 1.25}
-# each variant states every setting: the quick recipes now hold the chosen one
+# each variant states every setting: the cpu recipes now hold the chosen one
 EMBEDDINGS = {"raw": {"semantics.centre": False, "semantics.norm": None},
               "centred": {"semantics.centre": True, "semantics.norm": None},
               "centred, norm √m": {"semantics.centre": True, "semantics.norm": "sqrt_m"}}
 LRS, EPOCHS, DIMS = (5e-4, 1e-3, 2e-3), (5, 10, 20), (32, 64, 128)
 TIE_MAP = 0.5  # val mAP within which a cheaper choice is taken
-# What a CPRFL run of the quick recipes may cost: notebook 05 trains some 60 of them on 2 cores within the budget
+# What a CPRFL run of the cpu recipes may cost: notebook 05 trains some 60 of them on 2 cores within the budget
 # of `make reproduce` (12 min from cold caches), which 10 epochs at d = 64 about fill.
 BUDGET = {"epochs": 10, "dim": 64}
 
@@ -278,7 +278,7 @@ def main(argv=None) -> None:
         record = choices.get("provenance") if isinstance(choices.get("provenance"), dict) else {}
         if "commit" in record:  # the single record of an earlier version of this file
             record = {}
-        record[stage] = {**provenance(run_config("quick-voc", {}, 0)), "seeds": list(args.seeds), "limit": args.limit,
+        record[stage] = {**provenance(run_config("cpu-voc", {}, 0)), "seeds": list(args.seeds), "limit": args.limit,
                          "image_size": args.image_size, "wall_s": round(time.time() - started, 1)}
         choices["provenance"] = record
         atomic_write_json(file, choices)

@@ -17,14 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from cprfl_lib.data.lists import ROLES, SPECS, SplitList, fetch_split_lists, get_spec, read_labels, read_split
+from cprfl_lib.data.lists import ROLES, SplitList, fetch_split_lists, get_spec, read_labels, read_split
+from cprfl_lib.data.names import BENCHMARKS, SYNTHETIC
 from cprfl_lib.errors import CprflError
-
-SYNTHETIC = ("synth-voc-lt", "synth-coco-lt")
 
 
 def known_benchmarks() -> tuple[str, ...]:
-    return (*SPECS, *SYNTHETIC, "own")  # own: a user's dataset (cprfl_lib.data.own)
+    return BENCHMARKS
 
 
 @dataclass

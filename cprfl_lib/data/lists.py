@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cprfl_lib.data.names import BENCHMARKS, PUBLISHED_BENCHMARKS
 from cprfl_lib.digest import file_digest
 from cprfl_lib.errors import CprflError
 from cprfl_lib.io import atomic_path
@@ -64,13 +65,14 @@ def _spec(name: str, stem: str, num_classes: int, sums: dict[str, str]) -> Bench
 
 
 # Pinned data, not configuration: the published files never change (method.md §5.2, §11.1).
+_VOC, _COCO = PUBLISHED_BENCHMARKS
 SPECS: dict[str, BenchmarkSpec] = {
-    "voc-lt": _spec("voc-lt", "voc", 20, {
+    _VOC: _spec(_VOC, "voc", 20, {
         "train": "2111a5e58ae8b67a112a2b2c8aa98fe8fa926ac3e1d73e2e4e0e4844c90cc047",
         "test": "43b2929a86e9fe685cdf3b6b72fb90b6838ff9f9f427807e8b9502111e73750a",
         "labels": "59e82ce7a1fa096b8a80c22cc72e6c86e54c598b2e1cfe08a211f1c82a0dcb2c",
     }),
-    "coco-lt": _spec("coco-lt", "coco", 80, {
+    _COCO: _spec(_COCO, "coco", 80, {
         "train": "8e0c354ae2214d7ced46f4a5ae24236149296be4dcd2df74f00eba2abe6be0ce",
         "test": "4dda722463b0ed3aada172ce1c75f46f1391e4d2bee7643760549f916a8022e5",
         "labels": "a16d52dc65d8bc2b7abe5875199d802e951b7af142b327f8c85b496116a87f45",
@@ -82,9 +84,7 @@ PUBLISHED = {f.sha256: (spec.name, role) for spec in SPECS.values() for role, f 
 
 def get_spec(name: str) -> BenchmarkSpec:
     if name not in SPECS:
-        from cprfl_lib.data.benchmarks import known_benchmarks
-
-        raise CprflError(f"unknown benchmark {name!r}; known: {', '.join(known_benchmarks())}")
+        raise CprflError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
     return SPECS[name]
 
 

@@ -45,10 +45,9 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from cprfl_lib.backbones import IMAGENET_MEAN, IMAGENET_STD  # the 'imagenet' preset: what ImageNet weights expect
 from cprfl_lib.errors import CprflError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 PRESETS = ("official", "imagenet", "backbone")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cprfl_lib.backbones import build_backbone
+from cprfl_lib.backbones import build_backbone, freeze
 from cprfl_lib.data.benchmarks import Benchmark, load_benchmark
 from cprfl_lib.data.transforms import Preprocessing, preprocessing
 from cprfl_lib.errors import CprflError
@@ -97,10 +97,7 @@ def _semantics(config: dict, class_names: list[str], semantics) -> tuple[torch.T
 def backbone_from(config: dict) -> nn.Module:
     m = config["model"]
     backbone = build_backbone(m["backbone"], weights=m["backbone_weights"])
-    if m["freeze_backbone"]:
-        backbone.requires_grad_(False)
-        backbone.eval()
-    return backbone
+    return freeze(backbone) if m["freeze_backbone"] else backbone
 
 
 def head_from(config: dict, feat_dim: int, class_names: list[str],
