@@ -18,9 +18,9 @@ def tiny_head(c=20, m=16, feat=24, **kw):
 @pytest.mark.parametrize("c", [20, 80])
 @pytest.mark.parametrize("b", [1, 3])
 def test_logits_shape_for_feature_maps_and_tokens(c, b):
-    head = tiny_head(c=c)
-    assert head(torch.randn(b, 24, 4, 4)).shape == (b, c)  # batch of 1 keeps its batch axis
-    assert head(torch.randn(b, 16, 24)).shape == (b, c)
+    for head in (tiny_head(c=c), LinearHead(24, c)):  # the CPRFL head and the linear baseline
+        assert head(torch.randn(b, 24, 4, 4)).shape == (b, c)  # batch of 1 keeps its batch axis
+        assert head(torch.randn(b, 16, 24)).shape == (b, c)
 
 
 def test_classifier_with_backbone_and_attention():
@@ -41,25 +41,13 @@ def test_logit_is_dot_product_of_refined_feature_and_prompt():
     for layer in head.vsi:
         z = layer(z)
     assert torch.allclose(logits, torch.einsum("bcd,cd->bc", z[:, 9:], p), atol=1e-5)
-
-
-def test_attention_path_matches_fused_path():
-    head = tiny_head(c=5).eval()
-    x = torch.randn(2, 24, 3, 3)
-    assert torch.allclose(head(x), head(x, return_attention=True)[0], atol=1e-5)
+    assert torch.allclose(logits, head(x, return_attention=True)[0], atol=1e-5)  # the attention path: the same
 
 
 def test_prompt_initialization_widths():
     pi = PromptInitialization(embed_dim=1024, dim=2048, tau=0.5)
     assert pi.fc1.weight.shape == (1024, 1024) and pi.fc2.weight.shape == (2048, 1024)
     assert count_parameters(pi) == 3_148_800  # method.md §2
-
-
-def test_paper_configuration_parameter_counts():
-    head = CPRFLHead(2048, 80, class_embeddings=torch.zeros(80, 1024))
-    assert count_parameters(head.visual_proj) == 4_196_352
-    assert count_parameters(head.vsi) == 41_957_376
-    assert count_parameters(head) == 4_196_352 + 41_957_376 + 3_148_800
 
 
 def test_residual_switch_changes_output():
@@ -135,12 +123,6 @@ def test_bad_inputs_raise_clear_errors():
     one_line_error(lambda: CPRFLHead(24, 7, class_embeddings=torch.randn(5, 10), **TINY), "(7, m)")
     one_line_error(lambda: tiny_head()(torch.randn(24)), "feature map")
     one_line_error(lambda: MultiLabelClassifier(nn.Identity(), LinearHead(3, 2))(torch.randn(2, 4, 8, 8)), "images")
-
-
-def test_linear_baseline_shapes():
-    head = LinearHead(24, 20)
-    assert head(torch.randn(1, 24, 3, 3)).shape == (1, 20)
-    assert head(torch.randn(4, 9, 24)).shape == (4, 20)
 
 
 @pytest.mark.parametrize("head", ["cprfl", "linear"])
