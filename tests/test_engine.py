@@ -163,6 +163,10 @@ def test_with_ema_the_summary_and_metrics_have_the_ema(ema_run):
     assert load_checkpoint(out / "weights.pt")["ema"] is not None
     with np.load(out / "predictions.npz") as npz:
         assert npz["ema"].shape == npz["model"].shape and not np.allclose(npz["ema"], npz["model"])
+    from cprfl_lib.inference import evaluate_checkpoint
+
+    got = evaluate_checkpoint(out / "weights.pt", device="cpu", use_ema=True)
+    assert got["weights"] == "ema" and got["mAP"] == pytest.approx(metrics["last_epoch"]["ema"]["mAP"], abs=0.1)
 
 
 # --- cached features -----------------------------------------------------------------------------
@@ -405,7 +409,7 @@ def test_paper_and_code_recipes_run_at_smoke_scale(recipe, tmp_path, monkeypatch
 # --- using a checkpoint ----------------------------------------------------------------------------
 
 def test_evaluate_checkpoint_reproduces_the_last_epoch(smoke_run):
-    from cprfl_lib.inference import evaluate_checkpoint
+    from cprfl_lib.inference import evaluate_checkpoint, predict
 
     out, _ = smoke_run
     metrics = json.loads((out / "metrics.json").read_text())
@@ -413,28 +417,12 @@ def test_evaluate_checkpoint_reproduces_the_last_epoch(smoke_run):
     assert got["epoch"] == 2 and got["weights"] == "model" and got["dataset"] == "synth-voc-lt" and got["synthetic"]
     # the run evaluated cached float16 features, the checkpoint runs the backbone in float32
     assert got["mAP"] == pytest.approx(metrics["last_epoch"]["model"]["mAP"], abs=0.1)  # seen: 0.005
-
-
-def test_evaluate_checkpoint_with_the_ema_weights(ema_run):
-    from cprfl_lib.inference import evaluate_checkpoint
-
-    out, metrics = ema_run
-    got = evaluate_checkpoint(out / "weights.pt", device="cpu", use_ema=True)
-    assert got["weights"] == "ema"
-    assert got["mAP"] == pytest.approx(metrics["last_epoch"]["ema"]["mAP"], abs=0.1)
-
-
-def test_use_ema_on_a_run_without_ema_is_an_error(smoke_run):
-    from cprfl_lib.inference import evaluate_checkpoint, predict
-
-    out, _ = smoke_run
-    one_line_error(lambda: evaluate_checkpoint(out / "weights.pt", device="cpu", use_ema=True), "EMA")
+    one_line_error(lambda: evaluate_checkpoint(out / "weights.pt", device="cpu", use_ema=True), "EMA")  # none here
     one_line_error(lambda: predict(out / "weights.pt", [], device="cpu", use_ema=True), "EMA")
 
 
 def test_predict_returns_the_top_k_class_names(smoke_run):
     from cprfl_lib.inference import predict
-    from cprfl_lib.train import factory
 
     out, _ = smoke_run
     ckpt = load_checkpoint(out / "weights.pt")
