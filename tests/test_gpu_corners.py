@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import socket
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import one_line_error, smoke_config
+from test_distributed import free_port
 from test_engine import Killed, kill_after_epochs  # the engine tests' kill, one definition
 
 from cprfl_lib.cpus import set_torch_threads
@@ -263,12 +263,6 @@ def test_notebook_parameters_are_read_as_papermill_reads_them(tmp_path):
 
 
 # --- two gloo processes -----------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _join_or_fail(context, seconds: float) -> None:
     """Join spawned processes; a hang (what the corners used to cause) fails the test instead of blocking it."""
