@@ -9,7 +9,6 @@ import pytest
 from conftest import one_line_error
 from matplotlib.figure import Figure
 
-from cprfl_lib.errors import CprflError
 from cprfl_repro.analysis import semantics
 from cprfl_repro.plots import semantics as ps
 
@@ -45,8 +44,8 @@ def test_nearest_heads_orders_head_classes_by_cosine() -> None:
 
 
 def test_nearest_heads_needs_a_head_class() -> None:
-    with pytest.raises(CprflError, match="no head class"):
-        semantics.nearest_heads(semantics.cosine_matrix(EMB), np.array(["tail"] * 4), k=1)
+    one_line_error(lambda: semantics.nearest_heads(semantics.cosine_matrix(EMB), np.array(["tail"] * 4), k=1),
+                   "no head class")
 
 
 def test_summary_agreement_and_chance() -> None:
