@@ -324,22 +324,18 @@ def scheduler_steps(out: Path) -> int:
     return sum(int(r["steps"]) for r in read_summary(out / "summary.csv"))
 
 
-def test_gradient_accumulation_halves_the_optimizer_steps(tmp_path):
-    for accum in (1, 2):
-        metrics = engine.train(smoke_config(**{"optim.grad_accum": accum}), tmp_path / f"acc{accum}", progress=False)
-        assert math.isfinite(metrics["last_epoch"]["model"]["mAP"])
-    assert scheduler_steps(tmp_path / "acc1") == 2 * 4  # 2 epochs of 64 / 16 batches
-    assert scheduler_steps(tmp_path / "acc2") == 2 * 2
+LIMITED = {"optim.grad_accum": 2, "train.max_steps_per_epoch": 3, "optim.batch_size": 8}
 
 
-@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
-def test_gradient_accumulation_with_a_step_limit_sizes_the_schedule(tmp_path, schedule):
-    """max_steps_per_epoch counts optimizer steps: the schedule must be sized for as many."""
-    config = smoke_config(**{"optim.grad_accum": 2, "train.max_steps_per_epoch": 3, "optim.schedule": schedule,
-                      "optim.batch_size": 8})
-    engine.train(config, tmp_path / "run", progress=False)  # OneCycle raises when stepped past its total
-    assert scheduler_steps(tmp_path / "run") == 2 * 3
-    if schedule == "cosine":  # the lr of the last step is not already the end of the cosine
+@pytest.mark.parametrize("overrides, steps", [
+    ({"optim.grad_accum": 1}, 2 * 4), ({"optim.grad_accum": 2}, 2 * 2),  # 2 epochs of 64 / 16 batches
+    # max_steps_per_epoch counts optimizer steps: the schedule must be sized for as many (OneCycle raises past its end)
+    ({**LIMITED, "optim.schedule": "onecycle"}, 2 * 3), ({**LIMITED, "optim.schedule": "cosine"}, 2 * 3)])
+def test_gradient_accumulation_divides_the_optimizer_steps(tmp_path, overrides, steps):
+    config = smoke_config(**overrides)
+    metrics = engine.train(config, tmp_path / "run", progress=False)
+    assert math.isfinite(metrics["last_epoch"]["model"]["mAP"]) and scheduler_steps(tmp_path / "run") == steps
+    if overrides.get("optim.schedule") == "cosine":  # the lr of the last step is not already the end of the cosine
         assert float(read_summary(tmp_path / "run" / "summary.csv")[0]["lr"]) > 0.3 * config["optim"]["lr"]
 
 
