@@ -301,12 +301,8 @@ def test_cached_embeddings_that_disagree_with_the_run(tmp_path, monkeypatch, sto
     one_line_error(lambda: encode_classes("clip-tiny", names), str(file), *needles)
 
 
-def test_clip_weights_offline_fail_in_seconds(env, reference_run, tmp_path, monkeypatch):
+def test_clip_weights_offline_fail_in_seconds(env, reference_run, tmp_path, offline):
     """HF_HUB_OFFLINE=1 and a pretrained CLIP tag: one line saying how to pass a local file; nothing written."""
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # read at import: the variable alone is too late
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
     out = tmp_path / "out"
     config = smoke_config(**{"semantics.encoder": "clip-rn50", "semantics.weights": "openai", "semantics.dim": None})
     start = time.monotonic()
