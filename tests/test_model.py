@@ -3,6 +3,7 @@
 import pytest
 import torch
 from conftest import one_line_error
+from test_parity import FixedEmbeddings
 from torch import nn
 
 from cprfl_lib.model import CPRFLHead, LinearHead, MultiLabelClassifier, PromptInitialization, count_parameters
@@ -93,17 +94,8 @@ def test_gradient_reaches_the_pi_network_along_both_paths():
 
 # --- Trainable text encoder and bad input -----------------------------------------------
 
-class _Text(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.w = nn.Parameter(torch.randn(7, 10))
-
-    def forward(self):
-        return self.w * 2
-
-
 def test_trainable_text_encoder_receives_gradients():
-    text = _Text()
+    text = FixedEmbeddings(torch.randn(7, 10))  # W as a leaf parameter
     head = CPRFLHead(24, 7, text_encoder=text, embed_dim=10, **TINY)
     head(torch.randn(2, 24, 2, 2)).sum().backward()
     assert text.w.grad.abs().sum() > 0
