@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import SMOKE, fake_training, one_line_error
+from test_study_files import smoke  # the smoke profile's context
 
 from cprfl_lib.errors import CprflError
 from cprfl_repro import experiments, reports, studies
@@ -343,15 +344,9 @@ def every_encoder_but_glove(monkeypatch):
                         lambda encoder, **kw: (False, "no GloVe file") if encoder == "glove" else (True, ""))
 
 
-def context(tmp_path, **overrides):
-    from cprfl_repro.context import resolve
-
-    return resolve("smoke", tmp_path / "out", tmp_path / "runs", overrides=overrides)
-
-
 def test_the_embedding_scale_and_figure3_studies(tmp_path, every_encoder_but_glove):
     # train.save_weights=false everywhere: only the recipe's own run keeps its weights (notebook 06 reads them)
-    plan = experiments.ablation_studies(context(tmp_path, **{"train.save_weights": False}), "quick-voc", [0, 1],
+    plan = experiments.ablation_studies(smoke(tmp_path, **{"train.save_weights": False}), "quick-voc", [0, 1],
                                         ["embedding_scale", "figure3"])
     scale, fig3 = plan["embedding_scale"], plan["figure3"]
     labels = ("Randn", "Word2Vec", "GloVe", "CLIP-RN50", "CLIP-ViT-B/16", "MiniLM")
@@ -381,7 +376,7 @@ def test_the_embedding_scale_and_figure3_studies(tmp_path, every_encoder_but_glo
 
 
 def test_every_built_in_study_is_a_study_file_with_its_reference(tmp_path, every_encoder_but_glove):
-    plan = experiments.ablation_studies(context(tmp_path), "smoke", [0], experiments.builtin_studies())
+    plan = experiments.ablation_studies(smoke(tmp_path), "smoke", [0], experiments.builtin_studies())
     assert set(experiments.PAPER_STUDIES) < set(plan)
     for name, study in plan.items():
         assert study.recipe == "smoke" and study.seeds == (0,) and study.reference is not None
