@@ -9,7 +9,6 @@ import pytest
 from conftest import one_line_error
 from matplotlib.figure import Figure
 
-from cprfl_lib.errors import CprflError
 from cprfl_repro.analysis import semantics
 from cprfl_repro.plots import semantics as ps
 
@@ -36,17 +35,14 @@ def test_cosine_matrix_known_values() -> None:
                                atol=1e-12)
 
 
-def test_nearest_heads_orders_head_classes_by_cosine() -> None:
+def test_nearest_heads_orders_head_classes_by_cosine_and_needs_one() -> None:
     near = semantics.nearest_heads(semantics.cosine_matrix(EMB), GROUPS, k=2)
     assert list(near) == [2, 3]
     assert [h for h, _ in near[2]] == [1, 0] and [h for h, _ in near[3]] == [0, 1]
     assert near[3][0][1] == pytest.approx(0.8)
     assert len(semantics.nearest_heads(semantics.cosine_matrix(EMB), GROUPS, k=10)[2]) == 2  # only two head classes
-
-
-def test_nearest_heads_needs_a_head_class() -> None:
-    with pytest.raises(CprflError, match="no head class"):
-        semantics.nearest_heads(semantics.cosine_matrix(EMB), np.array(["tail"] * 4), k=1)
+    one_line_error(lambda: semantics.nearest_heads(semantics.cosine_matrix(EMB), np.array(["tail"] * 4), k=1),
+                   "no head class")
 
 
 def test_summary_agreement_and_chance() -> None:
@@ -79,7 +75,7 @@ def test_tail_neighbours_table_is_wide_per_encoder_and_tail_class() -> None:
     assert overview.loc["t1", "toy"] == "b (0.99)" and overview.loc["t1", "flip"] == "a (0.99)"
 
 
-def test_encode_all_lists_unavailable_encoders_with_reasons(offline, tmp_path: Path) -> None:
+def test_encode_all_lists_unavailable_encoders_with_reasons_and_refuses_unknown_ones(offline, tmp_path: Path) -> None:
     glove = tmp_path / "glove.txt"
     glove.write_text("cat 1 0 0\ndog 0.9 0.1 0\n")  # no vector for "car"
     results = semantics.encode_all(["randn", "onehot", "glove", "word2vec", "clip-rn50"], ["cat", "dog", "car"],
@@ -96,9 +92,6 @@ def test_encode_all_lists_unavailable_encoders_with_reasons(offline, tmp_path: P
     table = semantics.availability_table(results)
     assert table.columns.tolist() == ["encoder", "available", "dimension", "reason"]
     assert table["available"].tolist() == [True, True, False, False, False]
-
-
-def test_encode_all_rejects_unknown_names() -> None:
     one_line_error(lambda: semantics.encode_all(["bert"], ["cat"]), "'bert'")
     one_line_error(lambda: semantics.encode_all(["glove"], ["cat"], encoder_options={"glvoe": {"path": "x"}}), "'glvoe'")
 

@@ -12,7 +12,6 @@ from conftest import one_line_error
 from cprfl_lib.data import lists
 from cprfl_lib.data.benchmarks import Benchmark, benchmark_class_names, load_benchmark
 from cprfl_lib.data.lists import BenchmarkSpec, SplitList, fetch_split_lists
-from cprfl_lib.errors import CprflError
 
 VOC_COUNTS = [6, 34, 8, 14, 154, 17, 249, 29, 479, 4, 240, 48, 11, 20, 775, 100, 5, 82, 7, 64]
 VOC_HEAD = {"bottle", "car", "chair", "diningtable", "person", "pottedplant"}
@@ -41,6 +40,9 @@ def test_voc_lt_facts(voc: Benchmark) -> None:
     assert voc.train.targets[0].nonzero()[0].tolist() == [4, 14, 19]
     assert round(voc.train.targets.sum() / 1142, 2) == 2.05
     assert voc.image_root is None and not voc.is_synthetic
+    groups, names = voc.groups, np.array(voc.class_names)
+    assert [int((groups == g).sum()) for g in ("head", "medium", "tail")] == [6, 6, 8]
+    assert set(names[groups == "head"]) == VOC_HEAD and set(names[groups == "medium"]) == VOC_MEDIUM
 
 
 def test_coco_lt_facts(coco: Benchmark) -> None:
@@ -52,17 +54,6 @@ def test_coco_lt_facts(coco: Benchmark) -> None:
     counts = coco.train_counts
     assert (counts.max(), counts.min()) == (1128, 6)
     assert counts[24] == 100 and counts[8] == 20 and counts[38] == 20 and counts[14] == 19
-
-
-def test_groups_voc(voc: Benchmark) -> None:
-    groups = voc.groups
-    assert [int((groups == g).sum()) for g in ("head", "medium", "tail")] == [6, 6, 8]
-    names = np.array(voc.class_names)
-    assert set(names[groups == "head"]) == VOC_HEAD
-    assert set(names[groups == "medium"]) == VOC_MEDIUM
-
-
-def test_groups_coco(coco: Benchmark) -> None:
     groups = coco.groups
     assert [int((groups == g).sum()) for g in ("head", "medium", "tail")] == [22, 33, 25]
     names = coco.class_names
@@ -81,8 +72,8 @@ def test_labels_count_must_match_spec(shared_data: Path, monkeypatch: pytest.Mon
     monkeypatch.setitem(lists.SPECS, "voc-lt", fake)
     for sha in coco_sums.values():
         monkeypatch.setitem(lists.PUBLISHED, sha, ("voc-lt", "?"))
-    with pytest.raises(CprflError, match=r"labels\.txt: 80 classes, but voc-lt has 20"):
-        load_benchmark("voc-lt", list_dir=shared_data / "coco_lt", download=False)
+    one_line_error(lambda: load_benchmark("voc-lt", list_dir=shared_data / "coco_lt", download=False),
+                   "labels.txt: 80 classes, but voc-lt has 20")
 
 
 def test_unknown_benchmark_lists_known_ones() -> None:
@@ -93,14 +84,20 @@ def test_unknown_benchmark_lists_known_ones() -> None:
 # ---------------------------------------------------------------- generated benchmarks
 
 
+def _fake_generated(folder: Path, splits=("train", "val", "test")) -> Path:
+    folder.mkdir()
+    (folder / "labels.txt").write_text("a 0\nb 1\n")
+    lines = {"train": "img/0.jpg 0\nimg/1.jpg 0 1\nimg/2.jpg 0\n", "val": "img/4.jpg 0\nimg/5.jpg 1\n",
+             "test": "img/3.jpg 1\n"}
+    for split in splits:
+        (folder / f"{split}.txt").write_text(lines[split])
+    return folder
+
+
 def test_synthetic_uses_generated_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from cprfl_lib.data import synthetic
 
-    folder = tmp_path / "synth"
-    folder.mkdir()
-    (folder / "labels.txt").write_text("a 0\nb 1\n")
-    (folder / "train.txt").write_text("img/0.jpg 0\nimg/1.jpg 0 1\nimg/2.jpg 0\n")
-    (folder / "test.txt").write_text("img/3.jpg 1\n")
+    folder = _fake_generated(tmp_path / "synth", ("train", "test"))
     seen: list[tuple] = []
 
     def generated_folder(name: str, data_root=None, **options) -> Path:
@@ -114,16 +111,6 @@ def test_synthetic_uses_generated_folder(tmp_path: Path, monkeypatch: pytest.Mon
     assert bench.train_counts.tolist() == [3, 1] and bench.val is None
     one_line_error(lambda: load_benchmark("synth-coco-lt", list_dir=tmp_path), "drop --list-dir")
     one_line_error(lambda: load_benchmark("voc-lt", synthetic_options={"seed": 1}), "apply only to synth")
-
-
-def _fake_generated(folder: Path, splits=("train", "val", "test")) -> Path:
-    folder.mkdir()
-    (folder / "labels.txt").write_text("a 0\nb 1\n")
-    lines = {"train": "img/0.jpg 0\nimg/1.jpg 0 1\nimg/2.jpg 0\n", "val": "img/4.jpg 0\nimg/5.jpg 1\n",
-             "test": "img/3.jpg 1\n"}
-    for split in splits:
-        (folder / f"{split}.txt").write_text(lines[split])
-    return folder
 
 
 def test_eval_splits_of_a_generated_benchmark(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -165,20 +152,19 @@ def test_asking_for_a_split_that_does_not_exist_names_it(tmp_path: Path, monkeyp
                "notest": _fake_generated(tmp_path / "b", ("train", "val"))}
     pick = {"folder": folders["novel"]}
     monkeypatch.setattr(synthetic, "generated_folder", lambda name, data_root=None, **options: pick["folder"])
-    with pytest.raises(CprflError, match="synth-voc-lt has no validation split to evaluate"):
-        load_benchmark("synth-voc-lt", eval_splits=["val"])
+    one_line_error(lambda: load_benchmark("synth-voc-lt", eval_splits=["val"]),
+                   "synth-voc-lt has no validation split to evaluate")
     bench = load_benchmark("synth-voc-lt")  # by default, the splits that are there
     assert bench.val is None and list(bench.eval_splits) == ["test"]
     pick["folder"] = folders["notest"]
-    with pytest.raises(CprflError, match="synth-voc-lt has no test split to evaluate"):
-        load_benchmark("synth-voc-lt", eval_splits=["val", "test"])
-    with pytest.raises(CprflError, match="no test split"):  # by default the test split is required
-        load_benchmark("synth-voc-lt")
+    one_line_error(lambda: load_benchmark("synth-voc-lt", eval_splits=["val", "test"]),
+                   "synth-voc-lt has no test split to evaluate")
+    one_line_error(lambda: load_benchmark("synth-voc-lt"), "no test split")  # by default the test split is required
 
 
 def test_a_published_benchmark_has_no_validation_split(shared_data: Path) -> None:
-    with pytest.raises(CprflError, match=r"voc-lt has no validation split.*data\.eval_splits"):
-        load_benchmark("voc-lt", list_dir=shared_data / "voc_lt", download=False, eval_splits=["val"])
+    one_line_error(lambda: load_benchmark("voc-lt", list_dir=shared_data / "voc_lt", download=False,
+                                          eval_splits=["val"]), "voc-lt has no validation split", "data.eval_splits")
     bench = load_benchmark("voc-lt", list_dir=shared_data / "voc_lt", download=False, eval_splits=["test"])
     assert list(bench.eval_splits) == ["test"] and bench.val is None and len(bench.test) == 4952
 

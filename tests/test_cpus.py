@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import one_line_error
 
 from cprfl_lib import cpus
-from cprfl_lib.errors import CprflError
 
 
 def test_usable_cpus_are_capped_and_shared(monkeypatch):
@@ -16,8 +16,7 @@ def test_usable_cpus_are_capped_and_shared(monkeypatch):
     monkeypatch.setenv(cpus.CONCURRENT_RUNS_ENV, "3")
     assert cpus.cpu_share() == 5 and cpus.cpu_share(2) == 2 and cpus.cpu_share(64) == 1  # never below one
     monkeypatch.setenv(cpus.CONCURRENT_RUNS_ENV, "x")
-    with pytest.raises(CprflError, match="CPRFL_CONCURRENT_RUNS='x' is not a whole number"):
-        cpus.cpu_share()
+    one_line_error(cpus.cpu_share, "CPRFL_CONCURRENT_RUNS='x' is not a whole number")
 
 
 def test_torch_threads_are_restored_after_the_block_even_when_it_fails():

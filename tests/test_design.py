@@ -77,20 +77,15 @@ def test_scene_candidates_scale_the_base() -> None:
                                  pytest.approx(base["object_range"][1] * 0.8, abs=1e-4)]
 
 
-def test_the_generator_holds_the_scene_the_design_study_chose() -> None:
+def test_the_generator_and_the_cpu_recipes_hold_what_the_design_study_chose() -> None:
     from cprfl_lib.data.synthetic import scene_params
+    from cprfl_lib.train.recipes import load_recipe
 
     choices = json.loads((Path(__file__).resolve().parents[1] / "results" / "design" / "choices.json").read_text())
     for family, chosen in choices["scene"]["overrides"].items():
         spec = scene_params(f"synth-{family}-lt")
         assert spec.object_median == pytest.approx(chosen["object_median"])
         assert list(spec.object_range) == pytest.approx(chosen["object_range"])
-
-
-def test_the_cpu_recipes_hold_what_the_design_study_chose() -> None:
-    from cprfl_lib.train.recipes import load_recipe
-
-    choices = json.loads((Path(__file__).resolve().parents[1] / "results" / "design" / "choices.json").read_text())
     for family in ("voc", "coco"):
         config = load_recipe(f"cpu-{family}")
         for key, value in choices["embedding"]["overrides"].items():

@@ -114,18 +114,28 @@ def _worker(rank: int, world: int, port: int, config: dict, out_dirs: list[str],
             dist.destroy_process_group()
 
 
-@pytest.mark.slow
-def test_two_ranks_train_as_one(tmp_path):
+def _ddp_run(config: dict, tmp_path: Path) -> tuple[dict, list[dict]]:
+    """The run in one process (its metrics) and in two gloo processes (each rank's results); rank 0 writes ddp/."""
     from cprfl_lib.train import engine
 
-    config = ddp_config()
     single = engine.train(config, tmp_path / "single", progress=False)
     results = tmp_path / "results"
     results.mkdir()
     out_dirs = [str(tmp_path / "ddp"), str(tmp_path / "rank1-must-not-exist")]
     torch.multiprocessing.spawn(_worker, args=(2, free_port(), config, out_dirs, str(results)), nprocs=2, join=True)
+    return single, [json.loads((results / f"rank{r}.json").read_text()) for r in range(2)]
 
-    r0, r1 = (json.loads((results / f"rank{r}.json").read_text()) for r in range(2))
+
+def _ddp_predictions(config: dict, tmp_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(one process's, two gloo processes') test logits of the same run."""
+    _ddp_run(config, tmp_path)
+    with np.load(tmp_path / "single" / "predictions.npz") as a, np.load(tmp_path / "ddp" / "predictions.npz") as b:
+        return a["model"], b["model"]
+
+
+@pytest.mark.slow
+def test_two_ranks_train_as_one(tmp_path):
+    single, (r0, r1) = _ddp_run(ddp_config(), tmp_path)
     assert r0["world"] == r1["world"] == 2
     # gathering puts every row back at its dataset index, on every rank
     expected = [[float(i)] * 3 for i in range(7)]
@@ -135,7 +145,7 @@ def test_two_ranks_train_as_one(tmp_path):
     ddp = tmp_path / "ddp"
     assert {p.name for p in ddp.iterdir()} == {"config.yaml", "summary.csv", "weights.pt", "metrics.json",
                                                 "predictions.npz"}
-    assert not Path(out_dirs[1]).exists()
+    assert not (tmp_path / "rank1-must-not-exist").exists()
     # every rank evaluated the whole test set (gathered) and got the same figures
     assert r1["metrics"]["model"]["mAP"] == pytest.approx(r0["metrics"]["model"]["mAP"], abs=1e-9)
 
@@ -148,19 +158,6 @@ def test_two_ranks_train_as_one(tmp_path):
         np.testing.assert_allclose(a["model"], b["model"], atol=1e-4)
         np.testing.assert_allclose(a["ema"], b["ema"], atol=1e-4)
         np.testing.assert_array_equal(a["targets"], b["targets"])
-
-
-def _ddp_predictions(config: dict, tmp_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(one process's, two gloo processes') test logits of the same run."""
-    from cprfl_lib.train import engine
-
-    engine.train(config, tmp_path / "single", progress=False)
-    results = tmp_path / "results"
-    results.mkdir()
-    out_dirs = [str(tmp_path / "ddp"), str(tmp_path / "rank1")]
-    torch.multiprocessing.spawn(_worker, args=(2, free_port(), config, out_dirs, str(results)), nprocs=2, join=True)
-    with np.load(tmp_path / "single" / "predictions.npz") as a, np.load(tmp_path / "ddp" / "predictions.npz") as b:
-        return a["model"], b["model"]
 
 
 @pytest.mark.slow

@@ -14,7 +14,6 @@ import pytest
 import torch
 from conftest import one_line_error, smoke_config
 
-from cprfl_lib.errors import CprflError
 from cprfl_lib.train import engine, factory, features
 from cprfl_lib.train import state as state_module
 from cprfl_lib.train.checkpoint import load_checkpoint
@@ -163,6 +162,10 @@ def test_with_ema_the_summary_and_metrics_have_the_ema(ema_run):
     assert load_checkpoint(out / "weights.pt")["ema"] is not None
     with np.load(out / "predictions.npz") as npz:
         assert npz["ema"].shape == npz["model"].shape and not np.allclose(npz["ema"], npz["model"])
+    from cprfl_lib.inference import evaluate_checkpoint
+
+    got = evaluate_checkpoint(out / "weights.pt", device="cpu", use_ema=True)
+    assert got["weights"] == "ema" and got["mAP"] == pytest.approx(metrics["last_epoch"]["ema"]["mAP"], abs=0.1)
 
 
 # --- cached features -----------------------------------------------------------------------------
@@ -245,9 +248,8 @@ def test_a_trainable_backbone_does_not_cache(tmp_path, fresh_features):
     config = smoke_config(**{"model.freeze_backbone": False, "optim.epochs": 1, "train.max_steps_per_epoch": 2})
     metrics = engine.train(config, tmp_path / "run", progress=False)
     assert fresh_features == [] and math.isfinite(metrics["last_epoch"]["model"]["mAP"])
-    with pytest.raises(CprflError, match="freeze_backbone"):
-        engine.train(smoke_config(**{"model.freeze_backbone": False, "train.cache_features": True}), tmp_path / "x",
-                     progress=False)
+    one_line_error(lambda: engine.train(smoke_config(**{"model.freeze_backbone": False, "train.cache_features": True}),
+                                        tmp_path / "x", progress=False), "freeze_backbone")
 
 
 def test_evaluating_more_often_or_an_ema_does_not_change_the_model(tmp_path):
@@ -322,22 +324,18 @@ def scheduler_steps(out: Path) -> int:
     return sum(int(r["steps"]) for r in read_summary(out / "summary.csv"))
 
 
-def test_gradient_accumulation_halves_the_optimizer_steps(tmp_path):
-    for accum in (1, 2):
-        metrics = engine.train(smoke_config(**{"optim.grad_accum": accum}), tmp_path / f"acc{accum}", progress=False)
-        assert math.isfinite(metrics["last_epoch"]["model"]["mAP"])
-    assert scheduler_steps(tmp_path / "acc1") == 2 * 4  # 2 epochs of 64 / 16 batches
-    assert scheduler_steps(tmp_path / "acc2") == 2 * 2
+LIMITED = {"optim.grad_accum": 2, "train.max_steps_per_epoch": 3, "optim.batch_size": 8}
 
 
-@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
-def test_gradient_accumulation_with_a_step_limit_sizes_the_schedule(tmp_path, schedule):
-    """max_steps_per_epoch counts optimizer steps: the schedule must be sized for as many."""
-    config = smoke_config(**{"optim.grad_accum": 2, "train.max_steps_per_epoch": 3, "optim.schedule": schedule,
-                      "optim.batch_size": 8})
-    engine.train(config, tmp_path / "run", progress=False)  # OneCycle raises when stepped past its total
-    assert scheduler_steps(tmp_path / "run") == 2 * 3
-    if schedule == "cosine":  # the lr of the last step is not already the end of the cosine
+@pytest.mark.parametrize("overrides, steps", [
+    ({"optim.grad_accum": 1}, 2 * 4), ({"optim.grad_accum": 2}, 2 * 2),  # 2 epochs of 64 / 16 batches
+    # max_steps_per_epoch counts optimizer steps: the schedule must be sized for as many (OneCycle raises past its end)
+    ({**LIMITED, "optim.schedule": "onecycle"}, 2 * 3), ({**LIMITED, "optim.schedule": "cosine"}, 2 * 3)])
+def test_gradient_accumulation_divides_the_optimizer_steps(tmp_path, overrides, steps):
+    config = smoke_config(**overrides)
+    metrics = engine.train(config, tmp_path / "run", progress=False)
+    assert math.isfinite(metrics["last_epoch"]["model"]["mAP"]) and scheduler_steps(tmp_path / "run") == steps
+    if overrides.get("optim.schedule") == "cosine":  # the lr of the last step is not already the end of the cosine
         assert float(read_summary(tmp_path / "run" / "summary.csv")[0]["lr"]) > 0.3 * config["optim"]["lr"]
 
 
@@ -405,7 +403,7 @@ def test_paper_and_code_recipes_run_at_smoke_scale(recipe, tmp_path, monkeypatch
 # --- using a checkpoint ----------------------------------------------------------------------------
 
 def test_evaluate_checkpoint_reproduces_the_last_epoch(smoke_run):
-    from cprfl_lib.inference import evaluate_checkpoint
+    from cprfl_lib.inference import evaluate_checkpoint, predict
 
     out, _ = smoke_run
     metrics = json.loads((out / "metrics.json").read_text())
@@ -413,28 +411,12 @@ def test_evaluate_checkpoint_reproduces_the_last_epoch(smoke_run):
     assert got["epoch"] == 2 and got["weights"] == "model" and got["dataset"] == "synth-voc-lt" and got["synthetic"]
     # the run evaluated cached float16 features, the checkpoint runs the backbone in float32
     assert got["mAP"] == pytest.approx(metrics["last_epoch"]["model"]["mAP"], abs=0.1)  # seen: 0.005
-
-
-def test_evaluate_checkpoint_with_the_ema_weights(ema_run):
-    from cprfl_lib.inference import evaluate_checkpoint
-
-    out, metrics = ema_run
-    got = evaluate_checkpoint(out / "weights.pt", device="cpu", use_ema=True)
-    assert got["weights"] == "ema"
-    assert got["mAP"] == pytest.approx(metrics["last_epoch"]["ema"]["mAP"], abs=0.1)
-
-
-def test_use_ema_on_a_run_without_ema_is_an_error(smoke_run):
-    from cprfl_lib.inference import evaluate_checkpoint, predict
-
-    out, _ = smoke_run
-    one_line_error(lambda: evaluate_checkpoint(out / "weights.pt", device="cpu", use_ema=True), "EMA")
+    one_line_error(lambda: evaluate_checkpoint(out / "weights.pt", device="cpu", use_ema=True), "EMA")  # none here
     one_line_error(lambda: predict(out / "weights.pt", [], device="cpu", use_ema=True), "EMA")
 
 
 def test_predict_returns_the_top_k_class_names(smoke_run):
     from cprfl_lib.inference import predict
-    from cprfl_lib.train import factory
 
     out, _ = smoke_run
     ckpt = load_checkpoint(out / "weights.pt")

@@ -301,12 +301,8 @@ def test_cached_embeddings_that_disagree_with_the_run(tmp_path, monkeypatch, sto
     one_line_error(lambda: encode_classes("clip-tiny", names), str(file), *needles)
 
 
-def test_clip_weights_offline_fail_in_seconds(env, reference_run, tmp_path, monkeypatch):
+def test_clip_weights_offline_fail_in_seconds(env, reference_run, tmp_path, offline):
     """HF_HUB_OFFLINE=1 and a pretrained CLIP tag: one line saying how to pass a local file; nothing written."""
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # read at import: the variable alone is too late
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
     out = tmp_path / "out"
     config = smoke_config(**{"semantics.encoder": "clip-rn50", "semantics.weights": "openai", "semantics.dim": None})
     start = time.monotonic()
@@ -415,8 +411,6 @@ def test_mistyped_notebook_parameter_is_rejected_by_name():
     from cprfl_repro.reproduce import check_parameters
 
     notebook = ROOT / "notebooks" / "04_training.ipynb"
-    if not notebook.is_file():
-        pytest.skip(f"{notebook} not found")
     one_line_error(lambda: check_parameters(notebook, {"nmae": "x", "profile": "smoke"}),
                    "04_training.ipynb", "'nmae'", "name")
 
@@ -532,12 +526,10 @@ def test_an_interrupted_run_resumes_to_identical_metrics(env, cwd, reference_run
         assert ours[key] == reference[key], key
 
 
-def _free(n_bytes: int):
-    return lambda path: namedtuple("usage", "total used free")(10 * n_bytes, 9 * n_bytes, n_bytes)
-
-
 def test_full_disk_is_reported_before_training(env, reference_run, tmp_path, monkeypatch):
-    monkeypatch.setattr(runinfo.shutil, "disk_usage", _free(10 * 2**20))
+    mib = 2**20
+    monkeypatch.setattr(runinfo.shutil, "disk_usage", lambda path: namedtuple("usage", "total used free")(
+        100 * mib, 90 * mib, 10 * mib))
     out = tmp_path / "run"
     one_line_error(lambda: engine.train(smoke_config(), out, progress=False), str(out), "only 10 MiB free")
     assert files_in(out) == []

@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import one_line_error
 from matplotlib.collections import LineCollection, PathCollection
 from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 from PIL import Image
 
-from cprfl_lib.errors import CprflError
 from cprfl_lib.metrics import class_groups
 from cprfl_lib.model_analysis import PATHS, DualPath, Trace
 from cprfl_repro.analysis.data import DataChoice
@@ -276,9 +276,7 @@ def test_a_users_style_changes_widths_fonts_and_colours(tmp_path, monkeypatch) -
 def test_a_bad_style_file_is_refused_in_one_line_naming_it(tmp_path, text, message) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(text)
-    with pytest.raises(CprflError, match=message) as err:
-        load_style(path)
-    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    one_line_error(lambda: load_style(path), path, message)
 
 
 def test_reproduce_refuses_a_bad_style_before_anything_runs(tmp_path) -> None:

@@ -8,18 +8,17 @@ from __future__ import annotations
 import json
 import os
 import queue
-import socket
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import smoke_config
+from conftest import one_line_error, smoke_config
+from test_distributed import free_port
 from test_engine import Killed, kill_after_epochs  # the engine tests' kill, one definition
 
 from cprfl_lib.cpus import set_torch_threads
-from cprfl_lib.errors import CprflError
 from cprfl_lib.train import engine
 from cprfl_lib.train.checkpoint import load_checkpoint, save_checkpoint
 from cprfl_lib.train.recipes import load_recipe
@@ -87,19 +86,18 @@ def test_a_long_run_checkpoints_once_the_minutes_have_passed(tmp_path, monkeypat
     ("train.compile", "tensorrt", "one of [False, True, 'inductor', 'aot_eager', 'eager']"),
 ])
 def test_the_new_keys_are_validated(key, value, words):
-    with pytest.raises(CprflError, match="configuration key") as info:
-        smoke(**{key: value})
-    assert key in str(info.value) and words in str(info.value) and "\n" not in str(info.value)
+    one_line_error(lambda: smoke(**{key: value}), "configuration key", key, words)
 
 
-def test_compile_on_cached_features_is_refused():
-    with pytest.raises(CprflError, match="train.compile=True compiles the backbone where it trains"):
-        smoke(**{"train.compile": True})  # smoke trains its head on cached features
+def test_compile_on_cached_features_is_refused():  # smoke trains its head on cached features
+    one_line_error(lambda: smoke(**{"train.compile": True}), "train.compile=True compiles the backbone where it trains")
 
 
 # --- a resume in another precision ------------------------------------------------------------------
 
-def test_a_resume_in_another_precision_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("started_in", ["bfloat16 autocast on cuda", None])
+def test_a_resume_in_another_precision_says_so_in_one_line(tmp_path, monkeypatch, capsys, started_in):
+    """None: resumed in the precision it started in, which goes unmentioned."""
     out = tmp_path / "run"
     config = smoke(**{"optim.epochs": 2})
     with monkeypatch.context() as m:
@@ -108,24 +106,14 @@ def test_a_resume_in_another_precision_says_so_in_one_line(tmp_path, monkeypatch
             engine.train(config, out, progress=False)
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert ckpt["precision"] == "float32 on cpu"
-    # as if the run had started on a GPU with bfloat16 autocast (a CPU-started run resumed on a GPU is the mirror)
-    ckpt["precision"] = "bfloat16 autocast on cuda"
-    save_checkpoint(out / "checkpoint.pt", **{k: v for k, v in ckpt.items() if k != "format"})
+    if started_in:  # as if started on a GPU with bfloat16 autocast (a CPU-started run resumed on a GPU: the mirror)
+        ckpt["precision"] = started_in
+        save_checkpoint(out / "checkpoint.pt", **{k: v for k, v in ckpt.items() if k != "format"})
     capsys.readouterr()
     engine.train(config, out, resume=True, progress=False)
     lines = [line for line in capsys.readouterr().out.splitlines() if "precision" in line]
-    assert lines == [f"resuming {out}: epochs 1-1 trained in bfloat16 autocast on cuda, the rest trains in float32 "
-                     "on cpu; the result is not that of a run in one precision"]
-
-
-def test_a_resume_in_the_same_precision_says_nothing_of_it(tmp_path, monkeypatch, capsys):
-    out = tmp_path / "run"
-    with monkeypatch.context() as m:
-        kill_after_epochs(m, 1)
-        with pytest.raises(Killed):
-            engine.train(smoke(), out, progress=False)
-    engine.train(smoke(), out, resume=True, progress=False)
-    assert "precision" not in capsys.readouterr().out
+    assert lines == ([f"resuming {out}: epochs 1-1 trained in {started_in}, the rest trains in float32 on cpu; the "
+                      "result is not that of a run in one precision"] if started_in else [])
 
 
 # --- speed levers: the same numbers, faster ---------------------------------------------------------
@@ -213,8 +201,7 @@ def test_loader_workers_are_shared_by_the_runs_side_by_side(monkeypatch):
     assert loaders.worker_count("auto", cuda, Dist(), False) == 7
     assert loaders.worker_count(3, cuda, Dist(), False) == 3  # a number in the recipe stays as it is
     monkeypatch.setenv(cpus.CONCURRENT_RUNS_ENV, "two")
-    with pytest.raises(CprflError, match="CPRFL_CONCURRENT_RUNS='two'"):
-        loaders.worker_count("auto", cuda, Dist(), False)
+    one_line_error(lambda: loaders.worker_count("auto", cuda, Dist(), False), "CPRFL_CONCURRENT_RUNS='two'")
 
 
 # --- zero-shot CLIP on the model's device -----------------------------------------------------------
@@ -270,20 +257,12 @@ def test_notebook_parameters_are_read_as_papermill_reads_them(tmp_path):
     bad = tmp_path / "bad.ipynb"
     bad.write_text(json.dumps({"cells": [{"cell_type": "code", "metadata": {"tags": ["parameters"]},
                                           "source": ["x = (\n"]}]}))
-    with pytest.raises(CprflError, match="bad.ipynb: its parameters cell is not valid Python"):
-        notebook_defaults(bad)
+    one_line_error(lambda: notebook_defaults(bad), "bad.ipynb: its parameters cell is not valid Python")
     bad.write_text("{not json")
-    with pytest.raises(CprflError, match="bad.ipynb: not a readable notebook"):
-        notebook_defaults(bad)
+    one_line_error(lambda: notebook_defaults(bad), "bad.ipynb: not a readable notebook")
 
 
 # --- two gloo processes -----------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _join_or_fail(context, seconds: float) -> None:
     """Join spawned processes; a hang (what the corners used to cause) fails the test instead of blocking it."""

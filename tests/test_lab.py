@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -15,16 +14,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from test_distributed import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL = "cprfl"
 READY_WAIT_S = 60.0  # a cold JupyterLab start on a loaded 2-core machine takes 5-20 s
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(base: str, token: str, path: str) -> tuple[int, bytes]:
@@ -44,7 +38,7 @@ def _get_json(base: str, token: str, path: str):
 
 @pytest.mark.slow
 def test_jupyterlab_serves_the_notebooks_and_the_cprfl_kernel(tmp_path):
-    port, token = _free_port(), secrets.token_hex(16)
+    port, token = free_port(), secrets.token_hex(16)
     env = dict(os.environ)
     for var, sub in (("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"),
                      ("JUPYTER_RUNTIME_DIR", "runtime"), ("IPYTHONDIR", "ipython")):

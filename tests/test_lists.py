@@ -13,7 +13,6 @@ from conftest import one_line_error
 
 from cprfl_lib.data import lists
 from cprfl_lib.data.lists import fetch_split_lists, read_labels, read_split
-from cprfl_lib.errors import CprflError
 
 # ---------------------------------------------------------------- the published lists
 
@@ -25,18 +24,18 @@ def test_fetch_reads_a_user_folder_with_short_names(shared_data: Path) -> None:
         assert lists.sha256_file(path) == lists.SPECS["voc-lt"].files[role].sha256
 
 
-def test_fetch_accepts_official_names(shared_data: Path, tmp_path: Path) -> None:
-    for role, official in [("train", "coco_lt_train.txt"), ("test", "coco_lt_test.txt"), ("labels", "coco_labels.txt")]:
-        shutil.copy(shared_data / "coco_lt" / f"{role}.txt", tmp_path / official)
-    files = fetch_split_lists("coco-lt", list_dir=tmp_path, download=False)
-    assert files["labels"] == tmp_path / "coco_labels.txt"
-
-
-def _copy_lists(shared_data: Path, folder: Path, benchmark: str = "voc_lt") -> Path:
+def _copy_lists(shared_data: Path, folder: Path, benchmark: str = "voc_lt", official: bool = False) -> Path:
+    """The benchmark's three lists into ``folder``, under their short or their ``official`` names."""
     folder.mkdir(parents=True, exist_ok=True)
     for role in ("train", "test", "labels"):
-        shutil.copy(shared_data / benchmark / f"{role}.txt", folder / f"{role}.txt")
+        name = lists.SPECS[benchmark.replace("_", "-")].files[role].filename if official else f"{role}.txt"
+        shutil.copy(shared_data / benchmark / f"{role}.txt", folder / name)
     return folder
+
+
+def test_fetch_accepts_official_names(shared_data: Path, tmp_path: Path) -> None:
+    _copy_lists(shared_data, tmp_path, "coco_lt", official=True)
+    assert fetch_split_lists("coco-lt", list_dir=tmp_path, download=False)["labels"] == tmp_path / "coco_labels.txt"
 
 
 def test_the_other_benchmarks_lists_are_named_for_what_they_are(shared_data: Path, tmp_path: Path) -> None:
@@ -45,10 +44,7 @@ def test_the_other_benchmarks_lists_are_named_for_what_they_are(shared_data: Pat
     message = one_line_error(lambda: fetch_split_lists("voc-lt", list_dir=coco, download=False),  # short names, told
                              "holds the coco-lt lists, not voc-lt's")  # apart by content
     assert "delete" not in message
-    official = tmp_path / "official"
-    official.mkdir()
-    for role, name in (("train", "coco_lt_train.txt"), ("test", "coco_lt_test.txt"), ("labels", "coco_labels.txt")):
-        shutil.copy(coco / f"{role}.txt", official / name)
+    official = _copy_lists(shared_data, tmp_path / "official", "coco_lt", official=True)
     one_line_error(lambda: fetch_split_lists("voc-lt", list_dir=official, download=False),
                    "holds the coco-lt lists, not voc-lt's")
     mixed = _copy_lists(shared_data, tmp_path / "mixed")
@@ -67,12 +63,12 @@ def test_a_parent_folder_holds_both_benchmarks(shared_data: Path, tmp_path: Path
 
 
 def test_a_folder_without_the_lists_says_where_it_looked(tmp_path: Path) -> None:
-    with pytest.raises(CprflError, match=r"holds no voc-lt lists .*voc_lt_train\.txt or train\.txt.*voc_lt/"):
-        fetch_split_lists("voc-lt", list_dir=tmp_path)
+    one_line_error(lambda: fetch_split_lists("voc-lt", list_dir=tmp_path), "holds no voc-lt lists",
+                   "voc_lt_train.txt or train.txt", "voc_lt/")
     one_line_error(lambda: fetch_split_lists("voc-lt", list_dir=tmp_path / "nope"), "does not exist")
     (tmp_path / "labels.txt").write_text("x 0\n")
-    with pytest.raises(CprflError, match=r"lacks the voc-lt list\(s\) voc_lt_train\.txt, voc_lt_test\.txt"):
-        fetch_split_lists("voc-lt", list_dir=tmp_path)
+    one_line_error(lambda: fetch_split_lists("voc-lt", list_dir=tmp_path),
+                   "lacks the voc-lt list(s) voc_lt_train.txt, voc_lt_test.txt")
 
 
 def test_install_copies_a_verified_user_copy_into_the_cache(shared_data: Path, tmp_path: Path,
@@ -114,8 +110,8 @@ def test_no_network_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_refused_connection(tmp_path: Path) -> None:
     # No mock: a refused connection (nothing listens on the local discard port) is a CprflError.
     entry = lists.ListFile("http://127.0.0.1:9/voc_labels.txt", "0" * 64, "voc_labels.txt", "labels.txt")
-    with pytest.raises(CprflError, match="could not download http://127.0.0.1:9/voc_labels.txt"):
-        lists._download(entry, tmp_path / "voc_labels.txt", timeout=2.0)
+    one_line_error(lambda: lists._download(entry, tmp_path / "voc_labels.txt", timeout=2.0),
+                   "could not download http://127.0.0.1:9/voc_labels.txt")
     assert not (tmp_path / "voc_labels.txt").exists()
 
 
@@ -147,8 +143,8 @@ def test_download_verifies_and_writes_into_the_cache(tmp_path: Path, monkeypatch
     files["test"].write_text("damaged\n")
     assert fetch_split_lists("voc-lt")["test"].read_bytes() == (shared_data / "voc_lt" / "test.txt").read_bytes()
     files["test"].write_text("damaged\n")
-    with pytest.raises(CprflError, match=r"cached copy of voc_lt_test\.txt is damaged.*cprfl data fetch"):
-        fetch_split_lists("voc-lt", download=False)
+    one_line_error(lambda: fetch_split_lists("voc-lt", download=False), "cached copy of voc_lt_test.txt is damaged",
+                   "cprfl data fetch")
     monkeypatch.setattr(lists.urllib.request, "urlopen", lambda url, timeout=None: _Response(b"nope\n"))
     one_line_error(lambda: fetch_split_lists("voc-lt"), "gave sha256")
     assert files["test"].read_text() == "damaged\n"  # the refused download did not replace anything
@@ -157,8 +153,8 @@ def test_download_verifies_and_writes_into_the_cache(tmp_path: Path, monkeypatch
 def test_download_false_missing_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CPRFL_CACHE", str(tmp_path))
     calls = _offline(monkeypatch)
-    with pytest.raises(CprflError, match=r"voc-lt labels list is not in the cache .*cprfl data fetch"):
-        fetch_split_lists("voc-lt", download=False)
+    one_line_error(lambda: fetch_split_lists("voc-lt", download=False), "voc-lt labels list is not in the cache",
+                   "cprfl data fetch")
     assert calls == []
 
 

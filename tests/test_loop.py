@@ -19,8 +19,6 @@ from pathlib import Path
 import pytest
 from conftest import one_line_error
 
-from cprfl_lib.errors import CprflError
-
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 
@@ -76,8 +74,8 @@ def test_weight_files_are_inputs_and_every_other_override_a_change():
     assert changes == {} and inputs == {"model.backbone_weights": "/w/r.pth", "semantics.weights": "/w/c.bin"}
     changes, inputs = variant_changes(["model.backbone_weights=/w/r.pth", "optim.lr=0.1"], None, ["table2"], ["05"])
     assert changes == {"overrides": {"optim.lr": 0.1}, "studies": ["table2"], "only": ["05"]}
-    with pytest.raises(CprflError, match=r"differs from the smoke profile \(overrides\) needs a name"):
-        reproduce("smoke", overrides=["optim.lr=0.1"])
+    one_line_error(lambda: reproduce("smoke", overrides=["optim.lr=0.1"]),
+                   "differs from the smoke profile (overrides) needs a name")
 
 
 def test_a_settings_file_changes_entries_and_names_an_unknown_key(tmp_path):
@@ -149,32 +147,20 @@ def test_the_notebooks_declare_only_what_a_user_changes():
     (["--only", "05"], ["needs a name"]),
     (["--name", "x", "--studies", "tabel2"], ["tabel2"]),
     (["--name", "x", "--overrides", "model.taux=1"], ["'model.taux'"]),
-], ids=["settings-key", "name-is-quick-extra", "name-is-a-profile", "no-notebook", "no-name", "study", "override"])
+    (["--name", "x", "--studies", "{study}"], ["model.taux"]),
+], ids=["settings-key", "name-is-quick-extra", "name-is-a-profile", "no-notebook", "no-name", "study", "override",
+        "study-file-key"])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(args, needles, tmp_path, monkeypatch, capsys):
     from cprfl_repro.reproduce import main
 
-    bad = tmp_path / "bad.yaml"
+    bad, study = tmp_path / "bad.yaml", tmp_path / "my study.yaml"
     bad.write_text("optim:\n  lerning_rate: 0.002\n")
-    monkeypatch.setenv("CPRFL_RESULTS_ROOT", str(tmp_path / "results"))
-    profile = "quick" if "extra" in args else "smoke"
-    assert main(["--profile", profile, *[a.replace("{bad}", str(bad)) for a in args]]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and all(n in err for n in needles), err
-    assert not (tmp_path / "results").exists()
-
-
-def test_a_study_variant_with_an_unknown_key_is_refused(tmp_path, monkeypatch, capsys):
-    from cprfl_repro import studies
-    from cprfl_repro.reproduce import main
-
-    if not hasattr(studies, "read_study"):
-        pytest.skip("YAML study files come with the study loader (issue 18 item 4, branch `studies`)")
-    study = tmp_path / "my study.yaml"
     study.write_text("name: mine\nreference: a\nvariants:\n  a: {}\n  b: {model.taux: 1.0}\n")
     monkeypatch.setenv("CPRFL_RESULTS_ROOT", str(tmp_path / "results"))
-    assert main(["--profile", "smoke", "--name", "x", "--studies", str(study)]) == 2
+    profile = "quick" if "extra" in args else "smoke"
+    assert main(["--profile", profile, *[a.replace("{bad}", str(bad)).replace("{study}", str(study)) for a in args]]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "model.taux" in err, err
+    assert len(err.splitlines()) == 1 and all(n in err for n in needles), err
     assert not (tmp_path / "results").exists()
 
 

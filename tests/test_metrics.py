@@ -8,7 +8,6 @@ from sklearn.metrics import average_precision_score
 
 from cprfl_lib.metrics import (
     average_precision,
-    class_groups,
     map_report,
     threshold_metrics,
     topk_metrics,
@@ -35,12 +34,6 @@ def test_ap_hand_example():
     # ranking: pos, neg, pos, neg → (1/1 + 2/3) / 2
     ap = average_precision(np.array([[0.9], [0.8], [0.7], [0.1]]), np.array([[1], [0], [1], [0]]))
     assert ap[0] == pytest.approx((1 + 2 / 3) / 2)
-
-
-def test_groups_from_training_counts():
-    g = class_groups(VOC_COUNTS)
-    assert [(g == k).sum() for k in ("head", "medium", "tail")] == [6, 6, 8]
-    assert g[15] == "head" and g[13] == "medium" and g[5] == "tail"  # pottedplant 100, motorbike 20, bus 17
 
 
 def test_group_means_hand_example():

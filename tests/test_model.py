@@ -3,6 +3,7 @@
 import pytest
 import torch
 from conftest import one_line_error
+from test_parity import FixedEmbeddings
 from torch import nn
 
 from cprfl_lib.model import CPRFLHead, LinearHead, MultiLabelClassifier, PromptInitialization, count_parameters
@@ -18,9 +19,9 @@ def tiny_head(c=20, m=16, feat=24, **kw):
 @pytest.mark.parametrize("c", [20, 80])
 @pytest.mark.parametrize("b", [1, 3])
 def test_logits_shape_for_feature_maps_and_tokens(c, b):
-    head = tiny_head(c=c)
-    assert head(torch.randn(b, 24, 4, 4)).shape == (b, c)  # batch of 1 keeps its batch axis
-    assert head(torch.randn(b, 16, 24)).shape == (b, c)
+    for head in (tiny_head(c=c), LinearHead(24, c)):  # the CPRFL head and the linear baseline
+        assert head(torch.randn(b, 24, 4, 4)).shape == (b, c)  # batch of 1 keeps its batch axis
+        assert head(torch.randn(b, 16, 24)).shape == (b, c)
 
 
 def test_classifier_with_backbone_and_attention():
@@ -41,25 +42,13 @@ def test_logit_is_dot_product_of_refined_feature_and_prompt():
     for layer in head.vsi:
         z = layer(z)
     assert torch.allclose(logits, torch.einsum("bcd,cd->bc", z[:, 9:], p), atol=1e-5)
-
-
-def test_attention_path_matches_fused_path():
-    head = tiny_head(c=5).eval()
-    x = torch.randn(2, 24, 3, 3)
-    assert torch.allclose(head(x), head(x, return_attention=True)[0], atol=1e-5)
+    assert torch.allclose(logits, head(x, return_attention=True)[0], atol=1e-5)  # the attention path: the same
 
 
 def test_prompt_initialization_widths():
     pi = PromptInitialization(embed_dim=1024, dim=2048, tau=0.5)
     assert pi.fc1.weight.shape == (1024, 1024) and pi.fc2.weight.shape == (2048, 1024)
     assert count_parameters(pi) == 3_148_800  # method.md §2
-
-
-def test_paper_configuration_parameter_counts():
-    head = CPRFLHead(2048, 80, class_embeddings=torch.zeros(80, 1024))
-    assert count_parameters(head.visual_proj) == 4_196_352
-    assert count_parameters(head.vsi) == 41_957_376
-    assert count_parameters(head) == 4_196_352 + 41_957_376 + 3_148_800
 
 
 def test_residual_switch_changes_output():
@@ -69,7 +58,7 @@ def test_residual_switch_changes_output():
     assert not torch.allclose(plain.eval()(x), res.eval()(x))
 
 
-# --- Dual-path back-propagation ---------------------------------------------------------
+# --- Dual-path back-propagation (full = P1 + P2 on the switches: test_model_analysis.py) ------------------
 
 def _prompt_grad(**switches):
     """Gradient of the loss w.r.t. the prompts P, with the given switches."""
@@ -79,15 +68,6 @@ def _prompt_grad(**switches):
     head.prompts = lambda: p  # feed P in as a leaf so autograd gives dL/dP
     head(x).pow(2).sum().backward()
     return p.grad, head
-
-
-def test_both_paths_sum_to_the_full_gradient():
-    full, _ = _prompt_grad()
-    p1_only, _ = _prompt_grad(cut_p2=True)  # only the classifier path left
-    p2_only, _ = _prompt_grad(cut_p1=True)  # only the VSI path left
-    assert full.abs().sum() > 0 and p1_only.abs().sum() > 0 and p2_only.abs().sum() > 0
-    assert torch.allclose(full, p1_only + p2_only, atol=1e-5)
-    assert not torch.allclose(full, p1_only, atol=1e-5) and not torch.allclose(full, p2_only, atol=1e-5)
 
 
 def test_cutting_both_paths_leaves_no_prompt_gradient():
@@ -114,17 +94,8 @@ def test_gradient_reaches_the_pi_network_along_both_paths():
 
 # --- Trainable text encoder and bad input -----------------------------------------------
 
-class _Text(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.w = nn.Parameter(torch.randn(7, 10))
-
-    def forward(self):
-        return self.w * 2
-
-
 def test_trainable_text_encoder_receives_gradients():
-    text = _Text()
+    text = FixedEmbeddings(torch.randn(7, 10))  # W as a leaf parameter
     head = CPRFLHead(24, 7, text_encoder=text, embed_dim=10, **TINY)
     head(torch.randn(2, 24, 2, 2)).sum().backward()
     assert text.w.grad.abs().sum() > 0
@@ -135,12 +106,6 @@ def test_bad_inputs_raise_clear_errors():
     one_line_error(lambda: CPRFLHead(24, 7, class_embeddings=torch.randn(5, 10), **TINY), "(7, m)")
     one_line_error(lambda: tiny_head()(torch.randn(24)), "feature map")
     one_line_error(lambda: MultiLabelClassifier(nn.Identity(), LinearHead(3, 2))(torch.randn(2, 4, 8, 8)), "images")
-
-
-def test_linear_baseline_shapes():
-    head = LinearHead(24, 20)
-    assert head(torch.randn(1, 24, 3, 3)).shape == (1, 20)
-    assert head(torch.randn(4, 9, 24)).shape == (4, 20)
 
 
 @pytest.mark.parametrize("head", ["cprfl", "linear"])

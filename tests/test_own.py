@@ -90,19 +90,13 @@ def test_data_info_and_check_name_the_dataset(datasets, capsys):
 # ---------------------------------------------------------------- the checks before work, one line each
 
 
-@pytest.fixture
-def lists(tmp_path, datasets) -> Path:
-    """A copy of the lists-format dataset (without images) to damage."""
-    folder = tmp_path / "lists-copy"
-    shutil.copytree(datasets["lists"], folder, ignore=shutil.ignore_patterns("images"))
-    return folder
+def _copy(tmp_path, datasets, fmt: str) -> Path:
+    """A copy of the dataset in format ``fmt`` (without images) to damage."""
+    return Path(shutil.copytree(datasets[fmt], tmp_path / f"{fmt}-copy", ignore=shutil.ignore_patterns("images")))
 
 
-@pytest.fixture
-def coco(tmp_path, datasets) -> Path:
-    folder = tmp_path / "coco-copy"
-    shutil.copytree(datasets["coco"], folder, ignore=shutil.ignore_patterns("images"))
-    return folder
+lists = pytest.fixture(lambda tmp_path, datasets: _copy(tmp_path, datasets, "lists"), name="lists")
+coco = pytest.fixture(lambda tmp_path, datasets: _copy(tmp_path, datasets, "coco"), name="coco")
 
 
 def _edit(path: Path, old: str, new: str) -> None:

@@ -10,31 +10,20 @@ import sys
 import tomllib
 from pathlib import Path
 
-import pytest
 import yaml
+from packaging.requirements import Requirement  # a dependency of pytest itself
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL = "cprfl"
 COMMANDS = ("recipes", "data", "embed", "train", "evaluate", "predict")
 
-try:
-    from packaging.requirements import Requirement
-    from packaging.specifiers import SpecifierSet
-    from packaging.utils import canonicalize_name
-except ImportError:  # packaging comes with pip/pytest, but keep a plain fallback
-    Requirement = SpecifierSet = None
-
-    def canonicalize_name(name: str) -> str:
-        return re.sub(r"[-_.]+", "-", name).lower()
-
 
 def _normalise(requirement: str) -> tuple[str, str]:
     """(canonical name, specifier) so that spelling and spacing differences do not count."""
-    if Requirement is not None:
-        req = Requirement(requirement)
-        return canonicalize_name(req.name), str(SpecifierSet(str(req.specifier)))
-    name, spec = re.match(r"\s*([A-Za-z0-9_.\-]+)\s*(.*)", requirement).groups()
-    return canonicalize_name(name), ",".join(sorted(s.replace(" ", "") for s in spec.split(",") if s.strip()))
+    req = Requirement(requirement)
+    return canonicalize_name(req.name), str(SpecifierSet(str(req.specifier)))
 
 
 def _pyproject() -> dict:
@@ -82,8 +71,6 @@ def test_conda_python_agrees_with_requires_python():
     pythons = [c for c in conda if re.split(r"[=<>!~ ]", c, maxsplit=1)[0] == "python"]
     assert pythons == ["python=3.11"], f"environment.yml python entry: {pythons}"
     requires = _pyproject()["requires-python"]
-    if SpecifierSet is None:
-        pytest.skip("packaging is not installed; cannot evaluate requires-python")
     spec = SpecifierSet(requires)
     # conda's python=3.11 means any 3.11.x: requires-python must take all of them and nothing else.
     assert all(v in spec for v in ("3.11.0", "3.11.7", "3.11.15")), requires

@@ -1,22 +1,7 @@
-"""Parity with the official CPRFL code (github jiexuanyan/CPRFL at 10b5b7c9d91d).
-
-The fixtures in ``tests/parity/`` are numbers computed by the authors' own code, not by
-``cprfl_lib`` (the generator never imports it); ``tests/parity/README.md`` describes every
-array, the official state_dict keys and the tolerances used here. They are copies of
-``/work/shared/parity/`` (sha256 prefixes checked below), so these tests need neither the
-official code nor the shared folder.
-
-- ``head_d64.npz`` / ``head_d64_coco.npz``: the official ``MyModel`` head at d = 64 (20 / 80
-  classes), run in eval mode on a stored feature map ``x`` and class embeddings ``W``: logits,
-  prompts P, and the gradients of sum(logits * cotangent) for every parameter and W, also under
-  the ``no_cls_grad`` and ``no_feature_grad`` switches.
-- ``losses.npz``: ASL, CB-Focal, DB-NoFocal and DB-Focal, built with train.py's arguments.
-- ``ap.npz``: ``AveragePrecisionMeter`` per-class AP, mAP and ``ltAnalysis`` head/medium/tail.
-- ``prompts.npz``: the official CLIP tokenizer's ids for "a photo of a {}." over train.py's
-  class lists.
-
-Errors are printed (``pytest -s``) so the margin to each tolerance can be seen.
-"""
+"""Parity with the official CPRFL code (github jiexuanyan/CPRFL at 10b5b7c9d91d): the head, the losses, AP and the
+prompt tokens against numbers the authors' code computed (``tests/parity/``, copies of ``/work/shared/parity/``;
+``tests/parity/README.md`` describes every array, the official state_dict keys and the tolerances). Errors are
+printed (``pytest -s``) so the margin to each tolerance can be seen."""
 
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SMOKE, fake_training
+from conftest import SMOKE, fake_training, one_line_error
+from test_study_files import smoke  # the smoke profile's context
 
 from cprfl_lib.errors import CprflError
 from cprfl_repro import experiments, reports, studies
@@ -49,6 +50,8 @@ def test_an_unavailable_variant_is_a_row_with_its_reason(tmp_path, fake_train):
     rows = studies.run_studies(plan, tmp_path)["fig"]
     assert list(rows["status"]) == ["not available: no weights offline", "ok"]
     assert len(fake_train) == 1
+    rows = studies.run_studies({"f": studies.Study("tiny", {"CLIP": studies.Unavailable("offline")})}, tmp_path)["f"]
+    assert list(reports.summarize(rows)["note"]) == ["not available: offline"] and reports.means(rows).empty  # none ran
 
 
 def test_run_study_is_one_entry_of_run_studies(tmp_path, fake_train):
@@ -137,16 +140,11 @@ def test_a_failed_run_is_named_and_the_queued_runs_are_dropped(tmp_path, inline_
     assert inline_pool.cancelled == [True]
 
 
-def test_a_study_where_nothing_can_run_still_summarizes(tmp_path, fake_train):
-    rows = studies.run_studies({"f": studies.Study("tiny", {"CLIP": studies.Unavailable("offline")})}, tmp_path)["f"]
-    assert list(reports.summarize(rows)["note"]) == ["not available: offline"] and reports.means(rows).empty
-
-
 def test_unknown_study_names_are_an_error():
     assert experiments.builtin_studies() == sorted(["table2", "table3", "figure3", "embedding_scale", "dual_path", "tau",
                                                     "depth", "residual"])
-    with pytest.raises(CprflError, match=r"unknown study 'tabel2'; choose from \[.*'table2'.*study file"):
-        experiments.load_study("tabel2")
+    one_line_error(lambda: experiments.load_study("tabel2"), "unknown study 'tabel2'; choose from [", "'table2'",
+                   "study file")
 
 
 @pytest.mark.usefixtures("private_cache")
@@ -346,15 +344,9 @@ def every_encoder_but_glove(monkeypatch):
                         lambda encoder, **kw: (False, "no GloVe file") if encoder == "glove" else (True, ""))
 
 
-def context(tmp_path, **overrides):
-    from cprfl_repro.context import resolve
-
-    return resolve("smoke", tmp_path / "out", tmp_path / "runs", overrides=overrides)
-
-
 def test_the_embedding_scale_and_figure3_studies(tmp_path, every_encoder_but_glove):
     # train.save_weights=false everywhere: only the recipe's own run keeps its weights (notebook 06 reads them)
-    plan = experiments.ablation_studies(context(tmp_path, **{"train.save_weights": False}), "cpu-voc", [0, 1],
+    plan = experiments.ablation_studies(smoke(tmp_path, **{"train.save_weights": False}), "cpu-voc", [0, 1],
                                         ["embedding_scale", "figure3"])
     scale, fig3 = plan["embedding_scale"], plan["figure3"]
     labels = ("Randn", "Word2Vec", "GloVe", "CLIP-RN50", "CLIP-ViT-B/16", "MiniLM")
@@ -384,7 +376,7 @@ def test_the_embedding_scale_and_figure3_studies(tmp_path, every_encoder_but_glo
 
 
 def test_every_built_in_study_is_a_study_file_with_its_reference(tmp_path, every_encoder_but_glove):
-    plan = experiments.ablation_studies(context(tmp_path), "tiny", [0], experiments.builtin_studies())
+    plan = experiments.ablation_studies(smoke(tmp_path), "tiny", [0], experiments.builtin_studies())
     assert set(experiments.PAPER_STUDIES) < set(plan)
     for name, study in plan.items():
         assert study.recipe == "tiny" and study.seeds == (0,) and study.reference is not None

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import one_line_error
 
 from cprfl_lib.errors import CprflError
 from cprfl_repro import experiments, studies
@@ -123,11 +124,11 @@ def test_a_bad_study_file_is_refused_in_one_line_before_anything_runs(tmp_path, 
 
 def test_missing_and_repeated_study_files_are_refused(tmp_path):
     ctx = smoke(tmp_path)
-    with pytest.raises(CprflError, match=r"study file nowhere/tau\.yaml does not exist"):
-        experiments.ablation_studies(ctx, "tiny", [0], ["nowhere/tau.yaml"])
+    one_line_error(lambda: experiments.ablation_studies(ctx, "tiny", [0], ["nowhere/tau.yaml"]),
+                   "study file nowhere/tau.yaml does not exist")
     path = write(tmp_path, TAU)
-    with pytest.raises(CprflError, match=r"a study named 'tau_fine' is already in the list"):
-        experiments.ablation_studies(ctx, "tiny", [0], [str(path), str(path)])
+    one_line_error(lambda: experiments.ablation_studies(ctx, "tiny", [0], [str(path), str(path)]),
+                   "a study named 'tau_fine' is already in the list")
 
 
 def test_a_user_study_runs_through_notebook_05_with_its_table_figure_and_intervals(tmp_path, monkeypatch):
