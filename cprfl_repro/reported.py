@@ -47,7 +47,7 @@ TABLE3 = {
     "+VSI+PI": ((84.24, 80.78, 90.47, 82.16), (64.27, 64.30, 69.62, 57.20)),
     "CPRFL (+VSI+PI+RW)": ((86.28, 81.84, 90.51, 86.43), (66.69, 66.35, 70.99, 61.33)),
 }
-# Table 3 prints avg.Δ too; tests/test_paper.py checks that avg_delta reproduces these values.
+# Table 3 prints avg.Δ too; tests/test_reported.py checks that avg_delta reproduces these values.
 TABLE3_AVG_DELTA = {"+VSI": (9.99, 14.40), "+VSI+PI": (10.34, 14.80), "CPRFL (+VSI+PI+RW)": (12.20, 17.30)}
 
 # Fig. 3: COCO-LT only (no VOC-LT figure), read off the bar labels (one decimal).
