@@ -6,7 +6,7 @@ import copy
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from cprfl_lib.data.datasets import MultiLabelImageDataset, load_image
 from cprfl_lib.errors import CprflError
@@ -69,18 +69,55 @@ def evaluate_checkpoint(path, data_root=None, list_dir=None, device: str = "auto
     check_compatible(ckpt, path, class_names=bench.class_names)
     dev = resolve_device(device)
     autocast, _, _ = autocast_for(dev, config["train"])
-    prep = preprocess(model, config)
-    dataset = MultiLabelImageDataset(bench.image_root, bench.test, prep)
+    tr = config["train"]
+    cached = tr["cache_features"] is True or (tr["cache_features"] == "auto" and config["model"]["freeze_backbone"])
+    if cached:  # a frozen backbone: its feature maps of the test split, as the run's own evaluation read them
+        dataset = _cached_tokens(model, config, bench, tr["eval_batch_size"], dev)
+    else:
+        dataset = MultiLabelImageDataset(bench.image_root, bench.test, preprocess(model, config))
     from cprfl_lib.train.distributed import Dist
 
-    loader = DataLoader(Subset(dataset, list(range(len(dataset)))), batch_size=batch_size or config["train"][
-        "eval_batch_size"], num_workers=worker_count(config["data"]["num_workers"], dev, Dist(), False),
-                        pin_memory=dev.type == "cuda")
+    workers = worker_count(config["data"]["num_workers"], dev, Dist(), cached)
+    loader = DataLoader(Subset(dataset, list(range(len(dataset)))), batch_size=batch_size or tr["eval_batch_size"],
+                        num_workers=workers, pin_memory=dev.type == "cuda")
     tag = "ema" if use_ema else "model"
-    scores = evaluate({tag: model.to(dev)}, loader, len(dataset), dev, autocast,
+    scores = evaluate({tag: model.to(dev)}, loader, len(dataset), dev, autocast, cached=cached,
                       channels_last=config["train"]["channels_last"])[tag]
     return {"checkpoint": str(path), "dataset": bench.name, "synthetic": bench.is_synthetic, "epoch": ckpt["epoch"],
             "weights": tag, **split_figures(scores, bench, config["train"]["threshold"])}
+
+
+def _cached_tokens(model, config: dict, bench, batch_size: int, device: torch.device) -> TensorDataset:
+    """The frozen backbone's feature maps of the test split, from the features cache under the key the run's
+    training filled it with (computed and stored there when absent), as tokens (N, h*w, C) for the head: the
+    figures of the run's own evaluation, bit for bit."""
+    from cprfl_lib.model import MultiLabelClassifier, to_tokens
+    from cprfl_lib.train.distributed import Dist
+    from cprfl_lib.train.features import cached_features
+
+    backbone = _training_backbone(model, config)
+    norm = [None if t is None else t.tolist() for t in (model.input_mean, model.input_std)]
+    features = MultiLabelClassifier(backbone, torch.nn.Identity(), *norm)  # the checkpoint's normalisation
+    dataset = MultiLabelImageDataset(bench.image_root, bench.test, factory.preprocessing_from(config, backbone))
+    workers = worker_count(config["data"]["num_workers"], device, Dist(), False)
+    maps, targets = cached_features(features, dataset, batch_size=batch_size, device=device, num_workers=workers,
+                                    desc="test features").tensors
+    return TensorDataset(to_tokens(maps).contiguous(), targets)
+
+
+def _training_backbone(model, config: dict):
+    """The backbone as the run's training built it, where its weights are here and the checkpoint's frozen
+    backbone is exactly them (the weights' identity, not the tensors, names the training's features in the
+    cache); else the checkpoint's own backbone (named by its tensors: a random-weight run's key, or a key of
+    its own where the weights are not here)."""
+    try:
+        built = factory.backbone_from(config)
+    except CprflError:  # the weights file or tag is not available here; the checkpoint holds the tensors
+        return model.backbone
+    own, theirs = model.backbone.state_dict(), built.state_dict()
+    if own.keys() == theirs.keys() and all(torch.equal(own[k], theirs[k]) for k in own):
+        return built
+    return model.backbone
 
 
 @torch.no_grad()

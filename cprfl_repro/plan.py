@@ -122,13 +122,26 @@ def _counting_config(config: dict, num_classes: int = 80) -> dict:
 
 
 _flop_memo: dict[str, dict] = {}
+_backbone_flop_memo: dict[str, float] = {}
+
+
+def _flops(fn) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return float(counter.get_total_flops())
 
 
 def architecture_cost(config: dict, num_classes: int) -> dict:
     """FLOPs of one image and of one step's fixed part, training (forward + backward) and evaluating (forward),
-    and the bytes of the model's state and of its trainable parameters; counted on the meta device."""
-    from torch.utils.flop_counter import FlopCounterMode
+    and the bytes of the model's state and of its trainable parameters; counted on the meta device.
 
+    A pass is counted as its two parts, the backbone (forward, and backward where the head's gradient reaches
+    its features) and the head on the backbone's feature map: the same operations as the whole model's pass,
+    and the backbone's count (most of the time, on the meta device) is shared by every head over it.
+    """
     from cprfl_lib.train import factory
 
     m = config["model"]
@@ -142,27 +155,35 @@ def architecture_cost(config: dict, num_classes: int) -> dict:
     with torch.device("meta"):
         model = factory.model_from(counting, names)
     frozen = m["freeze_backbone"]
+    trains_backbone = any(p.requires_grad for p in model.backbone.parameters())
+    signature = json.dumps([repr(model.backbone), size, [(n, list(p.shape), p.requires_grad) for n, p in
+                                                         model.backbone.named_parameters()]])
+
+    def backbone_flops(batch: int, train: bool, backward: bool) -> float:
+        bkey = f"{signature}|{batch}|{train}|{backward}"
+        if bkey not in _backbone_flop_memo:
+            x = torch.zeros(batch, 3, size, size, dtype=torch.uint8, device="meta")
+            model.train(train)
+            with torch.set_grad_enabled(train):
+                _backbone_flop_memo[bkey] = _flops(
+                    (lambda: model.features(x).float().sum().backward()) if backward else (lambda: model.features(x)))
+        return _backbone_flop_memo[bkey]
+
+    with torch.no_grad():
+        feature_shape = model.eval().features(torch.zeros(1, 3, size, size, dtype=torch.uint8, device="meta")).shape[1:]
 
     def flops(batch: int, train: bool) -> float:
-        x = torch.zeros(batch, 3, size, size, dtype=torch.uint8, device="meta")
-        counter = FlopCounterMode(display=False)
-        with counter:
-            if train:
-                model.train()
-                model(x).float().sum().backward()
-            else:
-                with torch.no_grad():
-                    model.eval()(x)
-        return float(counter.get_total_flops())
+        features = torch.zeros(batch, *feature_shape, device="meta", requires_grad=train and trains_backbone)
+        model.train(train)
+        with torch.set_grad_enabled(train):
+            head = _flops((lambda: model.head(features).float().sum().backward()) if train
+                          else (lambda: model.head(features)))
+        return head + backbone_flops(batch, train, train and features.grad is not None)
 
     train1, train2 = flops(1, True), flops(2, True)
     eval1, eval2 = flops(1, False), flops(2, False)
-    backbone = 0.0
-    if frozen:  # the backbone runs once per image (cached features), not in every step
-        counter = FlopCounterMode(display=False)
-        with counter, torch.no_grad():
-            model.backbone(torch.zeros(1, 3, size, size, device="meta"))
-        backbone = float(counter.get_total_flops())
+    backbone = backbone_flops(1, False, False) if frozen else 0.0  # the backbone runs once per image (cached
+    # features), not in every step
     state_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values() if torch.is_tensor(t))
     trainable = sum(p.numel() * p.element_size() for p in (model.head if frozen else model).parameters()
                     if p.requires_grad)

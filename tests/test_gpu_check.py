@@ -21,8 +21,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BARE = ROOT / "tests" / "bare_image"
-CHECK_NEEDLES = ("epoch 1", "steady rate:", "fixed per run:", "evaluation:", "projection (not a measurement",
-                 "the paper profile (", "runs): about", "gpu_check: OK")
+CHECK_NEEDLES = ("epoch 1", "s per epoch", "steady rate:", "training img/s", "waiting for data", "fixed per run:",
+                 "evaluation:", "TFLOP/s", "projection (not a measurement", "the paper profile (", "runs): about",
+                 "gpu_check: OK")
 
 
 def readme_command(prefix: str) -> str:

@@ -77,3 +77,37 @@ def test_make_and_the_command_share_one_cache_root(tmp_path):
     make = (ROOT / "Makefile").read_text()
     exported = [line for line in make.splitlines() if line.startswith("export ")]
     assert not [line for line in exported if "TORCH_HOME" in line or "HF_HOME" in line]
+
+
+@pytest.mark.parametrize("overrides", [{}, {"model.freeze_backbone": False}, {"model.head": "linear"},
+                                       {"model.freeze_backbone": False, "model.no_feature_grad": True},
+                                       {"model.freeze_backbone": False, "model.cut_p1": True, "model.cut_p2": True}])
+def test_the_work_counted_in_parts_is_the_whole_models(overrides):
+    """architecture_cost counts a pass as the backbone's and the head's (the backbone's count shared between
+    heads): the same FLOPs as the whole model's pass counted at once."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cprfl_lib.train import factory
+    from cprfl_lib.train.recipes import load_recipe
+
+    config = load_recipe("tiny", {"data.image_size": 64, **overrides})
+    cost = plans.architecture_cost(config, 20)
+    with torch.device("meta"):
+        model = factory.model_from(plans._counting_config(config, 20), [f"class {i}" for i in range(20)])
+
+    def whole(batch: int, train: bool) -> float:
+        x = torch.zeros(batch, 3, 64, 64, dtype=torch.uint8, device="meta")
+        counter = FlopCounterMode(display=False)
+        with counter, torch.set_grad_enabled(train):
+            out = model.train(train)(x).float().sum()
+            if train:
+                out.backward()
+        return float(counter.get_total_flops())
+
+    backbone = cost["backbone_image"]
+    assert (backbone > 0) == config["model"]["freeze_backbone"]
+    assert cost["train_image"] == whole(2, True) - whole(1, True) - backbone
+    assert cost["train_step"] == 2 * whole(1, True) - whole(2, True)
+    assert cost["eval_image"] == whole(2, False) - whole(1, False) - backbone
+    assert cost["eval_step"] == 2 * whole(1, False) - whole(2, False)
