@@ -80,13 +80,19 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check cprfl_lib cprfl_repro tools tests
 
 # The stored notebooks (executed at smoke scale) run first under nbval and record their metrics in
-# .cache/nbval-results; tests/test_notebook_metrics.py then checks those against tests/notebook_metrics/.
+# .cache/nbval-results; tests/test_notebook_metrics.py then checks those against tests/notebook_metrics/. The
+# other tests then run in two processes, a test file to each (pytest-xdist): one process kept one core busy on
+# average (the README's end-to-end commands wait on their subprocesses and kernels); the caches they share are
+# filled under a lock.
 NBVAL_RESULTS := $(CURDIR)/.cache/nbval-results
+TEST_WORKERS ?= 2
 test: $(STAMP) lint
 	rm -rf $(NBVAL_RESULTS)
 	mkdir -p $(TEST_CACHE)
 	$(TEST_ENV) CPRFL_RESULTS_DIR=$(NBVAL_RESULTS) $(PY) -m pytest -q --durations=15 --nbval-lax --nbval-kernel-name $(KERNEL) \
-		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 notebooks tests
+		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 notebooks tests/test_notebook_metrics.py
+	$(TEST_ENV) CPRFL_RESULTS_DIR=$(NBVAL_RESULTS) $(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile \
+		tests --ignore tests/test_notebook_metrics.py
 
 # Re-execute the stored notebooks at smoke scale and refresh their reference metrics (before committing them).
 notebooks: $(STAMP)
