@@ -86,13 +86,16 @@ lint: $(STAMP)
 # filled under a lock.
 NBVAL_RESULTS := $(CURDIR)/.cache/nbval-results
 TEST_WORKERS ?= 2
+# the files of the README's longest commands (the check scale, the command-line block) start first, one to each
+# process, so that neither is left to run alone at the end
+SLOW_FIRST := tests/test_paper_protocol.py tests/test_readme_cli.py tests/test_own.py tests/test_figures.py
 test: $(STAMP) lint
 	rm -rf $(NBVAL_RESULTS)
 	mkdir -p $(TEST_CACHE)
 	$(TEST_ENV) CPRFL_RESULTS_DIR=$(NBVAL_RESULTS) $(PY) -m pytest -q --durations=15 --nbval-lax --nbval-kernel-name $(KERNEL) \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 notebooks tests/test_notebook_metrics.py
 	$(TEST_ENV) CPRFL_RESULTS_DIR=$(NBVAL_RESULTS) $(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile \
-		tests --ignore tests/test_notebook_metrics.py
+		$(SLOW_FIRST) tests --ignore tests/test_notebook_metrics.py
 
 # Re-execute the stored notebooks at smoke scale and refresh their reference metrics (before committing them).
 notebooks: $(STAMP)

@@ -109,12 +109,15 @@ class InlineExecutor:
 def inline_pool(monkeypatch, fake_train):
     import concurrent.futures
 
+    import cprfl_lib.data.synthetic_draw  # noqa: F401 - the generator keeps the real pool (it binds it on import)
+
     InlineExecutor.submitted, InlineExecutor.cancelled = [], []
     monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", InlineExecutor)
     classes = {"synth-coco-lt": 80, "synth-voc-lt": 20}
     monkeypatch.setattr(studies, "prepare", lambda config, progress=True: {
         "classes": classes[config["data"]["dataset"]], "train_images": 100, "tokens": 16, "cached_features": True})
     monkeypatch.setattr(studies, "_run_job", lambda job: studies.run_once(job[0], Path(job[1])))
+    monkeypatch.setattr(studies, "_reported", lambda pids, n, wait: [])  # the stand-in starts no process to stop
     return InlineExecutor
 
 
