@@ -94,7 +94,7 @@ test: $(STAMP) lint
 	mkdir -p $(TEST_CACHE)
 	$(TEST_ENV) CPRFL_RESULTS_DIR=$(NBVAL_RESULTS) $(PY) -m pytest -q --durations=15 --nbval-lax --nbval-kernel-name $(KERNEL) \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 notebooks tests/test_notebook_metrics.py
-	$(TEST_ENV) CPRFL_RESULTS_DIR=$(NBVAL_RESULTS) $(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder \
+	$(TEST_ENV) CPRFL_RESULTS_DIR=$(NBVAL_RESULTS) $(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile \
 		$(SLOW_FIRST) tests --ignore tests/test_notebook_metrics.py
 
 # Re-execute the stored notebooks at smoke scale and refresh their reference metrics (before committing them).
