@@ -86,8 +86,8 @@ lint: $(STAMP)
 # filled under a lock.
 NBVAL_RESULTS := $(CURDIR)/.cache/nbval-results
 TEST_WORKERS ?= 2
-# the files of the README's longest commands (the check scale, the command-line block) start first, one to each
-# process, so that neither is left to run alone at the end
+# the files of the README's longest commands, listed first; xdist still orders the files by their number of tests
+# (with --no-loadscope-reorder the two longest ran side by side and make test took 15 min 18 s against 14 min 41 s)
 SLOW_FIRST := tests/test_paper_protocol.py tests/test_readme_cli.py tests/test_own.py tests/test_figures.py
 test: $(STAMP) lint
 	rm -rf $(NBVAL_RESULTS)
