@@ -14,7 +14,7 @@ from cprfl_lib.train import factory
 from cprfl_lib.train.checkpoint import check_compatible, find_run_file, load_checkpoint
 from cprfl_lib.train.device import resolve_device
 from cprfl_lib.train.engine import evaluate
-from cprfl_lib.train.loaders import worker_count
+from cprfl_lib.train.loaders import as_tokens, caches_features, worker_count
 from cprfl_lib.train.scoring import split_figures
 from cprfl_lib.train.state import autocast_for
 
@@ -70,7 +70,7 @@ def evaluate_checkpoint(path, data_root=None, list_dir=None, device: str = "auto
     dev = resolve_device(device)
     autocast, _, _ = autocast_for(dev, config["train"])
     tr = config["train"]
-    cached = tr["cache_features"] is True or (tr["cache_features"] == "auto" and config["model"]["freeze_backbone"])
+    cached = caches_features(config)
     if cached:  # a frozen backbone: its feature maps of the test split, as the run's own evaluation read them
         dataset = _cached_tokens(model, config, bench, tr["eval_batch_size"], dev)
     else:
@@ -91,7 +91,7 @@ def _cached_tokens(model, config: dict, bench, batch_size: int, device: torch.de
     """The frozen backbone's feature maps of the test split, from the features cache under the key the run's
     training filled it with (computed and stored there when absent), as tokens (N, h*w, C) for the head: the
     figures of the run's own evaluation, bit for bit."""
-    from cprfl_lib.model import MultiLabelClassifier, to_tokens
+    from cprfl_lib.model import MultiLabelClassifier
     from cprfl_lib.train.distributed import Dist
     from cprfl_lib.train.features import cached_features
 
@@ -100,9 +100,8 @@ def _cached_tokens(model, config: dict, bench, batch_size: int, device: torch.de
     features = MultiLabelClassifier(backbone, torch.nn.Identity(), *norm)  # the checkpoint's normalisation
     dataset = MultiLabelImageDataset(bench.image_root, bench.test, factory.preprocessing_from(config, backbone))
     workers = worker_count(config["data"]["num_workers"], device, Dist(), False)
-    maps, targets = cached_features(features, dataset, batch_size=batch_size, device=device, num_workers=workers,
-                                    desc="test features").tensors
-    return TensorDataset(to_tokens(maps).contiguous(), targets)
+    return as_tokens(cached_features(features, dataset, batch_size=batch_size, device=device, num_workers=workers,
+                                     desc="test features"))
 
 
 def _training_backbone(model, config: dict):

@@ -43,12 +43,18 @@ def as_tokens(features: TensorDataset) -> TensorDataset:
     return TensorDataset(to_tokens(maps).contiguous(), targets)
 
 
+def caches_features(config: dict) -> bool:
+    """Whether a run reads its splits as the frozen backbone's cached feature maps (``train.cache_features``)."""
+    setting = config["train"]["cache_features"]
+    return setting is True or (setting == "auto" and config["model"]["freeze_backbone"])
+
+
 class RunData:
     """The training set and the evaluated splits of a run, as images or cached backbone features, and their loaders."""
 
     def __init__(self, config: dict, benchmark, model, device: torch.device, d: Dist, progress: bool = True):
-        data, tr, m = config["data"], config["train"], config["model"]
-        self.cached = tr["cache_features"] is True or (tr["cache_features"] == "auto" and m["freeze_backbone"])
+        data, tr = config["data"], config["train"]
+        self.cached = caches_features(config)
         self.decoded = data["decoded_cache"] is True or (data["decoded_cache"] == "auto" and not self.cached)
         self.workers = worker_count(data["num_workers"], device, d, on_tensors=self.cached or self.decoded)
         self.device, self.d, self.progress = device, d, progress and d.is_main
