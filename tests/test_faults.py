@@ -13,7 +13,9 @@ Groups: data, semantics, checkpoints, notebooks, runs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib
 import json
 import os
 import pickle
@@ -63,7 +65,6 @@ def record(folder: Path) -> dict[str, tuple[str, int]]:
 
 
 def start_train(env: dict, cwd: Path, out: Path, *args, output=subprocess.PIPE) -> subprocess.Popen:
-    """`cprfl train --recipe smoke --output-dir OUT ARGS` started in the background."""
     return subprocess.Popen([str(SCRIPT), "train", "--recipe", "tiny", "--output-dir", str(out), *map(str, args)],
                             env=env, cwd=cwd, stdout=output, stderr=output, text=True, stdin=subprocess.DEVNULL)
 
@@ -232,28 +233,21 @@ def test_bad_list_file_names_file_line_and_value(tmp_path, name, content, needle
     one_line_error(lambda: read_labels(path) if name == "labels.txt" else read_split(path, 3), str(path), needle)
 
 
-def test_hand_made_labels_with_19_classes_fail_the_checksum_first(tmp_path):
-    """A voc-lt list folder whose labels.txt has 19 classes: the pinned checksum names labels.txt."""
-    names = "aeroplane bicycle bird boat bottle bus car cat chair cow diningtable dog horse motorbike person " \
-            "pottedplant sheep sofa train".split()
-    (tmp_path / "labels.txt").write_text("".join(f"{n} {i}\n" for i, n in enumerate(names)))
-    (tmp_path / "train.txt").write_text("a.jpg 0\n")
-    (tmp_path / "test.txt").write_text("b.jpg 1\n")
-    one_line_error(lambda: load_benchmark("voc-lt", list_dir=tmp_path, download=False),
-                   str(tmp_path / "labels.txt"), "sha256", "is not that of the published voc_labels.txt")
-
-
-def test_generated_labels_with_19_classes_name_the_class_count(env, reference_run, tmp_path):
-    """An edited labels.txt of a generated set: named by its class count, not by a later list line."""
+@pytest.mark.parametrize("dataset, needles", [
+    ("voc-lt", ["sha256", "is not that of the published voc_labels.txt"]),  # the pinned checksum, first
+    ("synth-voc-lt", ["19 classes", "synth-voc-lt has 20"])])  # by its class count, not by a later list line
+def test_labels_with_19_classes_are_named(env, reference_run, tmp_path, dataset, needles):
+    """The VOC class names but the last in a list folder's labels.txt: hand-made voc-lt lists, or an edited
+    generated set."""
     folder = tmp_path / SMOKE_DATA
     folder.mkdir()
     for name in ("train.txt", "test.txt", "labels.txt", "GENERATOR.json"):  # the images are not needed
         shutil.copy(Path(env["CPRFL_CACHE"]) / "synthetic" / SMOKE_DATA / name, folder / name)
     labels = folder / "labels.txt"
     labels.write_text("".join(labels.read_text().splitlines(keepends=True)[:19]))
-    one_line_error(lambda: load_benchmark("synth-voc-lt", data_root=tmp_path,
-                                          synthetic_options={"image_size": 32, "limit": 300}),
-                   str(labels), "19 classes", "synth-voc-lt has 20")
+    one_line_error(lambda: load_benchmark("voc-lt", list_dir=folder, download=False) if dataset == "voc-lt" else
+                   load_benchmark("synth-voc-lt", data_root=tmp_path, synthetic_options={"image_size": 32, "limit": 300}),
+                   str(labels), *needles)
 
 
 def test_split_list_with_another_checksum_is_named_and_left_alone(shared_data, tmp_path):
@@ -475,10 +469,8 @@ def test_interrupted_reproduce_keeps_the_previous_results(env, tmp_path):
             assert _group_empty(proc.pid), f"{name}: a process of the interrupted run (its kernel?) still runs"
     finally:
         for proc in procs.values():
-            try:  # the kernel is in the process group we started
+            with contextlib.suppress(ProcessLookupError):  # the kernel is in the process group we started
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
     for name, root in roots.items():
         assert procs[name].returncode != 0, stderr[name]
         assert "previous results are unchanged" in stderr[name], stderr[name][-2000:]
@@ -702,8 +694,6 @@ def test_outputs_honour_the_umask(tmp_path, umask):
 
     before = os.umask(umask)
     try:
-        import importlib
-
         importlib.reload(io)  # the umask is read once, at import
         io.atomic_write_text(tmp_path / "table.md", "x")
         io.atomic_torch_save({"a": torch.zeros(1)}, tmp_path / "weights.pt")
@@ -715,22 +705,6 @@ def test_outputs_honour_the_umask(tmp_path, umask):
 
 
 # ================================================================ interrupted and killed
-
-
-def test_a_killed_writers_temporary_files_are_cleaned_on_resume(run_copy):
-    """What a SIGKILL during a checkpoint save leaves (a temporary file of a dead writer) goes on resume;
-    a live writer's file stays."""
-    from cprfl_lib import io
-
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    stale = run_copy / f".checkpoint.pt.{io._HOST}-{dead.pid}.abcd1234.tmp"
-    stale.write_bytes(b"half a checkpoint")
-    live = run_copy / f".checkpoint.pt.{io._HOST}-{os.getpid()}.efgh5678.tmp"
-    live.write_bytes(b"someone is writing")
-    engine.train(smoke_config(), run_copy, resume=True, progress=False)
-    assert not stale.exists() and live.exists()
-    live.unlink()
 
 
 def test_a_read_only_cache_is_one_line(env, tmp_path, monkeypatch):
@@ -884,13 +858,24 @@ def test_two_runs_filling_one_cold_cache_at_once_give_identical_predictions(env,
 def test_a_finished_run_resumed_is_kept_as_it_is(run_copy, capsys):
     """`cprfl train --resume optim.lr=5e-3 ...` on a finished run: exit 2, one line naming the key. --resume with a
     setting that cannot change the results changed: its metrics, and not one file written (no re-evaluation
-    rewriting its record)."""
+    rewriting its record); only what a SIGKILL during a checkpoint save leaves (a temporary file of a dead writer)
+    goes, a live writer's file stays."""
+    from cprfl_lib import io
+
     before = record(run_copy)
     line = cli_error(run_cli(capsys, "train", "--recipe", "tiny", "--output-dir", run_copy, "--resume",
                              *smoke_args(**{"optim.lr": "5e-3"})), "optim.lr: 0.001 vs 0.005", only=True)
     assert "loss.params" not in line
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = run_copy / f".checkpoint.pt.{io._HOST}-{dead.pid}.abcd1234.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    live = run_copy / f".checkpoint.pt.{io._HOST}-{os.getpid()}.efgh5678.tmp"
+    live.write_bytes(b"someone is writing")
     metrics = engine.train(smoke_config(**{"data.num_workers": 0}), run_copy, resume=True, progress=False)
     assert metrics == json.loads((run_copy / "metrics.json").read_text())
+    assert not stale.exists() and live.exists()
+    live.unlink()
     assert record(run_copy) == before
 
 
