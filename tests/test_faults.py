@@ -622,20 +622,32 @@ def test_a_weights_file_replaced_with_its_old_time_misses_the_embeddings_cache(t
     assert not torch.allclose(a, b) and len(list((tmp_path / "cache" / "embeddings").glob("*.pt"))) == 2
 
 
-def test_a_backbone_weights_file_replaced_misses_the_features_cache(tmp_path):
+def test_the_features_key_holds_the_backbone_weights(tmp_path):
+    """A random-weight backbone (the tiny recipe's) is keyed by its weights: a run of another seed (other weights)
+    does not read the features of the first. A backbone weights file replaced under its old time: keyed anew."""
+    from types import SimpleNamespace
+
     import torchvision
 
     from cprfl_lib import digest
     from cprfl_lib.backbones import build_backbone
+    from cprfl_lib.train.features import features_key
 
+    dataset = MultiLabelImageDataset(tmp_path, split_of(write_images(tmp_path, 2)), PREP)
+
+    def key(seed: int, name: str = "tiny", weights: Path | None = None) -> str:
+        torch.manual_seed(seed)
+        return features_key(SimpleNamespace(backbone=build_backbone(name, weights)), dataset)
+
+    assert key(0) == key(0) != key(1)
     weights = tmp_path / "r18.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
-    first = build_backbone("resnet18", weights).weights_id
+    first = key(0, "resnet18", weights)
     stat = weights.stat()
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)  # other random weights
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     digest._memo.clear()
-    assert build_backbone("resnet18", weights).weights_id != first  # the features key holds weights_id
+    assert key(0, "resnet18", weights) != first
 
 
 def test_generated_data_from_other_code_are_made_again(tmp_path, monkeypatch):
@@ -816,26 +828,9 @@ def test_a_cold_and_a_warm_cache_give_identical_predictions(tmp_path, monkeypatc
     assert same_predictions(tmp_path / "cold", tmp_path / "warm")
 
 
-def test_a_random_backbone_is_keyed_by_its_weights(tmp_path):
-    """A random-weight backbone (the tiny recipe's): the features key holds its weights, so a run of another seed
-    (other weights) does not read the features of the first."""
-    from types import SimpleNamespace
-
-    from cprfl_lib.backbones import build_backbone
-    from cprfl_lib.train.features import features_key
-
-    dataset = MultiLabelImageDataset(tmp_path, split_of(write_images(tmp_path, 2)), PREP)
-
-    def key(seed: int) -> str:
-        torch.manual_seed(seed)
-        return features_key(SimpleNamespace(backbone=build_backbone("tiny")), dataset)
-
-    assert key(0) == key(0) != key(1)
-
-
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:no positive image")
-def test_two_runs_filling_one_cold_cache_at_once_give_identical_predictions(env, cli_cwd, tmp_path):
+def test_two_runs_filling_one_cold_cache_at_once_give_identical_predictions(env, cli_cwd, tmp_path, monkeypatch):
     """Two `cprfl train` of one command started together on a cold cache (generated data, embeddings, decoded
     images): both finish, with the predictions of a later run on the warm cache, bit for bit."""
     run_env = {**env, "CPRFL_CACHE": str(tmp_path / "cache")}
@@ -849,9 +844,8 @@ def test_two_runs_filling_one_cold_cache_at_once_give_identical_predictions(env,
     for p, (_, stderr) in zip(procs, done):
         assert p.returncode == 0 and "Traceback" not in stderr, stderr[-2000:]
     assert same_predictions(tmp_path / "run0", tmp_path / "run1")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CPRFL_CACHE", str(tmp_path / "cache"))
-        train_here(load_recipe("tiny", {**TINY, "model.freeze_backbone": False}), tmp_path / "warm")
+    monkeypatch.setenv("CPRFL_CACHE", str(tmp_path / "cache"))
+    train_here(load_recipe("tiny", {**TINY, "model.freeze_backbone": False}), tmp_path / "warm")
     assert same_predictions(tmp_path / "run0", tmp_path / "warm")
 
 
