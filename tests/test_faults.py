@@ -480,17 +480,22 @@ def test_interrupted_reproduce_keeps_the_previous_results(env, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
-def test_an_interrupted_run_resumes_to_identical_metrics(env, cli_cwd, reference_run, tmp_path, capsys, how):
+def test_an_interrupted_run_resumes_to_identical_metrics(env, cli_cwd, reference_run, tmp_path, capfd, how):
     """`cprfl train` killed (SIGKILL) or stopped (SIGTERM: at a safe point, exit 130, one line) after its first
-    checkpoint: the checkpoint whole, no litter; resumed, the uninterrupted run's metrics.
+    checkpoint: the checkpoint whole, no litter; resumed, the uninterrupted run's metrics. While it lives, a second
+    run into its folder is refused in one line naming the folder and the process; a killed run's lock file stays,
+    and a new run (no --resume) into a copy of its folder takes the folder over with a note and replaces it.
 
     The reference run computed its cached features; this one reads them, so the test also checks
     that a cold and a warm feature cache give the same run.
     """
-    out = tmp_path / "run"
+    out, fresh = tmp_path / "run", tmp_path / "fresh"
     proc = start_train(env, cli_cwd, out, *smoke_args())
     try:
         wait_for_checkpoint(proc, out)
+        one_line_error(lambda: train_here(smoke_config(**{"optim.epochs": 1}), out), str(out), "is in use",
+                       f"process {proc.pid}")
+        assert proc.poll() is None
         proc.send_signal(getattr(signal, how))
         _, stderr = proc.communicate(timeout=120)
     finally:
@@ -503,9 +508,19 @@ def test_an_interrupted_run_resumes_to_identical_metrics(env, cli_cwd, reference
     interrupted_at = load_checkpoint(out / "checkpoint.pt")["epoch"]  # complete, thanks to the atomic write
     assert 1 <= interrupted_at < EPOCHS
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
-    capsys.readouterr()
+    if how == "SIGKILL":
+        assert (out / "run.lock").is_file()  # SIGKILL gives it no chance to remove it
+        shutil.copytree(out, fresh)
+        capfd.readouterr()
+        train_here(smoke_config(**{"optim.epochs": 1}), fresh)
+        err = capfd.readouterr().err
+        assert f"run.lock was left by process {proc.pid}" in err and "takes the folder over" in err, err
+        assert _setting(fresh, "optim.epochs") == (1, 1)
+        assert load_checkpoint(fresh / "weights.pt")["config"] == smoke_config(**{"optim.epochs": 1})
+        assert files_in(fresh) == ["config.yaml", "metrics.json", "predictions.npz", "summary.csv", "weights.pt"]
+    capfd.readouterr()
     train_here(smoke_config(), out, resume=True, progress=True)
-    assert f"from epoch {interrupted_at}" in capsys.readouterr().out
+    assert f"from epoch {interrupted_at}" in capfd.readouterr().out
     ours, reference = (json.loads((d / "metrics.json").read_text()) for d in (out, reference_run))
     for key in ("epochs", "last_epoch", "best_on_test"):
         assert ours[key] == reference[key], key
@@ -906,37 +921,13 @@ def test_an_interrupted_run_resumes_only_with_its_own_settings(env, reference_ru
     assert load_checkpoint(out / "weights.pt")["config"] == smoke_config(**{"data.num_workers": 0})
 
 
-def _lr_of(run: Path) -> tuple[float, float]:
-    """optim.lr in a finished run's config.yaml and in its weights.pt."""
+def _setting(run: Path, key: str) -> tuple:
+    """A setting (its dotted key) in a finished run's config.yaml and in its weights.pt."""
     import yaml
 
-    return (yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"],
-            load_checkpoint(run / "weights.pt")["config"]["optim"]["lr"])
-
-
-@pytest.mark.slow
-def test_a_live_run_holds_its_folder_and_a_killed_runs_lock_is_taken_over(env, cli_cwd, reference_run, tmp_path, capfd):
-    """A second run into the folder of a live `cprfl train` is refused in one line naming the folder and the
-    process; once that process is killed (its lock file stays), the next run takes the folder over with a note."""
-    out = tmp_path / "run"
-    proc = start_train(env, cli_cwd, out, *smoke_args(**{"optim.epochs": 1000, "optim.lr": "5e-3"}),
-                       output=subprocess.DEVNULL)
-    try:
-        wait_for_checkpoint(proc, out)
-        one_line_error(lambda: train_here(smoke_config(**{"optim.epochs": 1}), out), str(out), "is in use",
-                       f"process {proc.pid}")
-        assert proc.poll() is None
-    finally:
-        proc.kill()  # the process we started, by its id
-        proc.wait(timeout=60)
-    assert (out / "run.lock").is_file()  # SIGKILL gives it no chance to remove it
-    capfd.readouterr()
-    train_here(smoke_config(**{"optim.epochs": 1}), out)  # a new run (no --resume) replaces the killed one
-    err = capfd.readouterr().err
-    assert f"run.lock was left by process {proc.pid}" in err and "takes the folder over" in err, err
-    assert _lr_of(out) == (0.001, 0.001) and load_checkpoint(out / "weights.pt")["config"] == \
-        smoke_config(**{"optim.epochs": 1})
-    assert sorted(files_in(out)) == ["config.yaml", "metrics.json", "predictions.npz", "summary.csv", "weights.pt"]
+    section, name = key.split(".")
+    return (yaml.safe_load((run / "config.yaml").read_text())[section][name],
+            load_checkpoint(run / "weights.pt")["config"][section][name])
 
 
 @pytest.mark.slow
@@ -957,7 +948,7 @@ def test_two_runs_started_together_into_one_folder_leave_one_consistent_run(env,
         else:
             cli_error(subprocess.CompletedProcess(p.args, p.returncode, *done[lr]), str(out), "is in use")
     assert finished, "neither run finished"
-    lr = _lr_of(out)
+    lr = _setting(out, "optim.lr")
     assert lr[0] == lr[1] and lr[0] in finished
     assert sorted(files_in(out)) == ["config.yaml", "metrics.json", "predictions.npz", "summary.csv", "weights.pt"]
 
