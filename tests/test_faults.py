@@ -574,11 +574,9 @@ def test_a_bad_value_is_one_line_before_anything_is_built(tmp_path, override, ne
     assert not out.exists()
 
 
-def test_a_bad_value_through_the_command_and_reproduce(env, cli_cwd, tmp_path):
-    """The CLI, and `make reproduce`'s overrides, refuse the same values in the same words."""
-    cli_error(cprfl(env, cli_cwd, "train", "--recipe", "tiny", "optim.batch_size=0", "--output-dir", tmp_path / "r"),
-              "'optim.batch_size' must be a whole number >= 1, got 0")
-    assert not (tmp_path / "r").exists()
+def test_a_bad_value_through_make_reproduce(tmp_path):
+    """`make reproduce`'s overrides refuse the same values in the same words (the command's words:
+    test_a_bad_loss_parameter_is_refused_before_the_cache_is_touched)."""
     from cprfl_repro.context import resolve
 
     ctx = resolve("smoke", tmp_path / "out", tmp_path / "work", overrides=["optim.lr=-1"])
@@ -670,9 +668,6 @@ def test_generated_data_from_other_code_are_made_again(tmp_path, monkeypatch):
 
     monkeypatch.setenv("CPRFL_CACHE", str(tmp_path / "cache"))
     folder = synthetic.generated_folder("synth-voc-lt", image_size=16, limit=3)
-    made = (folder / "GENERATOR.json").stat().st_mtime_ns
-    assert synthetic.generated_folder("synth-voc-lt", image_size=16, limit=3) == folder
-    assert (folder / "GENERATOR.json").stat().st_mtime_ns == made
     monkeypatch.setattr(synthetic, "generator_digest", lambda: "other code")
     synthetic.generated_folder("synth-voc-lt", image_size=16, limit=3)
     assert json.loads((folder / "GENERATOR.json").read_text())["source"] == "other code"
