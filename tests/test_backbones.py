@@ -73,25 +73,24 @@ def test_weights_neither_tag_nor_file(tmp_path):
     one_line_error(lambda: build_backbone("resnet18", weights=tmp_path / "junk.pth"), "junk.pth")
 
 
-def _no_network(monkeypatch):
+@pytest.fixture
+def no_network(tmp_path, monkeypatch):
+    """An empty TORCH_HOME (tmp_path) and a download that fails as offline."""
     def refuse(url, *args, **kwargs):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
 
 
-def test_offline_tag_names_the_cache_path(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    _no_network(monkeypatch)
+def test_offline_tag_names_the_cache_path(tmp_path, no_network):
     start = time.monotonic()
     expected = tmp_path / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth"
     one_line_error(lambda: build_backbone("resnet50", weights="IMAGENET1K_V2"), str(expected))
     assert time.monotonic() - start < 30  # generous: it must not hang on retries
 
 
-def test_tag_found_in_torch_hub_cache_works_offline(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    _no_network(monkeypatch)
+def test_tag_found_in_torch_hub_cache_works_offline(tmp_path, no_network):
     source = torchvision.models.resnet18(weights=None)
     cached = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     cached.parent.mkdir(parents=True)

@@ -34,11 +34,9 @@ def test_asl_oracle_values(gneg, gpos, clip, expected):
     assert asl_reference(X.tolist(), Y.tolist(), gneg, gpos, clip) == pytest.approx(expected, abs=1e-5)
 
 
-def test_asl_reductions_relate():
-    s = AsymmetricLoss(reduction="sum")(X, Y)
+def test_asl_reductions_relate():  # the sum, 1.682909 (test_asl_oracle_values), over the 6 elements and the 2 images
     assert AsymmetricLoss(reduction="mean")(X, Y).item() == pytest.approx(0.280485, abs=1e-5)
     assert AsymmetricLoss(reduction="batchmean")(X, Y).item() == pytest.approx(0.841454, abs=1e-5)
-    assert AsymmetricLoss(reduction="mean")(X, Y) * 6 == pytest.approx(s.item(), abs=1e-5)
 
 
 def test_asl_without_focusing_is_bce_with_logits():
@@ -67,9 +65,8 @@ def test_asl_computes_in_float32_under_half_inputs():
 def test_cb_and_db_weights_by_hand():
     counts, n = [2, 5, 10], 20
     cb = ResampleLoss(counts, n, reweight="CB", focal=False, neg_scale=1.0)
-    expected = [(1 - 0.9) / (1 - 0.9 ** c) for c in counts]  # 0.52632, 0.24419, 0.15353
+    expected = [(1 - 0.9) / (1 - 0.9 ** c) for c in counts]  # 0.526316, 0.244194, 0.153534
     assert cb.weights(torch.zeros(1, 3))[0].tolist() == pytest.approx(expected, rel=1e-5)
-    assert expected == pytest.approx([0.526316, 0.244194, 0.153534], rel=1e-5)
 
     db = ResampleLoss(counts, n, reweight="rebalance", focal=False, neg_scale=1.0, map_gamma=0.3)
     y = torch.tensor([[1.0, 1.0, 0.0]])
