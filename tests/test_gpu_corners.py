@@ -15,10 +15,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import one_line_error, smoke_config
-from test_distributed import free_port
+from test_distributed import free_port, torchrun_env
 from test_engine import Killed, kill_after_epochs  # the engine tests' kill, one definition
 
-from cprfl_lib.cpus import set_torch_threads
 from cprfl_lib.train import engine
 from cprfl_lib.train.checkpoint import load_checkpoint, save_checkpoint
 from cprfl_lib.train.recipes import load_recipe
@@ -81,23 +80,20 @@ def test_a_long_run_checkpoints_once_the_minutes_have_passed(tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("key, value, words", [
-    ("train.checkpoint_minutes", -1, "a finite number >= 0"),
-    ("optim.fused", "yes", "one of ['auto', True, False]"),
-    ("train.compile", "tensorrt", "one of [False, True, 'inductor', 'aot_eager', 'eager']"),
+    ("train.checkpoint_minutes", -1, ["configuration key", "a finite number >= 0"]),
+    ("optim.fused", "yes", ["configuration key", "one of ['auto', True, False]"]),
+    ("train.compile", "tensorrt", ["configuration key", "one of [False, True, 'inductor', 'aot_eager', 'eager']"]),
+    ("train.compile", True, ["train.compile=True compiles the backbone where it trains"]),  # smoke: cached features
 ])
 def test_the_new_keys_are_validated(key, value, words):
-    one_line_error(lambda: smoke(**{key: value}), "configuration key", key, words)
-
-
-def test_compile_on_cached_features_is_refused():  # smoke trains its head on cached features
-    one_line_error(lambda: smoke(**{"train.compile": True}), "train.compile=True compiles the backbone where it trains")
+    one_line_error(lambda: smoke(**{key: value}), key, *words)
 
 
 # --- a resume in another precision ------------------------------------------------------------------
 
-@pytest.mark.parametrize("started_in", ["bfloat16 autocast on cuda", None])
-def test_a_resume_in_another_precision_says_so_in_one_line(tmp_path, monkeypatch, capsys, started_in):
-    """None: resumed in the precision it started in, which goes unmentioned."""
+def test_a_resume_in_another_precision_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    """(Resumed in the precision it started in, the run says nothing of it: test_engine.py::
+    test_a_resumed_run_equals_an_uninterrupted_one.)"""
     out = tmp_path / "run"
     config = smoke(**{"optim.epochs": 2})
     with monkeypatch.context() as m:
@@ -106,14 +102,13 @@ def test_a_resume_in_another_precision_says_so_in_one_line(tmp_path, monkeypatch
             engine.train(config, out, progress=False)
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert ckpt["precision"] == "float32 on cpu"
-    if started_in:  # as if started on a GPU with bfloat16 autocast (a CPU-started run resumed on a GPU: the mirror)
-        ckpt["precision"] = started_in
-        save_checkpoint(out / "checkpoint.pt", **{k: v for k, v in ckpt.items() if k != "format"})
+    ckpt["precision"] = "bfloat16 autocast on cuda"  # as if started there (a CPU-started run resumed on a GPU: the mirror)
+    save_checkpoint(out / "checkpoint.pt", **{k: v for k, v in ckpt.items() if k != "format"})
     capsys.readouterr()
     engine.train(config, out, resume=True, progress=False)
     lines = [line for line in capsys.readouterr().out.splitlines() if "precision" in line]
-    assert lines == ([f"resuming {out}: epochs 1-1 trained in {started_in}, the rest trains in float32 on cpu; the "
-                      "result is not that of a run in one precision"] if started_in else [])
+    assert lines == [f"resuming {out}: epochs 1-1 trained in bfloat16 autocast on cuda, the rest trains in float32 on "
+                     "cpu; the result is not that of a run in one precision"]
 
 
 # --- speed levers: the same numbers, faster ---------------------------------------------------------
@@ -274,15 +269,9 @@ def _join_or_fail(context, seconds: float) -> None:
             pytest.fail(f"the two processes did not finish in {seconds:.0f} s (a rank waits for the other)")
 
 
-def _torchrun_env(rank: int, world: int, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
-    set_torch_threads(1)
-
-
 def _nonfinite_worker(rank: int, world: int, port: int, config: dict, out: str, results: str) -> None:
     """Rank 1's loss is infinite at its second batch only."""
-    _torchrun_env(rank, world, port)
+    torchrun_env(rank, world, port)
     import torch.distributed as dist
 
     from cprfl_lib.train import engine as eng
@@ -330,7 +319,7 @@ def test_the_ranks_agree_to_skip_a_non_finite_step(tmp_path):
 
 def _cli_worker(rank: int, world: int, port: int, cwd: str, overrides: list[str]) -> None:
     """`cprfl train` without --output-dir, as torchrun starts it; rank 1's clock would name another folder."""
-    _torchrun_env(rank, world, port)
+    torchrun_env(rank, world, port)
     import contextlib
 
     import torch.distributed as dist
