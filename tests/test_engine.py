@@ -257,16 +257,20 @@ def resumable(**overrides) -> dict:
                     "train.max_steps_per_epoch": 3, **overrides})
 
 
-def kill_after_epochs(monkeypatch, n: int) -> None:
+def train_killed_after_one_epoch(config: dict, out: Path) -> None:
+    """``config`` trained into ``out`` until the process is "killed" after its first epoch."""
     real, calls = engine.train_one_epoch, []
 
     def once_too_many(*args, **kwargs):
         calls.append(1)
-        if len(calls) > n:
+        if len(calls) > 1:
             raise Killed
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "train_one_epoch", once_too_many)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(engine, "train_one_epoch", once_too_many)
+        with pytest.raises(Killed):
+            engine.train(config, out, progress=False)
 
 
 def comparable(rows: list[dict]) -> list[dict]:
@@ -279,13 +283,10 @@ def uninterrupted(tmp_path_factory):
     return out, engine.train(resumable(), out, progress=False)
 
 
-def test_a_resumed_run_equals_an_uninterrupted_one(uninterrupted, tmp_path, monkeypatch, capsys):
+def test_a_resumed_run_equals_an_uninterrupted_one(uninterrupted, tmp_path, capsys):
     a, metrics_a = uninterrupted
     b = tmp_path / "b"
-    with monkeypatch.context() as m:
-        kill_after_epochs(m, 1)
-        with pytest.raises(Killed):
-            engine.train(resumable(), b, progress=False)
+    train_killed_after_one_epoch(resumable(), b)
     assert load_checkpoint(b / "checkpoint.pt")["epoch"] == 1 and not (b / "metrics.json").exists()
 
     capsys.readouterr()

@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import one_line_error, smoke_config
 from test_distributed import free_port, torchrun_env
-from test_engine import Killed, kill_after_epochs  # the engine tests' kill, one definition
+from test_engine import train_killed_after_one_epoch  # the engine tests' kill, one definition
 
 from cprfl_lib.train import engine
 from cprfl_lib.train.checkpoint import load_checkpoint, save_checkpoint
@@ -51,10 +51,7 @@ def test_a_short_run_writes_no_mid_run_checkpoint(tmp_path, monkeypatch):
     config = smoke(**{"optim.epochs": 3, "train.checkpoint_minutes": 10})
     engine.train(config, tmp_path / "a", progress=False)
     assert saved == []
-    with monkeypatch.context() as m:  # killed after its first epoch: nothing to resume, nothing half-written
-        kill_after_epochs(m, 1)
-        with pytest.raises(Killed):
-            engine.train(config, tmp_path / "b", progress=False)
+    train_killed_after_one_epoch(config, tmp_path / "b")  # nothing to resume, nothing half-written
     assert not (tmp_path / "b" / "checkpoint.pt").exists() and saved == []
 
 
@@ -91,15 +88,12 @@ def test_the_new_keys_are_validated(key, value, words):
 
 # --- a resume in another precision ------------------------------------------------------------------
 
-def test_a_resume_in_another_precision_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+def test_a_resume_in_another_precision_says_so_in_one_line(tmp_path, capsys):
     """(Resumed in the precision it started in, the run says nothing of it: test_engine.py::
     test_a_resumed_run_equals_an_uninterrupted_one.)"""
     out = tmp_path / "run"
     config = smoke(**{"optim.epochs": 2})
-    with monkeypatch.context() as m:
-        kill_after_epochs(m, 1)
-        with pytest.raises(Killed):
-            engine.train(config, out, progress=False)
+    train_killed_after_one_epoch(config, out)
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert ckpt["precision"] == "float32 on cpu"
     ckpt["precision"] = "bfloat16 autocast on cuda"  # as if started there (a CPU-started run resumed on a GPU: the mirror)
@@ -195,8 +189,7 @@ def test_loader_workers_are_shared_by_the_runs_side_by_side(monkeypatch):
     monkeypatch.setenv(cpus.CONCURRENT_RUNS_ENV, "2")
     assert loaders.worker_count("auto", cuda, Dist(), False) == 7
     assert loaders.worker_count(3, cuda, Dist(), False) == 3  # a number in the recipe stays as it is
-    monkeypatch.setenv(cpus.CONCURRENT_RUNS_ENV, "two")
-    one_line_error(lambda: loaders.worker_count("auto", cuda, Dist(), False), "CPRFL_CONCURRENT_RUNS='two'")
+    # (a count that is not a number: test_cpus.py::test_usable_cpus_are_capped_and_shared)
 
 
 # --- zero-shot CLIP on the model's device -----------------------------------------------------------
@@ -259,8 +252,10 @@ def test_notebook_parameters_are_read_as_papermill_reads_them(tmp_path):
 
 # --- two gloo processes -----------------------------------------------------------------------------
 
-def _join_or_fail(context, seconds: float) -> None:
-    """Join spawned processes; a hang (what the corners used to cause) fails the test instead of blocking it."""
+def _run_two(worker, *args, seconds: float = 240) -> None:
+    """``worker(rank, 2, port, *args)`` in two spawned processes; a hang (what the corners used to cause) fails the test
+    instead of blocking it."""
+    context = torch.multiprocessing.spawn(worker, args=(2, free_port(), *args), nprocs=2, join=False)
     deadline = time.monotonic() + seconds
     while not context.join(timeout=1):
         if time.monotonic() > deadline:
@@ -307,9 +302,7 @@ def test_the_ranks_agree_to_skip_a_non_finite_step(tmp_path):
                       "optim.epochs": 1, "optim.batch_size": 16, "model.dropout": 0.0})
     results = tmp_path / "results"
     results.mkdir()
-    context = torch.multiprocessing.spawn(_nonfinite_worker, args=(2, free_port(), config, str(tmp_path / "ddp"),
-                                                                   str(results)), nprocs=2, join=False)
-    _join_or_fail(context, 240)
+    _run_two(_nonfinite_worker, config, str(tmp_path / "ddp"), str(results))
     r0, r1 = (json.loads((results / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["mAP"] == pytest.approx(r1["mAP"], abs=1e-9)  # the same model on both ranks
     rows = (tmp_path / "ddp" / "summary.csv").read_text().splitlines()
@@ -342,9 +335,7 @@ def _cli_worker(rank: int, world: int, port: int, cwd: str, overrides: list[str]
 def test_all_ranks_write_one_folder_and_rank0_prints_the_figures(tmp_path):
     overrides = ["data.synthetic_limit=64", "train.device=cpu", "train.max_steps_per_epoch=2", "train.num_threads=1",
                  "optim.epochs=1", "optim.batch_size=16"]
-    context = torch.multiprocessing.spawn(_cli_worker, args=(2, free_port(), str(tmp_path), overrides), nprocs=2,
-                                          join=False)
-    _join_or_fail(context, 240)
+    _run_two(_cli_worker, str(tmp_path), overrides)
     assert (tmp_path / "exit-0.txt").read_text() == (tmp_path / "exit-1.txt").read_text() == "0"
     folders = list((tmp_path / "runs").iterdir())
     assert len(folders) == 1 and folders[0].name.startswith("tiny-") and "19990101" not in folders[0].name

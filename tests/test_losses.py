@@ -1,5 +1,6 @@
 """Losses against their formulas and the oracle values of method.md §11.2."""
 
+import inspect
 import math
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from conftest import one_line_error
 
-from cprfl_lib.losses import LOSSES, AsymmetricLoss, ResampleLoss, build_loss
+from cprfl_lib.losses import LOSS_CLASSES, LOSS_PARAMS, LOSSES, AsymmetricLoss, ResampleLoss, build_loss
 
 X = torch.tensor([[1.0, 2.0, 3.0], [-1.0, 0.5, -3.0]])
 Y = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
@@ -90,16 +91,6 @@ def test_resample_loss_does_not_touch_the_logits_and_focal_is_per_element():
     assert build_loss("cb_focal", counts, n, family="coco").neg_scale == 2.0
 
 
-def test_every_registered_loss_runs_and_backpropagates():
-    counts, n = [3, 6, 9, 40], 50
-    for name in LOSSES:
-        x = torch.randn(5, 4, requires_grad=True)
-        y = (torch.rand(5, 4) > 0.6).float()
-        loss = build_loss(name, train_counts=counts, num_train=n, family="coco")(x, y)
-        loss.backward()
-        assert loss.dim() == 0 and torch.isfinite(loss) and x.grad.abs().sum() > 0, name
-
-
 def test_rw_weights_follow_inverse_sqrt_frequency():
     loss = build_loss("rw", train_counts=[4, 16], num_train=20)
     w = loss.class_weight
@@ -115,18 +106,17 @@ def test_bad_inputs():
     one_line_error(lambda: build_loss("asl", gamma=3), "bad parameter")
 
 
-def test_every_parameter_a_recipe_may_set_is_one_its_loss_takes():
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_registered_loss_backpropagates_and_takes_each_parameter_a_recipe_may_set(name):
     """losses.LOSS_PARAMS (what recipes.validate checks loss.params against) names constructor arguments of each
     loss, and every loss builds with each of them set to a value in its range."""
-    import inspect
-
-    from cprfl_lib.losses import LOSS_CLASSES, LOSS_PARAMS
-
+    x = torch.randn(5, 4, requires_grad=True)
+    loss = build_loss(name, train_counts=[3, 6, 9, 40], num_train=50, family="coco")(x, (torch.rand(5, 4) > 0.6).float())
+    loss.backward()
+    assert loss.dim() == 0 and torch.isfinite(loss) and x.grad.abs().sum() > 0
     assert set(LOSS_PARAMS) == set(LOSSES)
-    counts = dict(train_counts=[5, 20, 40], num_train=100)
-    for name, params in LOSS_PARAMS.items():
-        assert set(params) <= set(inspect.signature(LOSS_CLASSES[name].__init__).parameters), name
-        for key, p in params.items():
-            value = p.choices[-1] if p.choices else (p.lo + (1e-3 if p.lo_open else 0)) if p.lo is not None else 0.5
-            loss = build_loss(name, **counts, **{key: value})
-            assert torch.isfinite(loss(X, torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]))), (name, key, value)
+    params = LOSS_PARAMS[name]
+    assert set(params) <= set(inspect.signature(LOSS_CLASSES[name].__init__).parameters)
+    for key, p in params.items():
+        value = p.choices[-1] if p.choices else (p.lo + (1e-3 if p.lo_open else 0)) if p.lo is not None else 0.5
+        assert torch.isfinite(build_loss(name, train_counts=[5, 20, 40], num_train=100, **{key: value})(X, Y)), (key, value)
