@@ -83,12 +83,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ddp_config() -> dict:
-    """Deterministic smoke run with an EMA; no dropout, whose masks depend on how a batch is split."""
-    return smoke_config(**{"train.deterministic": True, "model.dropout": 0.0, "train.ema": 0.9,
-                            "optim.schedule": "cosine", "optim.epochs": 2, "optim.batch_size": 16})
-
-
 def torchrun_env(rank: int, world: int, port: int) -> None:
     """The variables torchrun sets for one process, and one torch thread."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
@@ -129,7 +123,10 @@ def _ddp_run(config: dict, tmp_path: Path) -> tuple[dict, list[dict]]:
 
 @pytest.mark.slow
 def test_two_ranks_train_as_one(tmp_path):
-    single, (r0, r1) = _ddp_run(ddp_config(), tmp_path)
+    # deterministic, with an EMA; no dropout, whose masks depend on how a batch is split
+    config = smoke_config(**{"train.deterministic": True, "model.dropout": 0.0, "train.ema": 0.9,
+                             "optim.schedule": "cosine", "optim.epochs": 2, "optim.batch_size": 16})
+    single, (r0, r1) = _ddp_run(config, tmp_path)
     assert r0["world"] == r1["world"] == 2
     # gathering puts every row back at its dataset index, on every rank
     expected = [[float(i)] * 3 for i in range(7)]

@@ -32,14 +32,10 @@ def optim_cfg(**kw) -> dict:
     return {**load_recipe("tiny")["optim"], **kw}
 
 
-def group_of(groups: list[dict]) -> dict[int, dict]:
-    return {id(p): g for g in groups for p in g["params"]}
-
-
 def test_every_trainable_parameter_is_in_one_group_with_weight_decay_only_on_matrices_and_kernels():
     model = Toy()
     groups = param_groups(model, lr=1e-3, weight_decay=0.05)
-    by_param = group_of(groups)
+    by_param = {id(p): g for g in groups for p in g["params"]}
     for name, p in model.named_parameters():
         if p.requires_grad:
             assert by_param[id(p)]["weight_decay"] == (0.05 if p.ndim >= 2 and not name.endswith(".bias") else 0.0), name
