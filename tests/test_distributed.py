@@ -3,6 +3,7 @@ two-process DDP run on the CPU (gloo) against one process with the same configur
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 from conftest import smoke_config
 
 from cprfl_lib.cpus import set_torch_threads
@@ -83,30 +85,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun_env(rank: int, world: int, port: int) -> None:
-    """The variables torchrun sets for one process, and one torch thread."""
+@contextlib.contextmanager
+def torchrun_env(rank: int, world: int, port: int):
+    """The variables torchrun sets for one process, and one torch thread; the process group destroyed at the end."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     set_torch_threads(1)
+    try:
+        yield
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _worker(rank: int, world: int, port: int, config: dict, out_dirs: list[str], results: str) -> None:
     """One DDP process: train, then check gathering on uneven shards."""
-    torchrun_env(rank, world, port)
-    import torch.distributed as dist
+    with torchrun_env(rank, world, port):
+        from cprfl_lib.train import engine
 
-    from cprfl_lib.train import engine
-
-    try:
         metrics = engine.train(config, out_dirs[rank], progress=False)
         d = Dist(rank=rank, world=world, local_rank=rank)
         idx = shard_indices(7, d)  # 4 and 3 rows
         gathered = gather_predictions(idx, torch.tensor(idx, dtype=torch.float32)[:, None].repeat(1, 3), 7, d)
         Path(results, f"rank{rank}.json").write_text(json.dumps(
             {"metrics": metrics["last_epoch"], "gathered": gathered.tolist(), "world": dist.get_world_size()}))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def _ddp_run(config: dict, tmp_path: Path) -> tuple[dict, list[dict]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import one_line_error, smoke_config
+from conftest import one_line_error, smoke_config, spy
 
 from cprfl_lib.train import engine, factory, features
 from cprfl_lib.train import state as state_module
@@ -27,17 +27,9 @@ pytestmark = pytest.mark.usefixtures("cprfl_cache")
 @pytest.fixture
 def fresh_features(tmp_path, monkeypatch):
     """An empty features cache for this test, and a count of the feature extractions."""
-    calls = []
-    real = features.extract_features
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
     root = tmp_path / "features-cache"
     monkeypatch.setattr(features, "cache_dir", lambda *parts: root.joinpath(*parts))
-    monkeypatch.setattr(features, "extract_features", counted)
-    return calls
+    return spy(monkeypatch, features, "extract_features")
 
 
 def read_summary(path: Path) -> list[dict]:
@@ -347,9 +339,8 @@ def test_paper_and_code_recipes_run_at_smoke_scale(recipe, tmp_path, monkeypatch
             return built[name]
         monkeypatch.setattr(module, name, wrapper)
 
-    keep(state_module, "build_optimizer")
-    keep(state_module, "build_scheduler")
-    keep(factory, "model_from")
+    for module, name in ((state_module, "build_optimizer"), (state_module, "build_scheduler"), (factory, "model_from")):
+        keep(module, name)
     metrics = engine.train(config, tmp_path / recipe, progress=False)
 
     model, optimizer = built["model_from"], built["build_optimizer"]
@@ -387,9 +378,7 @@ def test_evaluate_checkpoint_reproduces_the_last_epoch_from_a_warm_or_a_cold_fea
     out, _ = smoke_run
     logged = json.loads((out / "metrics.json").read_text())["last_epoch"]["model"]
     monkeypatch.setenv("CPRFL_CACHE", cli_env["CPRFL_CACHE"])  # the cache the run filled
-    extracted = []
-    real = features.extract_features
-    monkeypatch.setattr(features, "extract_features", lambda *a, **k: extracted.append(1) or real(*a, **k))
+    extracted = spy(monkeypatch, features, "extract_features")
     got = evaluate_checkpoint(out / "weights.pt", device="cpu")
     assert got["epoch"] == 2 and got["weights"] == "model" and got["dataset"] == "synth-voc-lt" and got["synthetic"]
     # a frozen backbone: the test split's features are read from the cache the run filled, under its key

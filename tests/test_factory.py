@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import spy
 
 from cprfl_lib.train import factory
 from cprfl_lib.train.recipes import load_recipe
@@ -48,9 +49,7 @@ def test_the_embedding_scale_is_applied_after_the_cache(tmp_path, monkeypatch):
     from cprfl_lib import semantics
 
     monkeypatch.setenv("CPRFL_CACHE", str(tmp_path / "cache"))
-    calls = []
-    compute = semantics._compute
-    monkeypatch.setattr(semantics, "_compute", lambda *a, **k: calls.append(1) or compute(*a, **k))
+    calls = spy(monkeypatch, semantics, "_compute")
     base = {"semantics.encoder": "glove", "semantics.path": str(_glove_300(tmp_path / "glove.300d.txt")),
             "semantics.dim": None}
     raw, text, m = factory.semantics_from(load_recipe("tiny", base), NAMES)

@@ -14,9 +14,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import one_line_error, smoke_config
+from conftest import one_line_error, smoke_config, spy
 from test_distributed import free_port, torchrun_env
-from test_engine import train_killed_after_one_epoch  # the engine tests' kill, one definition
+from test_engine import read_summary, train_killed_after_one_epoch  # the engine tests' kill, one definition
 
 from cprfl_lib.train import engine
 from cprfl_lib.train.checkpoint import load_checkpoint, save_checkpoint
@@ -31,23 +31,11 @@ def smoke(**overrides) -> dict:
     return smoke_config(**{"train.max_steps_per_epoch": 2, **overrides})
 
 
-def count_checkpoints(monkeypatch) -> list[int]:
-    saved = []
-    real = engine.save_checkpoint
-
-    def counted(path, **payload):
-        saved.append(payload["epoch"])
-        return real(path, **payload)
-
-    monkeypatch.setattr(engine, "save_checkpoint", counted)
-    return saved
-
-
 # --- checkpoints by time ---------------------------------------------------------------------------
 
 def test_a_short_run_writes_no_mid_run_checkpoint(tmp_path, monkeypatch):
     assert load_recipe("paper-voc")["train"]["checkpoint_minutes"] == 10  # the default: minutes, not epochs
-    saved = count_checkpoints(monkeypatch)
+    saved = spy(monkeypatch, engine, "save_checkpoint", lambda path, **payload: payload["epoch"])
     config = smoke(**{"optim.epochs": 3, "train.checkpoint_minutes": 10})
     engine.train(config, tmp_path / "a", progress=False)
     assert saved == []
@@ -58,17 +46,10 @@ def test_a_short_run_writes_no_mid_run_checkpoint(tmp_path, monkeypatch):
 def test_a_long_run_checkpoints_once_the_minutes_have_passed(tmp_path, monkeypatch):
     """Each epoch "takes" 6 minutes: with checkpoint_minutes 10 a checkpoint after epochs 2 and 4 (not after the
     last, which writes the final weights instead); with 0, one after every epoch but the last."""
-    clock = [0.0]
-    real = engine.train_one_epoch
-
-    def six_minutes(*args, **kwargs):
-        clock[0] += 6 * 60.0
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "train_one_epoch", six_minutes)
-    monkeypatch.setattr(engine, "time", SimpleNamespace(monotonic=lambda: clock[0], perf_counter=time.perf_counter,
-                                                        time=time.time))
-    saved = count_checkpoints(monkeypatch)
+    epochs = spy(monkeypatch, engine, "train_one_epoch")
+    monkeypatch.setattr(engine, "time", SimpleNamespace(monotonic=lambda: 6 * 60.0 * len(epochs),
+                                                        perf_counter=time.perf_counter, time=time.time))
+    saved = spy(monkeypatch, engine, "save_checkpoint", lambda path, **payload: payload["epoch"])
     engine.train(smoke(**{"optim.epochs": 5, "train.checkpoint_minutes": 10}), tmp_path / "a", progress=False)
     assert saved == [2, 4]
     saved.clear()
@@ -200,14 +181,7 @@ def test_zero_shot_clip_encodes_its_token_ids_on_the_models_device(tmp_path, mon
 
     monkeypatch.setenv("CPRFL_CACHE", str(tmp_path / "cache"))
     clip = load_clip("clip-tiny", None, seed=0, device="cpu").to("meta")  # a device the ids do not start on
-    seen = []
-    real = clip.encode_text
-
-    def encode_text(tokens, normalize=False):
-        seen.append(tokens.device)
-        return real(tokens, normalize=normalize)
-
-    monkeypatch.setattr(clip, "encode_text", encode_text)
+    seen = spy(monkeypatch, clip, "encode_text", lambda tokens, **kwargs: tokens.device)
     model = zs.ZeroShotCLIP(clip, "clip-tiny", ["cat", "dog"])
     assert seen == [torch.device("meta")] and model.text_features.device.type == "meta"
 
@@ -266,9 +240,6 @@ def _run_two(worker, *args, seconds: float = 240) -> None:
 
 def _nonfinite_worker(rank: int, world: int, port: int, config: dict, out: str, results: str) -> None:
     """Rank 1's loss is infinite at its second batch only."""
-    torchrun_env(rank, world, port)
-    import torch.distributed as dist
-
     from cprfl_lib.train import engine as eng
     from cprfl_lib.train import factory
 
@@ -286,12 +257,9 @@ def _nonfinite_worker(rank: int, world: int, port: int, config: dict, out: str, 
         return Poisoned()
 
     factory.loss_from = loss_from
-    try:
+    with torchrun_env(rank, world, port):
         metrics = eng.train(config, out, progress=False)
         Path(results, f"rank{rank}.json").write_text(json.dumps(metrics["last_epoch"]["model"]))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 @pytest.mark.slow
@@ -305,30 +273,22 @@ def test_the_ranks_agree_to_skip_a_non_finite_step(tmp_path):
     _run_two(_nonfinite_worker, config, str(tmp_path / "ddp"), str(results))
     r0, r1 = (json.loads((results / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["mAP"] == pytest.approx(r1["mAP"], abs=1e-9)  # the same model on both ranks
-    rows = (tmp_path / "ddp" / "summary.csv").read_text().splitlines()
-    header, first = rows[0].split(","), rows[1].split(",")
-    assert int(first[header.index("steps")]) == 3  # 4 batches, the one non-finite somewhere skipped everywhere
+    first = read_summary(tmp_path / "ddp" / "summary.csv")[0]
+    assert int(first["steps"]) == 3  # 4 batches, the one non-finite somewhere skipped everywhere
 
 
 def _cli_worker(rank: int, world: int, port: int, cwd: str, overrides: list[str]) -> None:
     """`cprfl train` without --output-dir, as torchrun starts it; rank 1's clock would name another folder."""
-    torchrun_env(rank, world, port)
     import contextlib
-
-    import torch.distributed as dist
 
     from cprfl_lib import cli
 
     os.chdir(cwd)
     if rank == 1:
         time.strftime = lambda fmt, *a: "19990101-000000"  # noqa: ARG005 - another second on another rank
-    try:
-        with open(f"stdout-{rank}.txt", "w") as fh, contextlib.redirect_stdout(fh):
-            code = cli.main(["train", "--recipe", "tiny", *overrides])
-        Path(f"exit-{rank}.txt").write_text(str(code))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    with torchrun_env(rank, world, port), open(f"stdout-{rank}.txt", "w") as fh, contextlib.redirect_stdout(fh):
+        code = cli.main(["train", "--recipe", "tiny", *overrides])
+    Path(f"exit-{rank}.txt").write_text(str(code))
 
 
 @pytest.mark.slow
