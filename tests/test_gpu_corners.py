@@ -142,7 +142,7 @@ def test_each_pool_process_takes_its_own_gpu_from_the_queue(monkeypatch):
 
     chosen = []
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
-    monkeypatch.delenv(cpus.CONCURRENT_RUNS_ENV, raising=False)
+    monkeypatch.setenv(cpus.CONCURRENT_RUNS_ENV, "1")  # so that what _init_worker sets is undone after the test
     ids = queue.Queue()
     for gpu in (0, 1, 0, 1):  # 4 pool processes on 2 GPUs
         ids.put(gpu)
@@ -150,7 +150,6 @@ def test_each_pool_process_takes_its_own_gpu_from_the_queue(monkeypatch):
         studies._init_worker(ids, None, 4)
     assert chosen == [0, 1, 0, 1] and ids.empty()
     assert os.environ[cpus.CONCURRENT_RUNS_ENV] == "4"
-    monkeypatch.delenv(cpus.CONCURRENT_RUNS_ENV)
     source = (ROOT / "cprfl_repro" / "studies.py").read_text()
     for private in ("identity", "processes", "pool"):  # no private attribute of multiprocessing or the executor
         assert f"._{private}" not in source, private
