@@ -159,7 +159,7 @@ def test_two_ranks_train_as_one(tmp_path):
     # running statistics as one process, so every rank scores its test shard with the same model
     ({"model.freeze_backbone": False, "train.max_steps_per_epoch": 2, "optim.lr": 1e-4}, 1e-3, 0.0),
     # the official no_feature_grad leaves the VSI and the visual projection without gradients: DDP must not wait
-    ({"model.no_feature_grad": True}, 0.0, 1e-4)])
+    ({"model.no_feature_grad": True}, 0.0, 1e-4)], ids=["trainable-backbone", "no-feature-grad"])
 def test_two_ranks_with_a_trainable_backbone_or_no_feature_grad_train_as_one(tmp_path, overrides, atol_per_max_logit,
                                                                             atol):
     _ddp_run(smoke_config(**{"train.deterministic": True, "model.dropout": 0.0, "optim.epochs": 2,

@@ -104,8 +104,8 @@ def test_bad_inputs():
 def test_every_registered_loss_backpropagates_and_takes_each_parameter_a_recipe_may_set(name):
     """losses.LOSS_PARAMS (what recipes.validate checks loss.params against) names constructor arguments of each
     loss, and every loss builds with each of them set to a value in its range."""
-    x = torch.randn(5, 4, requires_grad=True)
-    loss = build_loss(name, train_counts=[3, 6, 9, 40], num_train=50, family="coco")(x, (torch.rand(5, 4) > 0.6).float())
+    x, y = torch.randn(5, 4, requires_grad=True), (torch.rand(5, 4) > 0.6).float()
+    loss = build_loss(name, train_counts=[3, 6, 9, 40], num_train=50, family="coco")(x, y)
     loss.backward()
     assert loss.dim() == 0 and torch.isfinite(loss) and x.grad.abs().sum() > 0
     assert set(LOSS_PARAMS) == set(LOSSES)
@@ -113,4 +113,5 @@ def test_every_registered_loss_backpropagates_and_takes_each_parameter_a_recipe_
     assert set(params) <= set(inspect.signature(LOSS_CLASSES[name].__init__).parameters)
     for key, p in params.items():
         value = p.choices[-1] if p.choices else (p.lo + (1e-3 if p.lo_open else 0)) if p.lo is not None else 0.5
-        assert torch.isfinite(build_loss(name, train_counts=[5, 20, 40], num_train=100, **{key: value})(X, Y)), (key, value)
+        loss = build_loss(name, train_counts=[5, 20, 40], num_train=100, **{key: value})
+        assert torch.isfinite(loss(X, Y)), (key, value)

@@ -38,7 +38,8 @@ def test_every_trainable_parameter_is_in_one_group_with_weight_decay_only_on_mat
     by_param = {id(p): g for g in groups for p in g["params"]}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            assert by_param[id(p)]["weight_decay"] == (0.05 if p.ndim >= 2 and not name.endswith(".bias") else 0.0), name
+            expected = 0.05 if p.ndim >= 2 and not name.endswith(".bias") else 0.0
+            assert by_param[id(p)]["weight_decay"] == expected, name
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids))
     assert set(ids) == {id(p) for p in model.parameters() if p.requires_grad}  # not the frozen part
