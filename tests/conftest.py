@@ -198,3 +198,18 @@ def close_figures():
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+# ---------------------------------------------------------------- helpers from t2
+
+
+def spy(monkeypatch, owner, name: str, note=lambda *args, **kwargs: 1) -> list:
+    """``owner.name`` runs as it did; the list returned gets ``note(*args, **kwargs)`` of each call, before it runs."""
+    real, notes = getattr(owner, name), []
+
+    def noted(*args, **kwargs):
+        notes.append(note(*args, **kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, noted)
+    return notes

@@ -17,29 +17,21 @@ from cprfl_lib import backbones
 from cprfl_lib.backbones import build_backbone, freeze
 
 
-def _features(model: torch.nn.Module, batch: int, size: int) -> torch.Tensor:
-    with torch.no_grad():
-        return model.eval()(torch.randn(batch, 3, size, size))
-
-
 @pytest.mark.parametrize("name, size, channels, side, stride", [
     ("resnet18", 64, 512, 2, 32), ("resnet50", 64, 2048, 2, 32), ("resnet101", 448, 2048, 14, 32),
     ("tiny", 64, None, 8, 8), ("efficientnet-lite0", 128, 1280, 4, 32)])
 def test_shapes_and_attributes_with_random_weights(name, size, channels, side, stride):
-    model = build_backbone(name)
+    model = build_backbone(name).eval()
     channels = channels or model.out_channels
     for batch in (1, 2) if size < 448 else (1,):  # a batch of one keeps its batch axis
-        assert _features(model, batch, size).shape == (batch, channels, side, side)
+        with torch.no_grad():
+            assert model(torch.randn(batch, 3, size, size)).shape == (batch, channels, side, side)
     assert (model.name, model.out_channels, model.stride, model.weights_id) == (name, channels, stride, "random")
     assert (model.input_mean, model.input_std) == ((0, 0, 0), (1, 1, 1))
     assert not any(k.startswith(("fc.", "avgpool", "classifier.")) for k in model.state_dict())  # no classifier
     if name == "tiny":
         assert 32 <= channels <= 64
         one_line_error(lambda: build_backbone("tiny", weights="IMAGENET1K_V1"), "tiny")
-
-
-def test_unknown_name_is_named():
-    one_line_error(lambda: build_backbone("resnet99"), "'resnet99'", "resnet101", "efficientnet-lite0")
 
 
 @pytest.mark.parametrize("prefix", ["", "module."])
@@ -57,8 +49,12 @@ def test_local_torchvision_file_loads(tmp_path, prefix):
     assert model.input_mean == backbones.IMAGENET_MEAN and model.input_std == backbones.IMAGENET_STD
 
 
-def test_local_file_of_wrong_architecture(tmp_path):
+def test_an_unknown_name_and_weights_neither_tag_nor_file_of_the_architecture_are_named(tmp_path):
+    one_line_error(lambda: build_backbone("resnet99"), "'resnet99'", "resnet101", "efficientnet-lite0")
     path = tmp_path / "r18.pth"
+    one_line_error(lambda: build_backbone("resnet50", weights=str(path)), "r18.pth", "IMAGENET1K_V2")  # no such file
+    path.write_text("not a checkpoint")
+    one_line_error(lambda: build_backbone("resnet18", weights=path), "r18.pth")
     state = torchvision.models.resnet18(weights=None).state_dict()
     torch.save(state, path)
     one_line_error(lambda: build_backbone("resnet34", weights=path), "r18.pth", "missing keys (", "): layer1.2.")
@@ -66,32 +62,24 @@ def test_local_file_of_wrong_architecture(tmp_path):
     one_line_error(lambda: build_backbone("resnet18", weights=path), "unexpected keys (1): extra.weight; shape mismatches")
 
 
-def test_weights_neither_tag_nor_file(tmp_path):
-    bad = tmp_path / "nope.pth"
-    one_line_error(lambda: build_backbone("resnet50", weights=str(bad)), "nope.pth", "IMAGENET1K_V2")
-    (tmp_path / "junk.pth").write_text("not a checkpoint")
-    one_line_error(lambda: build_backbone("resnet18", weights=tmp_path / "junk.pth"), "junk.pth")
-
-
-def _no_network(monkeypatch):
+@pytest.fixture
+def no_network(tmp_path, monkeypatch):
+    """An empty TORCH_HOME (tmp_path) and a download that fails as offline."""
     def refuse(url, *args, **kwargs):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
 
 
-def test_offline_tag_names_the_cache_path(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    _no_network(monkeypatch)
+def test_offline_tag_names_the_cache_path(tmp_path, no_network):
     start = time.monotonic()
     expected = tmp_path / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth"
     one_line_error(lambda: build_backbone("resnet50", weights="IMAGENET1K_V2"), str(expected))
     assert time.monotonic() - start < 30  # generous: it must not hang on retries
 
 
-def test_tag_found_in_torch_hub_cache_works_offline(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    _no_network(monkeypatch)
+def test_tag_found_in_torch_hub_cache_works_offline(tmp_path, no_network):
     source = torchvision.models.resnet18(weights=None)
     cached = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     cached.parent.mkdir(parents=True)

@@ -3,6 +3,7 @@ two-process DDP run on the CPU (gloo) against one process with the same configur
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 from conftest import smoke_config
 
 from cprfl_lib.cpus import set_torch_threads
@@ -27,9 +29,11 @@ def epoch_batches(n, batch_size, seed=0, epoch=1, rank=0, world=1, shuffle=True)
     return list(sampler)
 
 
-@pytest.mark.parametrize("n, batch_size, world", [(37, 8, 2), (64, 16, 2), (30, 6, 3), (10, 4, 4)])
+@pytest.mark.parametrize("n, batch_size, world", [(37, 8, 2), (64, 16, 2), (30, 6, 3), (10, 4, 4), (50, 8, 1), (50, 8, 2),
+                                                  (51, 8, 3)])
 def test_the_ranks_split_each_global_batch(n, batch_size, world):
     single = epoch_batches(n, batch_size)
+    assert sorted(i for b in single for i in b) == list(range(n))  # every index once per epoch
     per_rank = [epoch_batches(n, batch_size, rank=r, world=world) for r in range(world)]
     assert all(len(b) == len(single) == -(-n // batch_size) for b in per_rank)  # ranks step in lockstep
     for step, whole in enumerate(single):
@@ -38,12 +42,6 @@ def test_the_ranks_split_each_global_batch(n, batch_size, world):
         if len(whole) >= world:
             assert sorted(i for p in parts for i in p) == sorted(whole)  # union == the one-process batch
             assert max(map(len, parts)) - min(map(len, parts)) <= 1
-
-
-def test_every_index_exactly_once_per_epoch():
-    for n, world in ((50, 1), (50, 2), (51, 3)):  # (the last batch holds at least one image per rank)
-        seen = [i for r in range(world) for b in epoch_batches(n, 8, rank=r, world=world) for i in b]
-        assert sorted(seen) == list(range(n))
 
 
 def test_a_last_batch_smaller_than_the_world_wraps_around():
@@ -87,31 +85,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ddp_config() -> dict:
-    """Deterministic smoke run with an EMA; no dropout, whose masks depend on how a batch is split."""
-    return smoke_config(**{"train.deterministic": True, "model.dropout": 0.0, "train.ema": 0.9,
-                            "optim.schedule": "cosine", "optim.epochs": 2, "optim.batch_size": 16})
+@contextlib.contextmanager
+def torchrun_env(rank: int, world: int, port: int):
+    """The variables torchrun sets for one process, and one torch thread; the process group destroyed at the end."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    set_torch_threads(1)
+    try:
+        yield
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _worker(rank: int, world: int, port: int, config: dict, out_dirs: list[str], results: str) -> None:
-    """One DDP process: set the torchrun variables, train, then check gathering on uneven shards."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank))
-    set_torch_threads(1)
-    import torch.distributed as dist
+    """One DDP process: train, then check gathering on uneven shards."""
+    with torchrun_env(rank, world, port):
+        from cprfl_lib.train import engine
 
-    from cprfl_lib.train import engine
-
-    try:
         metrics = engine.train(config, out_dirs[rank], progress=False)
         d = Dist(rank=rank, world=world, local_rank=rank)
         idx = shard_indices(7, d)  # 4 and 3 rows
         gathered = gather_predictions(idx, torch.tensor(idx, dtype=torch.float32)[:, None].repeat(1, 3), 7, d)
         Path(results, f"rank{rank}.json").write_text(json.dumps(
             {"metrics": metrics["last_epoch"], "gathered": gathered.tolist(), "world": dist.get_world_size()}))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def _ddp_run(config: dict, tmp_path: Path) -> tuple[dict, list[dict]]:
@@ -126,16 +123,12 @@ def _ddp_run(config: dict, tmp_path: Path) -> tuple[dict, list[dict]]:
     return single, [json.loads((results / f"rank{r}.json").read_text()) for r in range(2)]
 
 
-def _ddp_predictions(config: dict, tmp_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(one process's, two gloo processes') test logits of the same run."""
-    _ddp_run(config, tmp_path)
-    with np.load(tmp_path / "single" / "predictions.npz") as a, np.load(tmp_path / "ddp" / "predictions.npz") as b:
-        return a["model"], b["model"]
-
-
 @pytest.mark.slow
 def test_two_ranks_train_as_one(tmp_path):
-    single, (r0, r1) = _ddp_run(ddp_config(), tmp_path)
+    # deterministic, with an EMA; no dropout, whose masks depend on how a batch is split
+    config = smoke_config(**{"train.deterministic": True, "model.dropout": 0.0, "train.ema": 0.9,
+                             "optim.schedule": "cosine", "optim.epochs": 2, "optim.batch_size": 16})
+    single, (r0, r1) = _ddp_run(config, tmp_path)
     assert r0["world"] == r1["world"] == 2
     # gathering puts every row back at its dataset index, on every rank
     expected = [[float(i)] * 3 for i in range(7)]
@@ -161,21 +154,17 @@ def test_two_ranks_train_as_one(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_ranks_with_a_trainable_backbone_train_as_one(tmp_path):
-    """The backbone's batch norms see the global batch (GlobalBatchNorm2d under gloo): the same steps and the
-    same running statistics as one process, so every rank scores its test shard with the same model."""
-    config = smoke_config(**{"train.max_steps_per_epoch": 2, "train.deterministic": True, "model.dropout": 0.0,
-                             "model.freeze_backbone": False, "optim.epochs": 2, "optim.batch_size": 16, "optim.lr": 1e-4})
-    single, ddp = _ddp_predictions(config, tmp_path)
-    print(f"trainable backbone: max |logit difference| {np.abs(single - ddp).max():.2e} (logits up to "
-          f"{np.abs(single).max():.2f})")
-    np.testing.assert_allclose(ddp, single, atol=1e-3 * np.abs(single).max())
-
-
-@pytest.mark.slow
-def test_two_ranks_run_the_official_no_feature_grad_switch(tmp_path):
-    """no_feature_grad leaves the VSI and the visual projection without gradients: DDP must not wait for them."""
-    config = smoke_config(**{"train.deterministic": True, "model.dropout": 0.0, "optim.epochs": 2,
-                             "optim.batch_size": 16, "model.no_feature_grad": True})
-    single, ddp = _ddp_predictions(config, tmp_path)
-    np.testing.assert_allclose(ddp, single, atol=1e-4)
+@pytest.mark.parametrize("overrides, atol_per_max_logit, atol", [
+    # the backbone's batch norms see the global batch (GlobalBatchNorm2d under gloo): the same steps and the same
+    # running statistics as one process, so every rank scores its test shard with the same model
+    ({"model.freeze_backbone": False, "train.max_steps_per_epoch": 2, "optim.lr": 1e-4}, 1e-3, 0.0),
+    # the official no_feature_grad leaves the VSI and the visual projection without gradients: DDP must not wait
+    ({"model.no_feature_grad": True}, 0.0, 1e-4)], ids=["trainable-backbone", "no-feature-grad"])
+def test_two_ranks_with_a_trainable_backbone_or_no_feature_grad_train_as_one(tmp_path, overrides, atol_per_max_logit,
+                                                                            atol):
+    _ddp_run(smoke_config(**{"train.deterministic": True, "model.dropout": 0.0, "optim.epochs": 2,
+                             "optim.batch_size": 16, **overrides}), tmp_path)
+    with np.load(tmp_path / "single" / "predictions.npz") as a, np.load(tmp_path / "ddp" / "predictions.npz") as b:
+        single, ddp = a["model"], b["model"]
+    print(f"max |logit difference| {np.abs(single - ddp).max():.2e} (logits up to {np.abs(single).max():.2f})")
+    np.testing.assert_allclose(ddp, single, atol=atol + atol_per_max_logit * np.abs(single).max())

