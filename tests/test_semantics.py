@@ -104,11 +104,7 @@ def test_unreachable_hub_is_probed_before_open_clip(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", "/nonexistent-hf-cache")
     monkeypatch.setattr(semantics_clip, "_hub_reachable", lambda timeout=3.0: False)
-
-    def must_not_run(*a, **k):
-        raise AssertionError("open_clip would retry for ~46 s")
-
-    monkeypatch.setattr(open_clip, "create_model", must_not_run)
+    monkeypatch.setattr(open_clip, "create_model", lambda *a, **k: pytest.fail("open_clip would retry for ~46 s"))
     one_line_error(lambda: encode_classes("clip-vit-b-16", NAMES, weights="openai", cache=False), "unreachable")
     assert encoder_status("clip-vit-b-16", weights="openai")[0] is False
 
@@ -225,16 +221,16 @@ def test_bad_arguments(tmp_path):
 
 # --- the on-disk cache -------------------------------------------------------------------
 
-def test_cache_hits_recomputes_and_rejects_foreign_files(tmp_path, monkeypatch):
+@pytest.fixture
+def calls(monkeypatch) -> list:
+    """One entry per embedding computed (a cache miss)."""
+    calls, compute = [], semantics._compute
+    monkeypatch.setattr(semantics, "_compute", lambda *a, **k: calls.append(a[1]) or compute(*a, **k))
+    return calls
+
+
+def test_cache_hits_recomputes_and_rejects_foreign_files(tmp_path, calls):
     glove = _write_vectors(tmp_path / "glove.txt", VOCAB)
-    calls = []
-    compute = semantics._compute
-
-    def counting(*args, **kwargs):
-        calls.append(args[1])
-        return compute(*args, **kwargs)
-
-    monkeypatch.setattr(semantics, "_compute", counting)
     first = encode_classes("glove", ["cat", "traffic light"], path=glove)
     second = encode_classes("glove", ["cat", "traffic light"], path=glove)
     assert len(calls) == 1
@@ -249,11 +245,8 @@ def test_cache_hits_recomputes_and_rejects_foreign_files(tmp_path, monkeypatch):
     assert len(list((tmp_path / "cache" / "embeddings").glob("glove-*.pt"))) == 4  # a file that disagrees: test_faults
 
 
-def test_clip_cache_is_keyed_by_weights_file(tiny_ckpt, monkeypatch):
+def test_clip_cache_is_keyed_by_weights_file(tiny_ckpt, calls):
     path, expected = tiny_ckpt
-    calls = []
-    compute = semantics._compute
-    monkeypatch.setattr(semantics, "_compute", lambda *a, **k: calls.append(1) or compute(*a, **k))
     torch.testing.assert_close(encode_classes("clip-tiny", NAMES, weights=path), expected)
     torch.testing.assert_close(encode_classes("clip-tiny", NAMES, weights=path), expected)
     assert len(calls) == 1
