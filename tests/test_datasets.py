@@ -95,6 +95,8 @@ def test_augmentation_depends_on_seed_epoch_and_index_only(voc_tree) -> None:
 def test_tensor_augmentation_equals_the_pil_one_in_distribution() -> None:
     """The official train pipeline on tensors (Cutout, RandAugment) against the PIL pipeline it replaces,
     from the same random numbers: the same ops and rectangles, pixels within the kernels' differences."""
+    steps = [type(t).__name__ for t in preprocessing("official", 16).augmentation(train=True).steps]
+    assert steps == ["Cutout", "RandAugment"] and preprocessing("official", 16).mean is None
     rng = np.random.default_rng(3)
     pil_pipe = T.Compose([T.Resize((48, 48)), CutoutPIL(0.5), T.RandAugment(), T.ToTensor()])
     ours = build_transform("official", 48, train=True)
@@ -149,11 +151,6 @@ def test_normalisation_values() -> None:
     img = Image.fromarray(np.random.default_rng(2).integers(0, 256, (50, 70, 3), dtype=np.uint8))
     old = T.Compose([T.Resize((24, 24)), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])(img)
     assert torch.equal(build_transform("imagenet", 24, train=False)(img), old)
-
-
-def test_official_train_pipeline_order() -> None:
-    steps = [type(t).__name__ for t in preprocessing("official", 16).augmentation(train=True).steps]
-    assert steps == ["Cutout", "RandAugment"] and preprocessing("official", 16).mean is None
 
 
 def test_bad_presets() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import one_line_error, run_cli
+from conftest import cli_error, one_line_error, run_cli
 from own_dataset import CLASSES, THRESHOLDS, UNLABELLED_TEST, write_own_dataset
 
 from cprfl_lib.data.benchmarks import load_benchmark
@@ -99,18 +99,13 @@ lists = pytest.fixture(lambda tmp_path, datasets: _copy(tmp_path, datasets, "lis
 coco = pytest.fixture(lambda tmp_path, datasets: _copy(tmp_path, datasets, "coco"), name="coco")
 
 
-def _edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text
-    path.write_text(text.replace(old, new, 1))
-
-
 def _load(folder: Path):
     return lambda: load_benchmark("own", data_root=folder)
 
 
 def test_class_name_repeated_in_categories(coco):  # in labels.txt, and a bad list line: test_faults.py
-    _edit(coco / "train.json", '"name": "osprey"', '"name": "kingfisher"')
+    train = coco / "train.json"
+    train.write_text(train.read_text().replace('"name": "osprey"', '"name": "kingfisher"', 1))
     one_line_error(_load(coco), "train.json", "class name 'kingfisher' appears twice")
 
 
@@ -129,9 +124,8 @@ def test_image_in_train_and_test_is_leakage_counted_and_named(lists, tmp_path, c
                          "images/train/000.jpg")
     assert "images/train/002.jpg" in msg
     before = snapshot(lists)
-    code, _, err = run_cli(capsys, "train", "--recipe", "cpu-own", "--data-root", lists, "--output-dir",
-                           tmp_path / "run")
-    assert code == 2 and err.count("\n") == 1 and "leakage" in err  # refused before anything is written
+    cli_error(run_cli(capsys, "train", "--recipe", "cpu-own", "--data-root", lists, "--output-dir", tmp_path / "run"),
+              "leakage", only=True)  # refused before anything is written
     assert not (tmp_path / "run").exists() and snapshot(lists) == before
 
 
