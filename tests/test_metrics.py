@@ -22,16 +22,13 @@ def weighted_group_mean(head: float, medium: float, tail: float, sizes) -> float
     return (n_h * head + n_m * medium + n_t * tail) / (n_h + n_m + n_t)
 
 
-def test_ap_equals_sklearn_on_random_scores():
+def test_ap_equals_sklearn_on_random_scores_and_a_hand_example():
     rng = np.random.default_rng(0)
     scores, targets = rng.normal(size=(200, 7)), (rng.random((200, 7)) < 0.2).astype(int)
     ap = average_precision(torch.tensor(scores), torch.tensor(targets))
     for c in range(7):
         assert ap[c] == pytest.approx(average_precision_score(targets[:, c], scores[:, c]))
-
-
-def test_ap_hand_example():
-    # ranking: pos, neg, pos, neg → (1/1 + 2/3) / 2
+    # by hand: ranking pos, neg, pos, neg → (1/1 + 2/3) / 2
     ap = average_precision(np.array([[0.9], [0.8], [0.7], [0.1]]), np.array([[1], [0], [1], [0]]))
     assert ap[0] == pytest.approx((1 + 2 / 3) / 2)
 

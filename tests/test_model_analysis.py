@@ -130,16 +130,13 @@ def test_take_batch() -> None:
     one_line_error(lambda: model_analysis.take_batch(data, 7), "batch_size must be between 1 and 6")
 
 
-def test_paper_parameter_counts_as_in_method_md() -> None:
+def test_paper_parameter_counts_as_in_method_md_and_the_text_tower_as_trained() -> None:
     table = model_tables.paper_parameter_table("paper-coco")
     counts = model_tables.parameter_metrics(table)
     assert counts == {"backbone": 42_500_160, "phi": 4_196_352, "vsi": 41_957_376, "pi": 3_148_800,
                       "text": 63_690_240, "trainable_paper": 91_802_688, "trainable_official_code": 155_492_928}
     assert table["method.md §2"].iloc[:5].tolist() == table["parameters"].iloc[:5].tolist()
-
-
-def test_meta_text_tower_counts_what_the_model_trains() -> None:
-    """The meta-device count equals the trainable CLIPTextEncoder that semantics builds."""
+    # the meta-device count of the text tower equals the trainable CLIPTextEncoder that semantics builds
     built = semantics.build_text_encoder("clip-tiny", NAMES, frozen=False, weights=None)
     assert count_parameters(model_analysis.text_tower("clip-tiny")) == count_parameters(built) > 0
 
