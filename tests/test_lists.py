@@ -95,6 +95,11 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_no_network_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # No mock first: a refused connection (nothing listens on the local discard port) is a CprflError.
+    entry = lists.ListFile("http://127.0.0.1:9/voc_labels.txt", "0" * 64, "voc_labels.txt", "labels.txt")
+    one_line_error(lambda: lists._download(entry, tmp_path / "voc_labels.txt", timeout=2.0),
+                   "could not download http://127.0.0.1:9/voc_labels.txt")
+    assert not (tmp_path / "voc_labels.txt").exists()
     monkeypatch.setenv("CPRFL_CACHE", str(tmp_path))
     calls = _offline(monkeypatch)
     one_line_error(lambda: fetch_split_lists("voc-lt", download=False), "voc-lt labels list is not in the cache",
@@ -105,14 +110,6 @@ def test_no_network_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPa
                    "--list-dir", tmp_path / "lists" / "coco-lt" / "coco_labels.txt")
     assert calls == [url]
     assert list((tmp_path / "lists" / "coco-lt").iterdir()) == []  # nothing half-written
-
-
-def test_refused_connection(tmp_path: Path) -> None:
-    # No mock: a refused connection (nothing listens on the local discard port) is a CprflError.
-    entry = lists.ListFile("http://127.0.0.1:9/voc_labels.txt", "0" * 64, "voc_labels.txt", "labels.txt")
-    one_line_error(lambda: lists._download(entry, tmp_path / "voc_labels.txt", timeout=2.0),
-                   "could not download http://127.0.0.1:9/voc_labels.txt")
-    assert not (tmp_path / "voc_labels.txt").exists()
 
 
 def test_download_verifies_and_writes_into_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
