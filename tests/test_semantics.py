@@ -109,7 +109,7 @@ def test_unreachable_hub_is_probed_before_open_clip(monkeypatch):
     assert encoder_status("clip-vit-b-16", weights="openai")[0] is False
 
 
-def test_clip_text_encoder_trains(tiny_ckpt):
+def test_clip_text_encoder_trains_or_is_frozen(tiny_ckpt):
     path, expected = tiny_ckpt
     enc = build_text_encoder("clip-tiny", NAMES, weights=path, frozen=False)
     assert isinstance(enc, CLIPTextEncoder) and enc.embed_dim == 64
@@ -130,10 +130,7 @@ def test_clip_text_encoder_trains(tiny_ckpt):
     # ... and refuses one with another (no parameter would reveal the mismatch)
     one_line_error(lambda: CLIPTextEncoder("clip-tiny", NAMES, weights=None, quick_gelu=True).load_state_dict(
         enc.state_dict()), "quick_gelu")
-
-
-def test_frozen_text_encoders(tiny_ckpt):
-    path, expected = tiny_ckpt
+    # frozen: nothing trains
     frozen_clip = CLIPTextEncoder("clip-tiny", NAMES, weights=path, frozen=True)
     assert not any(p.requires_grad for p in frozen_clip.parameters())
     assert not frozen_clip().requires_grad
