@@ -30,8 +30,6 @@ def _copy_lists(shared_data: Path, folder: Path, benchmark: str = "voc_lt", offi
 def test_fetch_reads_a_user_folder_with_short_or_official_names(shared_data: Path, tmp_path: Path) -> None:
     files = fetch_split_lists("voc-lt", list_dir=shared_data / "voc_lt", download=False)
     assert files == {role: shared_data / "voc_lt" / f"{role}.txt" for role in ("train", "test", "labels")}
-    for role, path in files.items():
-        assert lists.sha256_file(path) == lists.SPECS["voc-lt"].files[role].sha256
     _copy_lists(shared_data, tmp_path, "coco_lt", official=True)
     assert fetch_split_lists("coco-lt", list_dir=tmp_path, download=False)["labels"] == tmp_path / "coco_labels.txt"
 

@@ -33,7 +33,7 @@ def test_ap_equals_sklearn_on_random_scores_and_a_hand_example():
     assert ap[0] == pytest.approx((1 + 2 / 3) / 2)
 
 
-def test_group_means_hand_example():
+def test_group_means_by_hand_and_the_total_as_their_weighted_mean():
     targets = np.eye(4, dtype=int).repeat(2, axis=0)  # each class has two positives
     scores = targets.astype(float).copy()
     scores[:, 3] = np.linspace(1, 0, 8)  # class 3 (tail) ranked badly: positives at ranks 7, 8
@@ -41,9 +41,7 @@ def test_group_means_hand_example():
     ap3 = (1 / 7 + 2 / 8) / 2
     assert r.head == pytest.approx(100) and r.medium == pytest.approx(100)
     assert r.tail == pytest.approx(ap3 * 100) and r.mAP == pytest.approx((300 + ap3 * 100) / 4)
-
-
-def test_total_is_the_class_weighted_mean_of_groups():
+    # the total is the class-weighted mean of the groups
     rng = np.random.default_rng(1)
     targets = (rng.random((300, 20)) < 0.15).astype(int)
     r = map_report(rng.normal(size=(300, 20)) + targets, targets, VOC_COUNTS)

@@ -165,7 +165,7 @@ VOCAB = {
 }
 
 
-def test_glove_averages_words_and_aliases_voc_names(tmp_path):
+def test_word_vectors_average_words_and_alias_voc_names(tmp_path, monkeypatch):
     glove = _write_vectors(tmp_path / "glove.txt", VOCAB)
     emb = encode_classes("glove", ["Cat", "traffic light", "traffic_light", "diningtable"], path=glove, cache=False)
     expected = torch.tensor([[1.0, 0, 0], [0, 1.0, 2.0], [0, 1.0, 2.0], [1.0, 1.0, 2.0]])
@@ -175,9 +175,7 @@ def test_glove_averages_words_and_aliases_voc_names(tmp_path):
     glove2 = _write_vectors(tmp_path / "glove2.txt", {**VOCAB, "diningtable": [9.0, 9.0, 9.0]})
     torch.testing.assert_close(encode_classes("glove", ["diningtable"], path=glove2, cache=False),
                                torch.tensor([[9.0, 9.0, 9.0]]))
-
-
-def test_word2vec_header_and_env_var(tmp_path, monkeypatch):
+    # word2vec's text format: a header line; the file named by the environment
     w2v = _write_vectors(tmp_path / "w2v.txt", VOCAB, header=True)
     monkeypatch.setenv("CPRFL_WORD2VEC", str(w2v))
     emb = encode_classes("word2vec", ["cat", "traffic light"], cache=False)
