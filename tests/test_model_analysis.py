@@ -142,7 +142,7 @@ def test_paper_parameter_counts_as_in_method_md_and_the_text_tower_as_trained() 
 
 
 def test_initial_prompts_follow_the_seed_and_the_embeddings() -> None:
-    # that they are the prompts a training run starts from: test_initial_prompts_equal_the_prompts_a_training_run...
+    # (that they are the prompts a training run starts from: the last test of this file)
     config = recipes.load_recipe("tiny", {"train.seed": 3})
     got = model_analysis.initial_prompts(config, NAMES)
     assert got.shape == (len(NAMES), config["model"]["dim"]) and not got.requires_grad
