@@ -112,8 +112,9 @@ def test_no_lists_anywhere_falls_back_to_generated_and_says_why() -> None:
     assert choice.has_images and len(choice.benchmark.train) == 12
 
 
-def test_asking_for_generated_data_never_looks_for_lists(tmp_path: Path) -> None:
-    choice = data.choose_data("synth-voc-lt", list_dir=tmp_path / "missing", **TINY)
+def test_a_list_dir_that_is_not_a_folder_is_an_error_unless_generated_data_is_asked_for(tmp_path: Path) -> None:
+    one_line_error(lambda: data.choose_data("voc", list_dir=tmp_path / "missing", **TINY), "missing")
+    choice = data.choose_data("synth-voc-lt", list_dir=tmp_path / "missing", **TINY)  # never looks for lists
     assert choice.source == "generated" and "asked for" in choice.reason
 
 
@@ -166,10 +167,6 @@ def test_a_user_folder_with_a_wrong_file_is_an_error(shared_data: Path, tmp_path
         shutil.copyfile(shared_data / "voc_lt" / f"{role}.txt", folder / f"{role}.txt")
     (folder / "test.txt").write_text("VOCdevkit/x.jpg 1\n")
     one_line_error(lambda: data.choose_data("voc", list_dir=folder, **TINY), "test.txt")
-
-
-def test_a_list_dir_that_is_not_a_folder_is_an_error(tmp_path: Path) -> None:
-    one_line_error(lambda: data.choose_data("voc", list_dir=tmp_path / "missing", **TINY), "missing")
 
 
 @pytest.mark.shared_data

@@ -4,6 +4,7 @@ the splits a run evaluates."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -56,11 +57,8 @@ def test_coco_lt_facts(coco: Benchmark) -> None:
     assert counts[24] == 100 and counts[8] == 20 and counts[38] == 20 and counts[14] == 19
     groups = coco.groups
     assert [int((groups == g).sum()) for g in ("head", "medium", "tail")] == [22, 33, 25]
-    names = coco.class_names
-    assert groups[names.index("backpack")] == "head"
-    for medium in ("boat", "tennis racket"):
-        assert groups[names.index(medium)] == "medium"
-    assert groups[names.index("bird")] == "tail"
+    named = {name: groups[coco.class_names.index(name)] for name in ("backpack", "boat", "tennis racket", "bird")}
+    assert named == {"backpack": "head", "boat": "medium", "tennis racket": "medium", "bird": "tail"}
 
 
 def test_labels_count_must_match_spec(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -94,69 +92,64 @@ def _fake_generated(folder: Path, splits=("train", "val", "test")) -> Path:
     return folder
 
 
-def test_synthetic_uses_generated_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def generated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
+    """synthetic.generated_folder stubbed: it records (name, data_root, options) in ``seen`` and returns ``folder``
+    where set, else the fake set with every split (``full``) or, asked for no test split, ``notest``."""
     from cprfl_lib.data import synthetic
 
-    folder = _fake_generated(tmp_path / "synth", ("train", "test"))
-    seen: list[tuple] = []
+    fake = SimpleNamespace(seen=[], folder=None, full=_fake_generated(tmp_path / "full"),
+                           notest=_fake_generated(tmp_path / "notest", ("train", "val")),
+                           noval=_fake_generated(tmp_path / "noval", ("train", "test")))
 
     def generated_folder(name: str, data_root=None, **options) -> Path:
-        seen.append((name, data_root, options))
-        return folder
+        fake.seen.append((name, data_root, options))
+        return fake.folder or (fake.full if "test" in options["splits"] else fake.notest)
 
     monkeypatch.setattr(synthetic, "generated_folder", generated_folder)
+    return fake
+
+
+def test_synthetic_uses_generated_folder(tmp_path: Path, generated) -> None:
+    generated.folder = folder = generated.noval
     bench = load_benchmark("synth-voc-lt", data_root=tmp_path, synthetic_options={"seed": 3})
-    assert seen == [("synth-voc-lt", tmp_path, {"seed": 3, "splits": ("train", "val", "test")})]
+    assert generated.seen == [("synth-voc-lt", tmp_path, {"seed": 3, "splits": ("train", "val", "test")})]
     assert bench.is_synthetic and bench.image_root == folder and bench.list_files["labels"] == folder / "labels.txt"
     assert bench.train_counts.tolist() == [3, 1] and bench.val is None
     one_line_error(lambda: load_benchmark("synth-coco-lt", list_dir=tmp_path), "drop --list-dir")
     one_line_error(lambda: load_benchmark("voc-lt", synthetic_options={"seed": 1}), "apply only to synth")
 
 
-def test_eval_splits_of_a_generated_benchmark(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from cprfl_lib.data import synthetic
-
-    full, notest = _fake_generated(tmp_path / "full"), _fake_generated(tmp_path / "notest", ("train", "val"))
-    seen: list[dict] = []
-
-    def generated_folder(name: str, data_root=None, **options) -> Path:
-        seen.append(options)
-        return notest if "test" not in options["splits"] else full
-
-    monkeypatch.setattr(synthetic, "generated_folder", generated_folder)
+def test_eval_splits_of_a_generated_benchmark(generated) -> None:
+    full, notest = generated.full, generated.notest
     both = load_benchmark("synth-voc-lt")
     assert both.evaluated is None and list(both.eval_splits) == ["val", "test"]
     assert both.eval_splits["val"].targets.tolist() == [[1, 0], [0, 1]] and len(both.eval_splits["test"]) == 1
     assert both.list_files["val"] == full / "val.txt"
 
     val = load_benchmark("synth-voc-lt", eval_splits=["val"])  # drawn without its test split
-    assert seen[-1]["splits"] == ("train", "val")
+    assert generated.seen[-1][2]["splits"] == ("train", "val")
     assert val.test is None and val.evaluated == ("val",) and list(val.eval_splits) == ["val"]
     assert "test" not in val.list_files and val.image_root == notest and val.train_counts.tolist() == [3, 1]
 
     test = load_benchmark("synth-voc-lt", eval_splits=["test"])  # drawn without its validation split
-    assert seen[-1]["splits"] == ("train", "test")
+    assert generated.seen[-1][2]["splits"] == ("train", "test")
     assert list(test.eval_splits) == ["test"]  # the full folder has a val split: it is read, not evaluated
     assert test.val is not None and test.evaluated == ("test",)
     assert list(load_benchmark("synth-voc-lt", eval_splits=["test", "val"]).eval_splits) == ["val", "test"]
 
     # the caller's own choice of splits is kept
     load_benchmark("synth-voc-lt", eval_splits=["val"], synthetic_options={"splits": ("train", "val", "test")})
-    assert seen[-1]["splits"] == ("train", "val", "test")
+    assert generated.seen[-1][2]["splits"] == ("train", "val", "test")
 
 
-def test_asking_for_a_split_that_does_not_exist_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from cprfl_lib.data import synthetic
-
-    folders = {"novel": _fake_generated(tmp_path / "a", ("train", "test")),
-               "notest": _fake_generated(tmp_path / "b", ("train", "val"))}
-    pick = {"folder": folders["novel"]}
-    monkeypatch.setattr(synthetic, "generated_folder", lambda name, data_root=None, **options: pick["folder"])
+def test_asking_for_a_split_that_does_not_exist_names_it(generated) -> None:
+    generated.folder = generated.noval
     one_line_error(lambda: load_benchmark("synth-voc-lt", eval_splits=["val"]),
                    "synth-voc-lt has no validation split to evaluate")
     bench = load_benchmark("synth-voc-lt")  # by default, the splits that are there
     assert bench.val is None and list(bench.eval_splits) == ["test"]
-    pick["folder"] = folders["notest"]
+    generated.folder = generated.notest
     one_line_error(lambda: load_benchmark("synth-voc-lt", eval_splits=["val", "test"]),
                    "synth-voc-lt has no test split to evaluate")
     one_line_error(lambda: load_benchmark("synth-voc-lt"), "no test split")  # by default the test split is required

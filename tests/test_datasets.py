@@ -16,15 +16,15 @@ from torchvision import transforms as T
 
 from cprfl_lib.data.datasets import MultiLabelImageDataset, find_unreadable
 from cprfl_lib.data.decoded import decoded_images
-from cprfl_lib.data.lists import read_split
+from cprfl_lib.data.lists import SplitList, read_split
 from cprfl_lib.data.transforms import IMAGENET_MEAN, IMAGENET_STD, CutoutPIL, build_transform, preprocessing
 
 JPEG_DIR = "VOCdevkit/VOC2012/JPEGImages"
 
 
 @pytest.fixture
-def voc_tree(tmp_path: Path) -> tuple[Path, Path]:
-    """A data root with 6 generated JPEGs (one greyscale) and a split list over them."""
+def voc_tree(tmp_path: Path) -> tuple[Path, SplitList]:
+    """A data root with 6 generated JPEGs (one greyscale) and the split list over them, as read."""
     root = tmp_path / "data"
     (root / JPEG_DIR).mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -40,12 +40,11 @@ def voc_tree(tmp_path: Path) -> tuple[Path, Path]:
         lines.append(f"{JPEG_DIR}/2008_00000{i}.jpg {labels}".rstrip())
     lst = tmp_path / "train.txt"
     lst.write_text("\n".join(lines) + "\n")
-    return root, lst
+    return root, read_split(lst, 3)
 
 
-def test_dataset_and_loader(voc_tree: tuple[Path, Path]) -> None:
-    root, lst = voc_tree
-    split = read_split(lst, 3)
+def test_dataset_and_loader(voc_tree: tuple[Path, SplitList]) -> None:
+    root, split = voc_tree
     ds = MultiLabelImageDataset(root, split, preprocessing("imagenet", 32))
     assert len(ds) == 6
     image, target = ds[0]
@@ -59,8 +58,7 @@ def test_dataset_and_loader(voc_tree: tuple[Path, Path]) -> None:
 
 
 def test_decoded_cache_holds_the_decoded_images_and_is_keyed_by_content(voc_tree, tmp_path) -> None:
-    root, lst = voc_tree
-    split, prep = read_split(lst, 3), preprocessing("imagenet", 32)
+    (root, split), prep = voc_tree, preprocessing("imagenet", 32)
     folder = tmp_path / "decoded"
     path = decoded_images(root, split, prep, progress=False, folder=folder)
     pixels = np.load(path, mmap_mode="r")
@@ -81,8 +79,8 @@ def test_decoded_cache_holds_the_decoded_images_and_is_keyed_by_content(voc_tree
 
 def test_augmentation_depends_on_seed_epoch_and_index_only(voc_tree) -> None:
     """An augmented item indexed (epoch, index) is the same in any process, after any other draws."""
-    root, lst = voc_tree
-    ds = MultiLabelImageDataset(root, read_split(lst, 3), preprocessing("official", 32), train=True, seed=7)
+    root, split = voc_tree
+    ds = MultiLabelImageDataset(root, split, preprocessing("official", 32), train=True, seed=7)
     first = ds[(1, 2)][0]
     torch.rand(100)  # the caller's random numbers move on
     assert torch.equal(ds[(1, 2)][0], first)
@@ -95,6 +93,8 @@ def test_augmentation_depends_on_seed_epoch_and_index_only(voc_tree) -> None:
 def test_tensor_augmentation_equals_the_pil_one_in_distribution() -> None:
     """The official train pipeline on tensors (Cutout, RandAugment) against the PIL pipeline it replaces,
     from the same random numbers: the same ops and rectangles, pixels within the kernels' differences."""
+    steps = [type(t).__name__ for t in preprocessing("official", 16).augmentation(train=True).steps]
+    assert steps == ["Cutout", "RandAugment"] and preprocessing("official", 16).mean is None
     rng = np.random.default_rng(3)
     pil_pipe = T.Compose([T.Resize((48, 48)), CutoutPIL(0.5), T.RandAugment(), T.ToTensor()])
     ours = build_transform("official", 48, train=True)
@@ -112,8 +112,7 @@ def test_tensor_augmentation_equals_the_pil_one_in_distribution() -> None:
 
 
 def test_unreadable_images_are_all_listed(voc_tree) -> None:
-    root, lst = voc_tree
-    split = read_split(lst, 3)
+    root, split = voc_tree
     (root / split.paths[1]).write_bytes(b"<html>not an image</html>")
     (root / split.paths[4]).write_bytes((root / split.paths[4]).read_bytes()[:300])
     bad = find_unreadable(root, split.paths)
@@ -149,11 +148,6 @@ def test_normalisation_values() -> None:
     img = Image.fromarray(np.random.default_rng(2).integers(0, 256, (50, 70, 3), dtype=np.uint8))
     old = T.Compose([T.Resize((24, 24)), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])(img)
     assert torch.equal(build_transform("imagenet", 24, train=False)(img), old)
-
-
-def test_official_train_pipeline_order() -> None:
-    steps = [type(t).__name__ for t in preprocessing("official", 16).augmentation(train=True).steps]
-    assert steps == ["Cutout", "RandAugment"] and preprocessing("official", 16).mean is None
 
 
 def test_bad_presets() -> None:

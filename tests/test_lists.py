@@ -3,6 +3,7 @@ benchmarks they make: test_benchmarks.py; a list with another checksum, malforme
 
 from __future__ import annotations
 
+import io
 import shutil
 import urllib.error
 from pathlib import Path
@@ -17,13 +18,6 @@ from cprfl_lib.data.lists import fetch_split_lists, read_labels, read_split
 # ---------------------------------------------------------------- the published lists
 
 
-def test_fetch_reads_a_user_folder_with_short_names(shared_data: Path) -> None:
-    files = fetch_split_lists("voc-lt", list_dir=shared_data / "voc_lt", download=False)
-    assert files == {role: shared_data / "voc_lt" / f"{role}.txt" for role in ("train", "test", "labels")}
-    for role, path in files.items():
-        assert lists.sha256_file(path) == lists.SPECS["voc-lt"].files[role].sha256
-
-
 def _copy_lists(shared_data: Path, folder: Path, benchmark: str = "voc_lt", official: bool = False) -> Path:
     """The benchmark's three lists into ``folder``, under their short or their ``official`` names."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -33,7 +27,9 @@ def _copy_lists(shared_data: Path, folder: Path, benchmark: str = "voc_lt", offi
     return folder
 
 
-def test_fetch_accepts_official_names(shared_data: Path, tmp_path: Path) -> None:
+def test_fetch_reads_a_user_folder_with_short_or_official_names(shared_data: Path, tmp_path: Path) -> None:
+    files = fetch_split_lists("voc-lt", list_dir=shared_data / "voc_lt", download=False)
+    assert files == {role: shared_data / "voc_lt" / f"{role}.txt" for role in ("train", "test", "labels")}
     _copy_lists(shared_data, tmp_path, "coco_lt", official=True)
     assert fetch_split_lists("coco-lt", list_dir=tmp_path, download=False)["labels"] == tmp_path / "coco_labels.txt"
 
@@ -72,8 +68,7 @@ def test_a_folder_without_the_lists_says_where_it_looked(tmp_path: Path) -> None
 
 
 def test_install_copies_a_verified_user_copy_into_the_cache(shared_data: Path, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CPRFL_CACHE", str(tmp_path / "cache"))
+                                                             monkeypatch: pytest.MonkeyPatch, private_cache) -> None:
     user = _copy_lists(shared_data, tmp_path / "lists" / "coco_lt", "coco_lt")
     before = {p.name: p.read_bytes() for p in user.iterdir()}
     calls = _offline(monkeypatch)
@@ -98,8 +93,16 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_no_network_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # No mock first: a refused connection (nothing listens on the local discard port) is a CprflError.
+    entry = lists.ListFile("http://127.0.0.1:9/voc_labels.txt", "0" * 64, "voc_labels.txt", "labels.txt")
+    one_line_error(lambda: lists._download(entry, tmp_path / "voc_labels.txt", timeout=2.0),
+                   "could not download http://127.0.0.1:9/voc_labels.txt")
+    assert not (tmp_path / "voc_labels.txt").exists()
     monkeypatch.setenv("CPRFL_CACHE", str(tmp_path))
     calls = _offline(monkeypatch)
+    one_line_error(lambda: fetch_split_lists("voc-lt", download=False), "voc-lt labels list is not in the cache",
+                   "cprfl data fetch")
+    assert calls == []  # download=False: no attempt
     url = "https://raw.githubusercontent.com/jiexuanyan/CPRFL/main/data/coco/coco_labels.txt"
     one_line_error(lambda: fetch_split_lists("coco-lt"), f"could not download {url}", "Name or service not known",
                    "--list-dir", tmp_path / "lists" / "coco-lt" / "coco_labels.txt")
@@ -107,33 +110,11 @@ def test_no_network_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert list((tmp_path / "lists" / "coco-lt").iterdir()) == []  # nothing half-written
 
 
-def test_refused_connection(tmp_path: Path) -> None:
-    # No mock: a refused connection (nothing listens on the local discard port) is a CprflError.
-    entry = lists.ListFile("http://127.0.0.1:9/voc_labels.txt", "0" * 64, "voc_labels.txt", "labels.txt")
-    one_line_error(lambda: lists._download(entry, tmp_path / "voc_labels.txt", timeout=2.0),
-                   "could not download http://127.0.0.1:9/voc_labels.txt")
-    assert not (tmp_path / "voc_labels.txt").exists()
-
-
-class _Response:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-    def read(self) -> bytes:
-        return self.data
-
-
 def test_download_verifies_and_writes_into_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      shared_data: Path) -> None:
     monkeypatch.setenv("CPRFL_CACHE", str(tmp_path))
     sources = {f.url: shared_data / "voc_lt" / f"{r}.txt" for r, f in lists.SPECS["voc-lt"].files.items()}
-    monkeypatch.setattr(lists.urllib.request, "urlopen", lambda url, timeout=None: _Response(sources[url].read_bytes()))
+    monkeypatch.setattr(lists.urllib.request, "urlopen", lambda url, timeout=None: io.BytesIO(sources[url].read_bytes()))
     files = fetch_split_lists("voc-lt")
     folder = tmp_path / "lists" / "voc-lt"
     assert sorted(p.name for p in folder.iterdir()) == ["voc_labels.txt", "voc_lt_test.txt", "voc_lt_train.txt"]
@@ -145,17 +126,9 @@ def test_download_verifies_and_writes_into_the_cache(tmp_path: Path, monkeypatch
     files["test"].write_text("damaged\n")
     one_line_error(lambda: fetch_split_lists("voc-lt", download=False), "cached copy of voc_lt_test.txt is damaged",
                    "cprfl data fetch")
-    monkeypatch.setattr(lists.urllib.request, "urlopen", lambda url, timeout=None: _Response(b"nope\n"))
+    monkeypatch.setattr(lists.urllib.request, "urlopen", lambda url, timeout=None: io.BytesIO(b"nope\n"))
     one_line_error(lambda: fetch_split_lists("voc-lt"), "gave sha256")
     assert files["test"].read_text() == "damaged\n"  # the refused download did not replace anything
-
-
-def test_download_false_missing_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CPRFL_CACHE", str(tmp_path))
-    calls = _offline(monkeypatch)
-    one_line_error(lambda: fetch_split_lists("voc-lt", download=False), "voc-lt labels list is not in the cache",
-                   "cprfl data fetch")
-    assert calls == []
 
 
 # ---------------------------------------------------------------- parsing hand-made lists

@@ -22,21 +22,18 @@ def weighted_group_mean(head: float, medium: float, tail: float, sizes) -> float
     return (n_h * head + n_m * medium + n_t * tail) / (n_h + n_m + n_t)
 
 
-def test_ap_equals_sklearn_on_random_scores():
+def test_ap_equals_sklearn_on_random_scores_and_a_hand_example():
     rng = np.random.default_rng(0)
     scores, targets = rng.normal(size=(200, 7)), (rng.random((200, 7)) < 0.2).astype(int)
     ap = average_precision(torch.tensor(scores), torch.tensor(targets))
     for c in range(7):
         assert ap[c] == pytest.approx(average_precision_score(targets[:, c], scores[:, c]))
-
-
-def test_ap_hand_example():
-    # ranking: pos, neg, pos, neg → (1/1 + 2/3) / 2
+    # by hand: ranking pos, neg, pos, neg → (1/1 + 2/3) / 2
     ap = average_precision(np.array([[0.9], [0.8], [0.7], [0.1]]), np.array([[1], [0], [1], [0]]))
     assert ap[0] == pytest.approx((1 + 2 / 3) / 2)
 
 
-def test_group_means_hand_example():
+def test_group_means_by_hand_and_the_total_as_their_weighted_mean():
     targets = np.eye(4, dtype=int).repeat(2, axis=0)  # each class has two positives
     scores = targets.astype(float).copy()
     scores[:, 3] = np.linspace(1, 0, 8)  # class 3 (tail) ranked badly: positives at ranks 7, 8
@@ -44,9 +41,7 @@ def test_group_means_hand_example():
     ap3 = (1 / 7 + 2 / 8) / 2
     assert r.head == pytest.approx(100) and r.medium == pytest.approx(100)
     assert r.tail == pytest.approx(ap3 * 100) and r.mAP == pytest.approx((300 + ap3 * 100) / 4)
-
-
-def test_total_is_the_class_weighted_mean_of_groups():
+    # the total is the class-weighted mean of the groups
     rng = np.random.default_rng(1)
     targets = (rng.random((300, 20)) < 0.15).astype(int)
     r = map_report(rng.normal(size=(300, 20)) + targets, targets, VOC_COUNTS)
@@ -63,7 +58,7 @@ def test_class_without_positive_is_reported_not_averaged():
     assert r.no_positive == ["cow"] and np.isnan(r.ap[1]) and np.isnan(r.tail) and r.mAP == r.head
 
 
-def test_threshold_and_topk_metrics_by_hand():
+def test_threshold_and_topk_metrics_by_hand_and_the_official_top_k():
     targets = np.array([[1, 0, 1], [0, 1, 0]])
     probs = np.array([[0.9, 0.6, 0.2], [0.1, 0.7, 0.8]])
     m = threshold_metrics(probs, targets, threshold=0.5, logits=False)
@@ -74,12 +69,9 @@ def test_threshold_and_topk_metrics_by_hand():
     assert t["OP"] == pytest.approx(50) and t["OR"] == pytest.approx(100 / 3)
     assert threshold_metrics(np.log(probs / (1 - probs)), targets)["OF1"] == pytest.approx(m["OF1"])
 
-
-def test_the_official_top_k_keeps_a_class_only_above_the_threshold():
-    """The official meter's top-3: a top class below the threshold is not predicted (docs/DIFFERENCES.md)."""
-    targets = np.array([[1, 0, 1], [0, 1, 0]])
-    logits = np.log(np.array([[0.9, 0.6, 0.2], [0.1, 0.7, 0.45]]) / (1 - np.array([[0.9, 0.6, 0.2],
-                                                                                  [0.1, 0.7, 0.45]])))
+    # The official meter's top-3: a top class below the threshold is not predicted (docs/DIFFERENCES.md).
+    probs[1, 2] = 0.45
+    logits = np.log(probs / (1 - probs))
     ours, official = topk_metrics(logits, targets, k=2), topk_metrics(logits, targets, k=2, threshold=0.5)
     # ours: {0, 1} and {1, 2} (2 of 4 right); official: {0, 1} and {1} (2 of 3 right)
     assert ours["OP"] == pytest.approx(50) and official["OP"] == pytest.approx(200 / 3)

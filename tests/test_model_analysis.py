@@ -21,7 +21,15 @@ NAMES = ["cat", "dog", "bus", "car", "sofa"]
 GROUPS = np.array(["head", "head", "medium", "tail", "tail"])
 
 
-pytestmark = pytest.mark.usefixtures("private_cache", "close_figures")
+pytestmark = pytest.mark.usefixtures("private_cache", "close_figures", "keep_determinism")
+
+
+@pytest.fixture
+def keep_determinism():
+    """initial_prompts and engine.train switch torch's deterministic algorithms on: put the switch back."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(deterministic)
 
 
 @pytest.fixture
@@ -72,7 +80,7 @@ def test_trace_restores_train_mode_and_rejects_the_linear_baseline(model, batch)
     one_line_error(lambda: model_analysis.trace(model, batch[0][0]), "(B, 3, H, W)")
 
 
-def test_full_gradient_is_the_sum_of_the_two_paths(model, batch) -> None:
+def test_full_gradient_is_the_sum_of_the_two_paths_and_p1_is_as_by_hand(model, batch) -> None:
     images, targets = batch
     model.train()  # dropout 0.1 would make the three runs differ: the function must switch it off
     loss = build_loss("asl", reduction="mean")
@@ -91,18 +99,11 @@ def test_full_gradient_is_the_sum_of_the_two_paths(model, batch) -> None:
     head = model.head
     assert (head.cut_p1, head.cut_p2, head.no_feature_grad) == (False, False, False) and model.training
     assert isinstance(pm.plot_dual_path(r, NAMES, GROUPS), Figure)
-
-
-def test_dual_path_gradient_matches_a_hand_computation(model, batch) -> None:
-    """P1 alone: dL/dP = Σ_b dL/dlogit_b ⊙ P'_b (Eq. 6 with P' held fixed)."""
-    images, targets = batch
-    loss = torch.nn.BCEWithLogitsLoss()
-    r = model_analysis.dual_path_gradients(model, images, targets, loss)
+    # P1 alone by hand: dL/dP = Σ_b dL/dlogit_b ⊙ P'_b (Eq. 6 with P' held fixed)
     t = model_analysis.trace(model, images)
     logits = t.logits.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(loss(logits, targets), logits)
-    expected = (g[:, :, None] * t.P_refined).sum(0).double()
-    torch.testing.assert_close(r.grad_P["P1 only (cut P2)"], expected, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(r.grad_P[p1], (g[:, :, None] * t.P_refined).sum(0).double(), rtol=1e-4, atol=1e-7)
 
 
 def test_prompt_similarity_and_plots(model, batch) -> None:
@@ -122,48 +123,30 @@ def test_prompt_similarity_and_plots(model, batch) -> None:
     assert isinstance(pm.plot_attention(image, t.attention[0], NAMES, [0, 3], GROUPS, scores=np.ones(5)), Figure)
 
 
-def test_take_batch(model) -> None:
+def test_take_batch() -> None:
     data = [(torch.full((3, 4, 4), float(i)), torch.tensor([i % 2, 1.0])) for i in range(6)]
     images, targets, idx = model_analysis.take_batch(data, 2, start=3)
     assert images.shape == (2, 3, 4, 4) and idx == [3, 4] and images[1, 0, 0, 0] == 4
     one_line_error(lambda: model_analysis.take_batch(data, 7), "batch_size must be between 1 and 6")
 
 
-def test_paper_parameter_counts_as_in_method_md() -> None:
+def test_paper_parameter_counts_as_in_method_md_and_the_text_tower_as_trained() -> None:
     table = model_tables.paper_parameter_table("paper-coco")
     counts = model_tables.parameter_metrics(table)
     assert counts == {"backbone": 42_500_160, "phi": 4_196_352, "vsi": 41_957_376, "pi": 3_148_800,
                       "text": 63_690_240, "trainable_paper": 91_802_688, "trainable_official_code": 155_492_928}
     assert table["method.md §2"].iloc[:5].tolist() == table["parameters"].iloc[:5].tolist()
-
-
-def test_meta_text_tower_counts_what_the_model_trains() -> None:
-    """The meta-device count equals the trainable CLIPTextEncoder that semantics builds."""
+    # the meta-device count of the text tower equals the trainable CLIPTextEncoder that semantics builds
     built = semantics.build_text_encoder("clip-tiny", NAMES, frozen=False, weights=None)
     assert count_parameters(model_analysis.text_tower("clip-tiny")) == count_parameters(built) > 0
 
 
-def _prompts_built_by_hand(config: dict, names: list[str]) -> torch.Tensor:
-    """What engine.train does before training: seed, then build the model with factory.model_from."""
-    from cprfl_lib.train.device import seed_everything
-
-    seed_everything(config["train"]["seed"], config["train"]["deterministic"])
-    model = factory.model_from(config, names)
-    with torch.no_grad():
-        return model.head.prompts().detach().cpu()
-
-
-def test_initial_prompts_are_those_of_the_seeded_model() -> None:
+def test_initial_prompts_follow_the_seed_and_the_embeddings() -> None:
+    # (that they are the prompts a training run starts from: the last test of this file)
     config = recipes.load_recipe("tiny", {"train.seed": 3})
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    try:
-        got = model_analysis.initial_prompts(config, NAMES)
-        again = model_analysis.initial_prompts(config, NAMES)
-        want = _prompts_built_by_hand(config, NAMES)
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
+    got = model_analysis.initial_prompts(config, NAMES)
     assert got.shape == (len(NAMES), config["model"]["dim"]) and not got.requires_grad
-    assert torch.equal(got, again) and torch.equal(got, want)
+    assert torch.equal(got, model_analysis.initial_prompts(config, NAMES))
     other = model_analysis.initial_prompts(recipes.load_recipe("tiny", {"train.seed": 4}), NAMES)
     assert not torch.allclose(other, got)  # the PI network's initialisation follows the run's seed
     scaled = model_analysis.initial_prompts(recipes.load_recipe("tiny", {"train.seed": 3, "semantics.centre": True}), NAMES)
@@ -200,11 +183,7 @@ def test_initial_prompts_equal_the_prompts_a_training_run_starts_from(tmp_path, 
         return model
 
     monkeypatch.setattr(factory, "model_from", keep)
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    try:
-        engine.train(config, tmp_path / "run", progress=False)
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
+    engine.train(config, tmp_path / "run", progress=False)
     monkeypatch.setattr(factory, "model_from", real)
     names = benchmark_class_names("synth-voc-lt")
     assert len(built) == 1 and torch.equal(model_analysis.initial_prompts(config, names), built[0])

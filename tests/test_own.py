@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import one_line_error, run_cli
+from conftest import cli_error, one_line_error, run_cli
 from own_dataset import CLASSES, THRESHOLDS, UNLABELLED_TEST, write_own_dataset
 
 from cprfl_lib.data.benchmarks import load_benchmark
@@ -99,26 +99,30 @@ lists = pytest.fixture(lambda tmp_path, datasets: _copy(tmp_path, datasets, "lis
 coco = pytest.fixture(lambda tmp_path, datasets: _copy(tmp_path, datasets, "coco"), name="coco")
 
 
-def _edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text
-    path.write_text(text.replace(old, new, 1))
-
-
 def _load(folder: Path):
     return lambda: load_benchmark("own", data_root=folder)
 
 
-def test_class_name_repeated_in_categories(coco):  # in labels.txt, and a bad list line: test_faults.py
-    _edit(coco / "train.json", '"name": "osprey"', '"name": "kingfisher"')
-    one_line_error(_load(coco), "train.json", "class name 'kingfisher' appears twice")
+# (a class name twice in labels.txt, a bad list line, an empty list file: test_faults.py)
+DAMAGE = {  # format, file, the file's text -> the damaged text, what the line names besides the file
+    "class name twice": ("coco", "train.json", lambda text: text.replace('"name": "osprey"', '"name": "kingfisher"', 1),
+                         ["class name 'kingfisher' appears twice"]),
+    "class without training image": ("lists", "train.txt",  # osprey's only images are the lines labelled 5 alone
+                                     lambda text: "".join(ln for ln in text.splitlines(True) if ln.split()[1:] != ["5"]),
+                                     ["1 class(es) have no training image: osprey"]),
+    "image twice in a split": ("lists", "val.txt", lambda text: text + text.splitlines(True)[0],
+                               ["listed twice", "images/val/000.jpg"]),
+    "empty split": ("coco", "val.json", lambda text: json.dumps({**json.loads(text), "images": [], "annotations": []}),
+                    ["empty"]),
+}
 
 
-def test_class_with_no_training_image(lists):
-    text = (lists / "train.txt").read_text().splitlines()
-    kept = [line for line in text if not line.split()[1:] == ["5"]]  # osprey's only images
-    (lists / "train.txt").write_text("\n".join(kept) + "\n")
-    one_line_error(_load(lists), "train.txt", "1 class(es) have no training image: osprey")
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_dataset_is_one_line_naming_file_and_fault(tmp_path, datasets, damage):
+    fmt, name, edit, needles = DAMAGE[damage]
+    folder = _copy(tmp_path, datasets, fmt)
+    (folder / name).write_text(edit((folder / name).read_text()))
+    one_line_error(_load(folder), name, *needles)
 
 
 def test_image_in_train_and_test_is_leakage_counted_and_named(lists, tmp_path, capsys):
@@ -129,23 +133,9 @@ def test_image_in_train_and_test_is_leakage_counted_and_named(lists, tmp_path, c
                          "images/train/000.jpg")
     assert "images/train/002.jpg" in msg
     before = snapshot(lists)
-    code, _, err = run_cli(capsys, "train", "--recipe", "cpu-own", "--data-root", lists, "--output-dir",
-                           tmp_path / "run")
-    assert code == 2 and err.count("\n") == 1 and "leakage" in err  # refused before anything is written
+    cli_error(run_cli(capsys, "train", "--recipe", "cpu-own", "--data-root", lists, "--output-dir", tmp_path / "run"),
+              "leakage", only=True)  # refused before anything is written
     assert not (tmp_path / "run").exists() and snapshot(lists) == before
-
-
-def test_image_listed_twice_in_a_split(lists):
-    first = (lists / "val.txt").read_text().splitlines()[0]
-    with open(lists / "val.txt", "a") as fh:
-        fh.write(first + "\n")
-    one_line_error(_load(lists), "val.txt", "listed twice", first.split()[0])
-
-
-def test_empty_split(coco):  # an empty list file: test_faults.py
-    data = json.loads((coco / "val.json").read_text())
-    (coco / "val.json").write_text(json.dumps({**data, "images": [], "annotations": []}))
-    one_line_error(_load(coco), "val.json", "empty")
 
 
 def test_coco_annotation_of_unknown_category_or_image(coco):

@@ -104,16 +104,12 @@ def test_unreachable_hub_is_probed_before_open_clip(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", "/nonexistent-hf-cache")
     monkeypatch.setattr(semantics_clip, "_hub_reachable", lambda timeout=3.0: False)
-
-    def must_not_run(*a, **k):
-        raise AssertionError("open_clip would retry for ~46 s")
-
-    monkeypatch.setattr(open_clip, "create_model", must_not_run)
+    monkeypatch.setattr(open_clip, "create_model", lambda *a, **k: pytest.fail("open_clip would retry for ~46 s"))
     one_line_error(lambda: encode_classes("clip-vit-b-16", NAMES, weights="openai", cache=False), "unreachable")
     assert encoder_status("clip-vit-b-16", weights="openai")[0] is False
 
 
-def test_clip_text_encoder_trains(tiny_ckpt):
+def test_clip_text_encoder_trains_or_is_frozen(tiny_ckpt):
     path, expected = tiny_ckpt
     enc = build_text_encoder("clip-tiny", NAMES, weights=path, frozen=False)
     assert isinstance(enc, CLIPTextEncoder) and enc.embed_dim == 64
@@ -134,10 +130,7 @@ def test_clip_text_encoder_trains(tiny_ckpt):
     # ... and refuses one with another (no parameter would reveal the mismatch)
     one_line_error(lambda: CLIPTextEncoder("clip-tiny", NAMES, weights=None, quick_gelu=True).load_state_dict(
         enc.state_dict()), "quick_gelu")
-
-
-def test_frozen_text_encoders(tiny_ckpt):
-    path, expected = tiny_ckpt
+    # frozen: nothing trains
     frozen_clip = CLIPTextEncoder("clip-tiny", NAMES, weights=path, frozen=True)
     assert not any(p.requires_grad for p in frozen_clip.parameters())
     assert not frozen_clip().requires_grad
@@ -172,7 +165,7 @@ VOCAB = {
 }
 
 
-def test_glove_averages_words_and_aliases_voc_names(tmp_path):
+def test_word_vectors_average_words_and_alias_voc_names(tmp_path, monkeypatch):
     glove = _write_vectors(tmp_path / "glove.txt", VOCAB)
     emb = encode_classes("glove", ["Cat", "traffic light", "traffic_light", "diningtable"], path=glove, cache=False)
     expected = torch.tensor([[1.0, 0, 0], [0, 1.0, 2.0], [0, 1.0, 2.0], [1.0, 1.0, 2.0]])
@@ -182,9 +175,7 @@ def test_glove_averages_words_and_aliases_voc_names(tmp_path):
     glove2 = _write_vectors(tmp_path / "glove2.txt", {**VOCAB, "diningtable": [9.0, 9.0, 9.0]})
     torch.testing.assert_close(encode_classes("glove", ["diningtable"], path=glove2, cache=False),
                                torch.tensor([[9.0, 9.0, 9.0]]))
-
-
-def test_word2vec_header_and_env_var(tmp_path, monkeypatch):
+    # word2vec's text format: a header line; the file named by the environment
     w2v = _write_vectors(tmp_path / "w2v.txt", VOCAB, header=True)
     monkeypatch.setenv("CPRFL_WORD2VEC", str(w2v))
     emb = encode_classes("word2vec", ["cat", "traffic light"], cache=False)
@@ -225,16 +216,16 @@ def test_bad_arguments(tmp_path):
 
 # --- the on-disk cache -------------------------------------------------------------------
 
-def test_cache_hits_recomputes_and_rejects_foreign_files(tmp_path, monkeypatch):
+@pytest.fixture
+def calls(monkeypatch) -> list:
+    """One entry per embedding computed (a cache miss)."""
+    calls, compute = [], semantics._compute
+    monkeypatch.setattr(semantics, "_compute", lambda *a, **k: calls.append(a[1]) or compute(*a, **k))
+    return calls
+
+
+def test_cache_hits_recomputes_and_rejects_foreign_files(tmp_path, calls):
     glove = _write_vectors(tmp_path / "glove.txt", VOCAB)
-    calls = []
-    compute = semantics._compute
-
-    def counting(*args, **kwargs):
-        calls.append(args[1])
-        return compute(*args, **kwargs)
-
-    monkeypatch.setattr(semantics, "_compute", counting)
     first = encode_classes("glove", ["cat", "traffic light"], path=glove)
     second = encode_classes("glove", ["cat", "traffic light"], path=glove)
     assert len(calls) == 1
@@ -249,11 +240,8 @@ def test_cache_hits_recomputes_and_rejects_foreign_files(tmp_path, monkeypatch):
     assert len(list((tmp_path / "cache" / "embeddings").glob("glove-*.pt"))) == 4  # a file that disagrees: test_faults
 
 
-def test_clip_cache_is_keyed_by_weights_file(tiny_ckpt, monkeypatch):
+def test_clip_cache_is_keyed_by_weights_file(tiny_ckpt, calls):
     path, expected = tiny_ckpt
-    calls = []
-    compute = semantics._compute
-    monkeypatch.setattr(semantics, "_compute", lambda *a, **k: calls.append(1) or compute(*a, **k))
     torch.testing.assert_close(encode_classes("clip-tiny", NAMES, weights=path), expected)
     torch.testing.assert_close(encode_classes("clip-tiny", NAMES, weights=path), expected)
     assert len(calls) == 1

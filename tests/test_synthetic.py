@@ -28,7 +28,6 @@ from cprfl_lib.metrics import class_groups
 VOC, COCO = "synth-voc-lt", "synth-coco-lt"
 # name -> (train images, labels per image, head/medium/tail sizes)
 REAL_SHAPE = {VOC: (1142, 2.05, (6, 6, 8)), COCO: (1909, 4.36, (22, 33, 25))}
-LINE = re.compile(r"^images/(train|val|test)/\d{6}\.jpg( \d+)+$")
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +40,6 @@ def _multi_hot(sets: list[list[int]], num_classes: int) -> np.ndarray:
     for i, labels in enumerate(sets):
         y[i, labels] = 1
     return y
-
-
-def _groups(counts: np.ndarray) -> tuple[int, int, int]:
-    return int((counts >= 100).sum()), int(((counts >= 20) & (counts < 100)).sum()), int((counts < 20).sum())
 
 
 def _tree_hash(root: Path) -> str:
@@ -69,34 +64,34 @@ def test_class_names_and_super_categories() -> None:
     assert sum(s == "sports" for s in sup) == 10 and sum(s == "vehicle" for s in sup) == 8
 
 
-def test_unknown_name_lists_the_known_ones(tmp_path: Path) -> None:
-    for call in (lambda: synthetic.class_names("voc"),
-                 lambda: synthetic.generate_dataset("voc", tmp_path / "x"),
-                 lambda: synthetic.generated_folder("voc")):
-        one_line_error(call, "'voc'", "synth-voc-lt, synth-coco-lt")
-    assert not any(tmp_path.iterdir())
-
-
 @pytest.mark.parametrize("name", [VOC, COCO])
-def test_default_label_sets_match_the_benchmark_shape(name: str, label_sets) -> None:
+def test_default_label_sets_match_the_benchmark_shape_in_every_split(name: str, label_sets) -> None:
     train, test = label_sets[name]["train"], label_sets[name]["test"]
     num_images, per_image, groups = REAL_SHAPE[name]
     num_classes = len(synthetic.class_names(name))
     y = _multi_hot(train, num_classes)
     target = np.array(synthetic.target_train_counts(name))
     assert len(train) == num_images
-    assert np.all(np.abs(y.sum(0) - target) <= 0.03 * target)
     assert np.array_equal(y.sum(0), target)  # the generator hits them exactly
-    assert _groups(y.sum(0)) == groups
     assert abs(y.sum(1).mean() - per_image) < 0.03 * per_image
     yt = _multi_hot(test, num_classes)
     assert yt.sum(0).min() >= synthetic.MIN_TEST_POSITIVES >= 30
     assert np.array_equal(yt.sum(0), synthetic.target_test_counts(name))
     assert len(test) == synthetic.SYNTHETIC_DATASETS[name].num_test
-    for sets in (train, test):  # non-empty, sorted, no repeats
+    for sets in label_sets[name].values():  # non-empty, sorted, no repeats
         assert all(labels and labels == sorted(set(labels)) for labels in sets)
-    metric_groups = class_groups(synthetic.target_train_counts(name))  # the metrics' groups agree
+    metric_groups = class_groups(target)  # the paper's groups (class_groups against the official: test_parity.py)
     assert tuple(int((metric_groups == g).sum()) for g in ("head", "medium", "tail")) == groups
+    # validation: the training counts scaled and floored (the tail classes), hit exactly
+    spec = synthetic.SYNTHETIC_DATASETS[name]
+    want = [max(synthetic.MIN_VAL_POSITIVES, round(n * spec.num_val / spec.num_train)) for n in spec.train_counts]
+    assert synthetic.target_val_counts(name) == want
+    assert synthetic.MIN_VAL_POSITIVES == 20 and min(want) == 20
+    assert len(label_sets[name]["val"]) == spec.num_val == {VOC: 1200, COCO: 1600}[name]
+    yv = _multi_hot(label_sets[name]["val"], num_classes)
+    assert np.array_equal(yv.sum(0), want)
+    # the same shape as the training split, not the test split's: the head classes keep their ranks
+    assert set(np.argsort(yv.sum(0), kind="stable")[-3:]) == set(np.argsort(target, kind="stable")[-3:])
 
 
 def test_labels_co_occur_plausibly(label_sets) -> None:
@@ -110,15 +105,6 @@ def test_labels_co_occur_plausibly(label_sets) -> None:
     assert p(VOC, "cow", "tvmonitor") == 0 and p(VOC, "sofa", "aeroplane") == 0
     assert p(COCO, "dining table", "fork") > 0.3 and p(COCO, "person", "skis") > 0.6
     assert p(COCO, "giraffe", "toaster") == 0
-
-
-def test_label_sampling_depends_on_the_seed(label_sets) -> None:
-    again = synthetic.sample_label_sets(VOC, seed=0)
-    assert again == label_sets[VOC]
-    other = synthetic.sample_label_sets(VOC, seed=1)
-    assert set(other) == set(again) == {"train", "val", "test"}
-    for split in ("train", "val", "test"):
-        assert other[split] != label_sets[VOC][split], split
 
 
 def test_super_categories_share_a_body_and_differ_by_parts() -> None:
@@ -144,18 +130,6 @@ def test_generated_files_are_in_the_list_format(generated: Path) -> None:
     labels = (a / "labels.txt").read_text().splitlines()
     assert labels[0] == "aeroplane 0" and labels[19] == "tvmonitor 19" and len(labels) == 20
     assert read_labels(a / "labels.txt") == synthetic.class_names(VOC)
-    for split in ("train", "val", "test"):
-        lines = (a / f"{split}.txt").read_text().splitlines()
-        assert len(lines) == 70 and all(LINE.match(line) for line in lines), lines[:3]
-        assert all(line.startswith(f"images/{split}/") for line in lines)
-        parsed = read_split(a / f"{split}.txt", 20)
-        assert parsed.targets.sum(1).min() >= 1
-        image = Image.open(a / parsed.paths[0])
-        assert image.format == "JPEG" and image.mode == "RGB" and image.size == (32, 32)
-        assert np.asarray(image).std() > 5  # something is drawn
-        assert all((a / p).is_file() for p in parsed.paths)
-        assert len(list((a / "images" / split).iterdir())) == 70
-
     meta = json.loads((a / "GENERATOR.json").read_text())
     assert meta["dataset"] == VOC and meta["seed"] == 0 and meta["image_size"] == 32
     assert meta["version"] == synthetic.GENERATOR_VERSION and meta["limit"] == 70
@@ -164,9 +138,18 @@ def test_generated_files_are_in_the_list_format(generated: Path) -> None:
     assert meta["scene"] == synthetic.VOC_SCENE.as_dict() == synthetic.scene_params(VOC).as_dict()
     assert meta["scene"]["object_range"] == list(synthetic.VOC_SCENE.object_range)  # JSON: a list
     for split in ("train", "val", "test"):
+        lines = (a / f"{split}.txt").read_text().splitlines()
+        assert len(lines) == 70, len(lines)
+        assert all(re.fullmatch(rf"images/{split}/\d{{6}}\.jpg( \d+)+", line) for line in lines), lines[:3]
+        parsed = read_split(a / f"{split}.txt", 20)
+        assert parsed.targets.sum(1).min() >= 1
+        image = Image.open(a / parsed.paths[0])
+        assert image.format == "JPEG" and image.mode == "RGB" and image.size == (32, 32)
+        assert np.asarray(image).std() > 5  # something is drawn
+        assert all((a / p).is_file() for p in parsed.paths)
+        assert len(list((a / "images" / split).iterdir())) == 70
         counts = meta["counts"][split]
-        lists = read_split(a / f"{split}.txt", 20).targets
-        assert counts["class_counts"] == lists.sum(0).tolist()
+        assert counts["class_counts"] == parsed.targets.sum(0).tolist()
         objects = counts["objects"]
         # every label is drawn at least once (more with the extra instances)
         assert objects["instances"] >= sum(counts["class_counts"])
@@ -210,8 +193,7 @@ def test_coco_images_render(tmp_path: Path) -> None:
     assert len(parsed) == 5 and Image.open(out / parsed.paths[4]).size == (48, 48)
 
 
-def test_generated_folder_caches_and_regenerates(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("CPRFL_CACHE", str(tmp_path / "cache"))
+def test_generated_folder_caches_and_regenerates(tmp_path: Path, monkeypatch, private_cache) -> None:
     out = synthetic.generated_folder(VOC, seed=3, image_size=32, limit=4)
     assert out == tmp_path / "cache" / "synthetic" / f"{VOC}-s3-32px-limit4" and (out / "GENERATOR.json").is_file()
     with monkeypatch.context() as m:
@@ -226,7 +208,11 @@ def test_generated_folder_caches_and_regenerates(tmp_path: Path, monkeypatch) ->
     assert not (out / "stale.txt").exists()
 
 
-def test_refuses_to_overwrite_a_foreign_folder(tmp_path: Path) -> None:
+def test_refuses_unknown_names_bad_arguments_and_a_foreign_folder(tmp_path: Path) -> None:
+    for call in (lambda: synthetic.class_names("voc"),
+                 lambda: synthetic.generate_dataset("voc", tmp_path / "x"),
+                 lambda: synthetic.generated_folder("voc")):
+        one_line_error(call, "'voc'", "synth-voc-lt, synth-coco-lt")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     one_line_error(lambda: synthetic.generate_dataset(VOC, tmp_path / "mine", image_size=32, limit=2),
@@ -251,42 +237,37 @@ def test_embedded_numbers_match_the_real_lists(name: str, folder: str, shared_da
     assert test.targets.sum(0).tolist() == list(spec.real_test_counts) and len(test) == spec.real_num_test
 
 
-def test_a_data_root_is_read_never_written(tmp_path: Path, monkeypatch) -> None:
-    """A folder the user names must already hold the generated set: nothing is generated into it."""
-    monkeypatch.setenv("CPRFL_CACHE", str(tmp_path / "cache"))
+def test_a_data_root_is_read_never_written(tmp_path: Path, private_cache) -> None:
+    """A folder the user names must already hold the generated set: nothing is generated into it. One with every
+    split serves a run without test too; one without test serves only such a run."""
+    kw, notest = dict(seed=3, image_size=32, limit=4), ("train", "val")
     user = tmp_path / "user-folder"
     (user / "VOCdevkit").mkdir(parents=True)
-    one_line_error(lambda: synthetic.generated_folder(VOC, user, seed=3, image_size=32, limit=4),
+    one_line_error(lambda: synthetic.generated_folder(VOC, user, **kw),
                    "holds no generated synth-voc-lt", "never in a folder you give")
     assert [p.name for p in user.iterdir()] == ["VOCdevkit"] and not (tmp_path / "cache").exists()
-    made = synthetic.generated_folder(VOC, seed=3, image_size=32, limit=4)  # in the cache
+    made = synthetic.generated_folder(VOC, **kw)  # in the cache
     shutil.copytree(made, user / made.name)
-    assert synthetic.generated_folder(VOC, user, seed=3, image_size=32, limit=4) == user / made.name
-    assert synthetic.generated_folder(VOC, user / made.name, seed=3, image_size=32, limit=4) == user / made.name
+    assert synthetic.generated_folder(VOC, user, **kw) == user / made.name
+    assert synthetic.generated_folder(VOC, user / made.name, **kw) == user / made.name
+    assert synthetic.generated_folder(VOC, user, **kw, splits=notest) == user / made.name
+    partial = synthetic.generated_folder(VOC, **kw, splits=notest)
+    assert partial.name == made.name + "-notest"
+    only_partial = tmp_path / "user2"
+    shutil.copytree(partial, only_partial / partial.name)
+    assert synthetic.generated_folder(VOC, only_partial, **kw, splits=notest) == only_partial / partial.name
+    one_line_error(lambda: synthetic.generated_folder(VOC, only_partial, **kw), "holds no generated")
 
 
-# --- the validation split --------------------------------------------------------------------------
+# --- the splits ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", [VOC, COCO])
-def test_validation_counts_are_the_training_counts_scaled_and_floored(name: str, label_sets) -> None:
-    spec = synthetic.SYNTHETIC_DATASETS[name]
-    scale = spec.num_val / spec.num_train
-    want = [max(synthetic.MIN_VAL_POSITIVES, round(n * scale)) for n in spec.train_counts]
-    assert synthetic.target_val_counts(name) == want
-    assert synthetic.MIN_VAL_POSITIVES == 20 and min(want) == 20  # the tail classes are floored
-    assert spec.num_val == {VOC: 1200, COCO: 1600}[name]
-    val = label_sets[name]["val"]
-    assert len(val) == spec.num_val
-    y = _multi_hot(val, len(synthetic.class_names(name)))
-    assert np.array_equal(y.sum(0), want)  # hit exactly, like the training counts
-    assert all(labels and labels == sorted(set(labels)) for labels in val)
-    # the same shape as the training split, not the test split's: the head classes keep their ranks
-    train_rank = np.argsort(spec.train_counts, kind="stable")[-3:]
-    assert set(np.argsort(y.sum(0), kind="stable")[-3:]) == set(train_rank)
-
-
-def test_the_validation_split_is_deterministic_and_its_own_stream(label_sets) -> None:
+def test_label_sampling_depends_on_the_seed_and_each_split_is_its_own_stream(label_sets) -> None:
     full = label_sets[VOC]
+    assert synthetic.sample_label_sets(VOC, seed=0) == full
+    other = synthetic.sample_label_sets(VOC, seed=1)
+    assert set(other) == set(full) == {"train", "val", "test"}
+    for split in ("train", "val", "test"):
+        assert other[split] != full[split], split
     only = synthetic.sample_label_sets(VOC, seed=0, splits=("val",))
     assert list(only) == ["val"] and only["val"] == full["val"]  # no matter which other splits are drawn
     assert synthetic.sample_label_sets(VOC, 0, ("train", "val")) == {"train": full["train"], "val": full["val"]}
@@ -390,8 +371,7 @@ def test_render_scene_returns_one_area_per_instance_drawn() -> None:
 
 # --- splits left out, a changed scene, the cache ---------------------------------------------------
 
-def test_a_notest_folder_holds_no_test_split(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("CPRFL_CACHE", str(tmp_path / "cache"))
+def test_a_notest_folder_holds_no_test_split(tmp_path: Path, private_cache) -> None:
     # 20 images a split: drawn in this process (see the workers test for the process pool)
     generated = synthetic.generate_dataset(VOC, tmp_path / "full", seed=0, image_size=32, limit=20, workers=1)
     out = synthetic.generated_folder(VOC, seed=0, image_size=32, limit=20, splits=("train", "val"))
@@ -408,24 +388,7 @@ def test_a_notest_folder_holds_no_test_split(tmp_path: Path, monkeypatch) -> Non
         assert meta["counts"][split] == json.loads((generated / "GENERATOR.json").read_text())["counts"][split]
 
 
-def test_a_data_root_with_every_split_serves_a_run_without_test(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("CPRFL_CACHE", str(tmp_path / "cache"))
-    kw = dict(seed=3, image_size=32, limit=4)
-    full = synthetic.generated_folder(VOC, **kw)
-    partial = synthetic.generated_folder(VOC, **kw, splits=("train", "val"))
-    assert partial != full and partial.name == full.name + "-notest"
-    user = tmp_path / "user"
-    shutil.copytree(full, user / full.name)
-    assert synthetic.generated_folder(VOC, user, **kw, splits=("train", "val")) == user / full.name
-    only_partial = tmp_path / "user2"
-    shutil.copytree(partial, only_partial / partial.name)
-    assert synthetic.generated_folder(VOC, only_partial, **kw, splits=("train", "val")) == only_partial / partial.name
-    # a folder without test cannot serve a full run
-    one_line_error(lambda: synthetic.generated_folder(VOC, only_partial, **kw), "holds no generated")
-
-
-def test_a_changed_scene_is_its_own_dataset(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("CPRFL_CACHE", str(tmp_path / "cache"))
+def test_a_changed_scene_is_its_own_dataset(tmp_path: Path, private_cache) -> None:
     kw = dict(seed=0, image_size=32, limit=3, splits=("train",))
     base = synthetic.generated_folder(VOC, **kw)
     plain = synthetic.generated_folder(VOC, **kw, scene={"decoys": 0.0, "extra_instances": 0.0})
