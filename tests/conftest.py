@@ -5,6 +5,7 @@
 - ``cprfl(env, cwd, *args)``: the console script in a subprocess; ``run_cli(capsys, *args)``: ``cli.main`` in process;
 - ``smoke_config(**overrides)``: the tiny recipe at test scale (64 generated images, CPU, one thread); ``as_args``:
   overrides as the command's ``key=value`` arguments; ``fake_training(monkeypatch, score)``: the run store's stub;
+  ``spy(monkeypatch, owner, name)``: a function that runs as before and notes its calls;
 - fixtures: ``shared_data``, ``cprfl_cache``, ``private_cache``, ``offline``, ``cli_env`` and ``cli_cwd`` (a fresh
   offline cache and a working folder for the subprocesses), ``smoke_run`` (one finished smoke run for the session),
   ``close_figures``.
@@ -124,6 +125,18 @@ def fake_training(monkeypatch, score, split: str = "test") -> list[Path]:
     return trained
 
 
+def spy(monkeypatch, owner, name: str, note=lambda *args, **kwargs: 1) -> list:
+    """``owner.name`` runs as it did; the list returned gets ``note(*args, **kwargs)`` of each call, before it runs."""
+    real, notes = getattr(owner, name), []
+
+    def noted(*args, **kwargs):
+        notes.append(note(*args, **kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, noted)
+    return notes
+
+
 # ---------------------------------------------------------------- fixtures
 
 
@@ -199,17 +212,3 @@ def close_figures():
 
     plt.close("all")
 
-
-# ---------------------------------------------------------------- helpers from t2
-
-
-def spy(monkeypatch, owner, name: str, note=lambda *args, **kwargs: 1) -> list:
-    """``owner.name`` runs as it did; the list returned gets ``note(*args, **kwargs)`` of each call, before it runs."""
-    real, notes = getattr(owner, name), []
-
-    def noted(*args, **kwargs):
-        notes.append(note(*args, **kwargs))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(owner, name, noted)
-    return notes
