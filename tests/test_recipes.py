@@ -92,6 +92,8 @@ def test_dict_overrides_dotted_and_nested():
     c = load_recipe("tiny", {"optim.lr": 1e-2, "model": {"dim": 64}, "loss.params": {"gamma_neg": 2}})
     assert c["optim"]["lr"] == 1e-2 and c["model"]["dim"] == 64 and c["model"]["heads"] == 2
     assert c["loss"]["params"] == {"gamma_neg": 2}  # loss parameters are free-form
+    params = load_recipe("cpu-voc", {"loss.params.gamma_neg": 2})["loss"]["params"]  # a dotted key keeps its siblings
+    assert params["gamma_neg"] == 2 and params["clip"] == 0.05 and params["gamma_pos"] == 0
     again = apply_overrides(c, {"optim.epochs": 4})
     assert again is c and c["optim"]["epochs"] == 4
     assert load_recipe("tiny", {"optim.lr": 1})["optim"]["lr"] == 1  # an int where a float is expected

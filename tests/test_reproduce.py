@@ -6,25 +6,36 @@ import pytest
 from conftest import one_line_error
 
 from cprfl_repro.context import PROFILES
-from cprfl_repro.reproduce import _swap_in, check_parameters, notebooks, profile_parameters
+from cprfl_repro.reproduce import _swap_in, notebooks, profile_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_profile_settings_are_the_notebooks(profile):
-    """Every profile names existing notebooks and only their settings (a profile's typo is refused by name);
-    a notebook's papermill parameters are what a user changes, and make reproduce passes only those."""
-    stems = {nb.stem: nb for nb in notebooks(ROOT)}
-    params = profile_parameters(profile)
-    assert set(params) - {"overrides", "notebooks"} == set(stems)
-    assert set(params.get("notebooks", stems)) <= set(stems)  # a profile's notebooks (own: 01, 02, 04, 06) exist
-    for nb in stems.values():
-        check_parameters(nb, {"profile": profile, "name": None, "overrides": {}})
+    """Every profile names existing notebooks and gives each one the settings smoke.yaml gives it, no other (a
+    profile's typo is refused by name)."""
+    stems = {nb.stem for nb in notebooks(ROOT)}
+    params, smoke = profile_parameters(profile), profile_parameters("smoke")
+    assert set(params) - {"overrides", "notebooks"} == stems
+    assert set(params.get("notebooks", stems)) <= stems  # a profile's notebooks (own: 01, 02, 04, 06) exist
+    for stem in stems:
+        assert set(params[stem]) == set(smoke[stem]), (profile, stem)
 
 
-def test_the_six_notebooks_exist_in_order():
-    assert [nb.stem[:2] for nb in notebooks(ROOT)] == ["01", "02", "03", "04", "05", "06"]
+def test_the_six_notebooks_declare_only_what_a_user_changes():
+    """In order; a notebook's papermill parameters (what check_parameters lets make reproduce pass) are what a user
+    changes, and the notebook reads its settings from the profile."""
+    import nbformat
+    import papermill
+
+    user = {"profile", "name", "overrides", "data_root", "list_dir", "output_dir", "work_dir"}
+    found = notebooks(ROOT)
+    assert [nb.stem[:2] for nb in found] == ["01", "02", "03", "04", "05", "06"]
+    for nb in found:
+        assert set(papermill.inspect_notebook(str(nb))) == user | ({"studies"} if nb.stem == "05_ablations" else set())
+        code = "\n".join(c.source for c in nbformat.read(nb, as_version=4).cells if c.cell_type == "code")
+        assert f'ctx.notebook("{nb.stem}")' in code and "overrides, name)" in code
 
 
 def test_unknown_profile_is_rejected():
