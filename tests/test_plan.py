@@ -57,8 +57,8 @@ def test_workers_auto_is_one_per_gpu():
     import torch
 
     n, gpus = studies.pool_size("auto")
-    assert n == max(1, torch.cuda.device_count() if torch.cuda.is_available() else 0) and len(gpus) == (
-        torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    assert n == max(1, count) and len(gpus) == count
     assert studies.pool_size(3)[0] == 3
     with pytest.raises(Exception, match="workers"):
         studies.pool_size(0)
