@@ -5,10 +5,15 @@ and figure with its caption."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -24,13 +29,18 @@ from cprfl_lib.model_analysis import PATHS, DualPath, Trace
 from cprfl_repro.analysis.data import DataChoice
 from cprfl_repro.analysis.predictions import RunPredictions
 from cprfl_repro.analysis.semantics import ClassInfo, EncoderResult
+from cprfl_repro.context import CHECK_LABEL, RunContext
+from cprfl_repro.figures import save_figure
+from cprfl_repro.index import NO_CAPTION, write_index
 from cprfl_repro.plots import data as pd_data
 from cprfl_repro.plots import model as pm
 from cprfl_repro.plots import predictions as pp
 from cprfl_repro.plots import semantics as ps
 from cprfl_repro.plots import training as pt
 from cprfl_repro.reported import COLUMNS
+from cprfl_repro.reproduce import _swap_in, main
 from cprfl_repro.style import STYLE_ENV, WIDTHS, Style, current, load_style
+from cprfl_repro.tables import write_table
 
 pytestmark = pytest.mark.usefixtures("close_figures")
 
@@ -227,14 +237,12 @@ def test_every_figure_keeps_its_legend_off_the_data_and_fits_its_width(tmp_path,
     for name, fig in every_figure(tmp_path):
         check_figure(name, fig, style)
         names.append(name)
-        matplotlib.pyplot.close(fig)
+        plt.close(fig)
     assert len(names) == 24
 
 
 def test_the_overlap_check_sees_a_legend_on_the_bars() -> None:
     """The check itself fails on the old placement (a legend inside the axes over the bars)."""
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(3.3, 2))
     ax.bar(range(4), [1, 1, 1, 1], label="bars")
     ax.legend(loc="center")
@@ -280,8 +288,6 @@ def test_a_bad_style_file_is_refused_in_one_line_naming_it(tmp_path, text, messa
 
 
 def test_reproduce_refuses_a_bad_style_before_anything_runs(tmp_path, monkeypatch, capsys) -> None:
-    from cprfl_repro.reproduce import main
-
     bad = tmp_path / "bad.yaml"
     bad.write_text("colours: {head: red}\n")
     monkeypatch.setenv(STYLE_ENV, str(bad))
@@ -296,11 +302,6 @@ def test_reproduce_refuses_a_bad_style_before_anything_runs(tmp_path, monkeypatc
 
 
 def test_index_lists_every_table_and_figure_with_its_caption(tmp_path) -> None:
-    import matplotlib.pyplot as plt
-
-    from cprfl_repro.context import RunContext
-    from cprfl_repro.index import NO_CAPTION, write_index
-
     ctx = RunContext("smoke", tmp_path, tmp_path / "runs")
     ctx.table(pd.DataFrame({"a": [1.0]}), "table2_losses", caption="Table 2: six losses | on generated data")
     fig, _ = plt.subplots()
@@ -346,11 +347,6 @@ def test_the_readme_restyles_every_figure_from_the_stored_runs(tmp_path) -> None
     """The README's style file and `make reproduce STYLE=...` line as written, on the smoke profile (PROFILE from the
     environment): run twice where the run store is cold; on a warm store it trains nothing and redraws every figure
     in the user's style, each listed in INDEX.md with its caption."""
-    import os
-    import re
-    import subprocess
-    import sys
-
     root = Path(__file__).resolve().parents[1]
     text = (root / "README.md").read_text()
     section = text[text.index("## Figures for a write-up"):]
@@ -399,9 +395,6 @@ def test_the_readme_restyles_every_figure_from_the_stored_runs(tmp_path) -> None
 
 
 def test_a_pipeline_check_says_so_in_its_figures_within_their_width_and_in_its_index(tmp_path) -> None:
-    from cprfl_repro.context import CHECK_LABEL, RunContext
-    from cprfl_repro.index import write_index
-
     check = RunContext("paper-check", tmp_path / "check", tmp_path / "runs")
     for name, variants in (("column", ["a", "b"]), ("page", list("abcde"))):
         fig = pt.study_bars(_runs_table(variants), title="t")
@@ -417,13 +410,6 @@ def test_a_pipeline_check_says_so_in_its_figures_within_their_width_and_in_its_i
 
 def test_a_subset_merged_into_earlier_results_is_indexed_whole(tmp_path) -> None:
     """`make reproduce` with a subset of notebooks merges into the folder: INDEX.md lists the old and new files."""
-    import matplotlib.pyplot as plt
-
-    from cprfl_repro.figures import save_figure
-    from cprfl_repro.index import write_index
-    from cprfl_repro.reproduce import _swap_in
-    from cprfl_repro.tables import write_table
-
     final, staging = tmp_path / "quick", tmp_path / "staging"
     write_table(pd.DataFrame({"a": [1.0]}), "table2_losses", final, caption="Table 2")
     write_index(final)

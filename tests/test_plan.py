@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from cprfl_repro import plan as plans
 from cprfl_repro import studies
@@ -46,8 +47,6 @@ def test_the_plan_counts_each_distinct_run_once_and_its_cluster_commands_are_wha
 
 
 def test_workers_auto_is_one_per_gpu():
-    import torch
-
     n, gpus = studies.pool_size("auto")
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     assert n == max(1, count) and len(gpus) == count
@@ -77,7 +76,6 @@ def test_make_and_the_command_share_one_cache_root(tmp_path):
 def test_the_work_counted_in_parts_is_the_whole_models(overrides):
     """architecture_cost counts a pass as the backbone's and the head's (the backbone's count shared between
     heads): the same FLOPs as the whole model's pass counted at once."""
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from cprfl_lib.train import factory
