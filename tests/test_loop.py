@@ -16,8 +16,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import one_line_error
+
+from cprfl_repro import context, experiments, studies
+from cprfl_repro.context import read_settings
+from cprfl_repro.reproduce import main, reproduce, split_list, split_overrides, variant_changes
 
 ROOT = Path(__file__).resolve().parents[1]
 INTERVAL = r"[+-]\d+\.\d\d \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\]"  # a difference with its 95 % interval
@@ -46,8 +51,6 @@ def _env(results_root: Path) -> dict:
 
 
 def test_overrides_text_splits_only_where_a_key_starts():
-    from cprfl_repro.reproduce import split_list, split_overrides
-
     assert split_overrides("model.tau=1.0 loss.params={gamma_neg: 2, clip: 0.05} model.backbone_weights=/a b/ü.pth") \
         == ["model.tau=1.0", "loss.params={gamma_neg: 2, clip: 0.05}", "model.backbone_weights=/a b/ü.pth"]
     assert split_overrides("") == [] and split_list("04,05") == ["04", "05"] and split_list("04 05") == ["04", "05"]
@@ -55,8 +58,6 @@ def test_overrides_text_splits_only_where_a_key_starts():
 
 def test_weight_files_are_inputs_and_every_other_override_a_change():
     """The paper profiles' weight files (like DATA_ROOT) are located by a plain reproduction; anything else needs NAME."""
-    from cprfl_repro.reproduce import reproduce, variant_changes
-
     changes, inputs = variant_changes(["model.backbone_weights=/w/r.pth", "semantics.weights=/w/c.bin"], None, None,
                                       None)
     assert changes == {} and inputs == {"model.backbone_weights": "/w/r.pth", "semantics.weights": "/w/c.bin"}
@@ -67,16 +68,12 @@ def test_weight_files_are_inputs_and_every_other_override_a_change():
 
 
 def test_a_settings_file_changes_entries(tmp_path):
-    from cprfl_repro.context import read_settings
-
     good = tmp_path / "my settings ü.yaml"
     good.write_text("optim: {lr: 0.002}\nloss:\n  params: {gamma_neg: 2}\nmodel.tau: 1.0\n")
     assert read_settings(good) == {"optim.lr": 0.002, "loss.params.gamma_neg": 2, "model.tau": 1.0}
 
 
 def test_a_notebook_takes_its_settings_from_the_profile(tmp_path, monkeypatch):
-    from cprfl_repro import context
-
     monkeypatch.delenv("CPRFL_RESULTS_DIR", raising=False)
     monkeypatch.setenv("CPRFL_RESULTS_ROOT", str(tmp_path / "results"))
     ctx = context.resolve("quick", work_dir=tmp_path / "runs")
@@ -94,8 +91,6 @@ def test_a_notebook_takes_its_settings_from_the_profile(tmp_path, monkeypatch):
 
 
 def test_a_profile_with_an_unknown_setting_is_refused(monkeypatch):
-    from cprfl_repro import context
-
     real = context._profile_file
     monkeypatch.setattr(context, "_profile_file",
                         lambda p: {"04_training": {"sedes": [0]}} if p == "quick" else real(p))
@@ -114,8 +109,6 @@ def test_a_profile_with_an_unknown_setting_is_refused(monkeypatch):
 ], ids=["settings-key", "name-is-quick-extra", "name-is-a-profile", "no-notebook", "no-name", "study", "override",
         "study-file-key"])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(args, needles, tmp_path, monkeypatch, capsys):
-    from cprfl_repro.reproduce import main
-
     bad, study = tmp_path / "bad.yaml", tmp_path / "my study.yaml"
     bad.write_text("optim:\n  lerning_rate: 0.002\n")
     study.write_text("name: mine\nreference: a\nvariants:\n  a: {}\n  b: {model.taux: 1.0}\n")
@@ -152,8 +145,6 @@ def test_make_passes_values_and_paths_intact(tmp_path):
 
 def _reference_runs_of_table2() -> None:
     """The smoke profile's own Table 2 runs in the run store (what the variants are compared with)."""
-    from cprfl_repro import context, experiments, studies
-
     ctx = context.resolve("smoke", output_dir=context.cache_dir("test-loop", "out"))
     settings = ctx.notebook("05_ablations")
     plan = experiments.ablation_studies(ctx, settings["recipe"], settings["seeds"], ["table2"])
@@ -210,8 +201,6 @@ def test_one_setting_for_every_run_and_the_same_by_hand(tmp_path, monkeypatch):
     assert manifest["base_profile"] == "smoke" and manifest["name"] == "lr"
     assert manifest["changes"]["overrides"] == {"optim.lr": 0.002} and manifest["changes"]["only"] == ["05"]
     assert manifest["changes"]["studies"] == ["table2"] and set(manifest["notebooks"]) == {"05_ablations"}
-    import pandas as pd
-
     table = pd.read_csv(variant / "tables" / "table2_vs_smoke.csv")
     assert len(table) == 6 and (table["seeds"] == 1).all()
     assert table["Δ mAP [95 % CI]"].str.fullmatch(INTERVAL).all(), table
@@ -230,8 +219,6 @@ def test_one_setting_for_every_run_and_the_same_by_hand(tmp_path, monkeypatch):
 def test_a_new_study_from_a_yaml_file(tmp_path):
     """The README's study file through make: notebook 05 gives it the table, figure and 95 % intervals the built-in
     studies beyond the paper get, and writes nothing else (no built-in study, no other results folder)."""
-    import pandas as pd
-
     results = tmp_path / "results"
     done = _run_block(readme_block("**A new study from a YAML file.**"), results)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
