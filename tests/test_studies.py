@@ -186,7 +186,7 @@ def test_the_run_digest_covers_the_modules_a_run_imports(library_copy):
     assert "cprfl_lib/data/relative_import.py" in studies.run_modules()
 
 
-def test_editing_the_cli_or_a_recipe_keeps_every_finished_run_and_editing_the_model_retrains(
+def test_editing_the_cli_a_recipe_or_a_description_keeps_every_finished_run_and_editing_the_model_retrains(
         tmp_path, fake_train, library_copy):
     plan = {"a": studies.Study("tiny", {"cprfl": {}, "linear": LINEAR}, (0, 1))}
     studies.run_studies(plan, tmp_path / "runs")
@@ -195,19 +195,12 @@ def test_editing_the_cli_or_a_recipe_keeps_every_finished_run_and_editing_the_mo
     append(library_copy / "train" / "recipes" / "paper-coco.yaml", "\n# touched\n")
     append(library_copy / "train" / "recipes" / "tiny.yaml", "\n# the recipe these runs read: its values decide\n")
     studies.run_studies(plan, tmp_path / "runs")
+    described = {**studies.run_config("tiny"), "description": "another text"}  # not part of a run's stamp
+    studies.run_studies({"a": studies.Study(described, {"cprfl": {}, "linear": LINEAR}, (0, 1))}, tmp_path / "runs")
     assert len(fake_train) == 4  # nothing retrained
     append(library_copy / "model.py", "\n# the model changed\n")
     studies.run_studies(plan, tmp_path / "runs")
     assert len(fake_train) == 8  # every run retrained
-
-
-def test_a_recipe_description_is_not_part_of_a_run_stamp(tmp_path, fake_train):
-    config = studies.run_config("tiny")
-    plan = {"a": studies.Study(config, {"cprfl": {}}, (0,))}
-    studies.run_studies(plan, tmp_path)
-    plan = {"a": studies.Study({**config, "description": "another text"}, {"cprfl": {}}, (0,))}
-    studies.run_studies(plan, tmp_path)
-    assert len(fake_train) == 1
 
 
 # --- the differences with their intervals (reports.intervals) ----------------------------------------
