@@ -6,7 +6,7 @@ import pytest
 from conftest import one_line_error
 
 from cprfl_repro.context import PROFILES
-from cprfl_repro.reproduce import _swap_in, notebooks, profile_parameters
+from cprfl_repro.reproduce import _swap_in, execute, notebooks, profile_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,6 +36,19 @@ def test_the_six_notebooks_declare_only_what_a_user_changes():
         assert set(papermill.inspect_notebook(str(nb))) == user | ({"studies"} if nb.stem == "05_ablations" else set())
         code = "\n".join(c.source for c in nbformat.read(nb, as_version=4).cells if c.cell_type == "code")
         assert f'ctx.notebook("{nb.stem}")' in code and "overrides, name)" in code
+
+
+def test_execute_runs_a_notebook_with_its_parameters_and_refuses_one_it_does_not_declare(tmp_path):
+    import nbformat
+
+    cells = [nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+             nbformat.v4.new_code_cell("open('x.txt', 'w').write(str(x))")]
+    notebook = tmp_path / "nb.ipynb"
+    kernel = {"kernelspec": {"name": "cprfl", "display_name": "cprfl", "language": "python"}}
+    nbformat.write(nbformat.v4.new_notebook(cells=cells, metadata=kernel), notebook)
+    assert execute(notebook, tmp_path / "executed" / "nb.ipynb", {"x": 2}) > 0  # through the cprfl kernel
+    assert (tmp_path / "x.txt").read_text() == "2" and (tmp_path / "executed" / "nb.ipynb").is_file()
+    one_line_error(lambda: execute(notebook, tmp_path / "no.ipynb", {"y": 2}), "nb.ipynb: unknown parameter(s) 'y'")
 
 
 def test_unknown_profile_is_rejected():
