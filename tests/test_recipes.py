@@ -102,15 +102,11 @@ def test_dict_overrides_dotted_and_nested():
     assert load_recipe("tiny", {"optim.lr": 1})["optim"]["lr"] == 1  # an int where a float is expected
 
 
-def test_an_unknown_recipe_lists_the_available_ones():
-    one_line_error(lambda: load_recipe("paper-vocc"), "paper-vocc", *available_recipes())
-
-
-@pytest.mark.parametrize("old, new", [("smoke", "tiny"), ("quick-voc", "cpu-voc"), ("quick-coco", "cpu-coco"),
-                                      ("own-cpu", "cpu-own"), ("own-paper", "paper-own")])
-def test_the_old_recipe_names_are_unknown_recipes_and_no_recipe_is_named_like_a_profile(old, new):
-    with pytest.raises(CprflError, match=f"^unknown recipe '{old}'; available: .*{new}"):
-        load_recipe(old)
+@pytest.mark.parametrize("old, new", [("paper-vocc", "paper-voc"), ("smoke", "tiny"), ("quick-voc", "cpu-voc"),
+                                      ("quick-coco", "cpu-coco"), ("own-cpu", "cpu-own"), ("own-paper", "paper-own")])
+def test_unknown_and_old_recipe_names_list_the_available_ones_and_no_recipe_is_named_like_a_profile(old, new):
+    message = one_line_error(lambda: load_recipe(old), new, *available_recipes())
+    assert message.startswith(f"unknown recipe '{old}'; available: ")
     assert not set(available_recipes()) & set(PROFILES)
 
 
