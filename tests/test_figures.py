@@ -5,10 +5,15 @@ and figure with its caption."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -24,13 +29,18 @@ from cprfl_lib.model_analysis import PATHS, DualPath, Trace
 from cprfl_repro.analysis.data import DataChoice
 from cprfl_repro.analysis.predictions import RunPredictions
 from cprfl_repro.analysis.semantics import ClassInfo, EncoderResult
+from cprfl_repro.context import CHECK_LABEL, RunContext
+from cprfl_repro.figures import save_figure
+from cprfl_repro.index import NO_CAPTION, write_index
 from cprfl_repro.plots import data as pd_data
 from cprfl_repro.plots import model as pm
 from cprfl_repro.plots import predictions as pp
 from cprfl_repro.plots import semantics as ps
 from cprfl_repro.plots import training as pt
 from cprfl_repro.reported import COLUMNS
+from cprfl_repro.reproduce import _swap_in, main
 from cprfl_repro.style import STYLE_ENV, WIDTHS, Style, current, load_style
+from cprfl_repro.tables import write_table
 
 pytestmark = pytest.mark.usefixtures("close_figures")
 
@@ -227,14 +237,12 @@ def test_every_figure_keeps_its_legend_off_the_data_and_fits_its_width(tmp_path,
     for name, fig in every_figure(tmp_path):
         check_figure(name, fig, style)
         names.append(name)
-        matplotlib.pyplot.close(fig)
+        plt.close(fig)
     assert len(names) == 24
 
 
 def test_the_overlap_check_sees_a_legend_on_the_bars() -> None:
     """The check itself fails on the old placement (a legend inside the axes over the bars)."""
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(3.3, 2))
     ax.bar(range(4), [1, 1, 1, 1], label="bars")
     ax.legend(loc="center")
@@ -279,19 +287,14 @@ def test_a_bad_style_file_is_refused_in_one_line_naming_it(tmp_path, text, messa
     one_line_error(lambda: load_style(path), path, message)
 
 
-def test_reproduce_refuses_a_bad_style_before_anything_runs(tmp_path) -> None:
-    import os
-    import subprocess
-    import sys
-
+def test_reproduce_refuses_a_bad_style_before_anything_runs(tmp_path, monkeypatch, capsys) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("colours: {head: red}\n")
-    env = {**os.environ, STYLE_ENV: str(bad), "CPRFL_RESULTS_ROOT": str(tmp_path / "results")}
-    done = subprocess.run([sys.executable, "-m", "cprfl_repro.reproduce", "--profile", "smoke"], env=env,
-                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.strip().splitlines() == [f"reproduce: error: style file {bad}: unknown style key 'colours' "
-                                                "(known: width, font, dpi, palette)"]
+    monkeypatch.setenv(STYLE_ENV, str(bad))
+    monkeypatch.setenv("CPRFL_RESULTS_ROOT", str(tmp_path / "results"))
+    assert main(["--profile", "smoke"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"reproduce: error: style file {bad}: unknown style key 'colours' (known: width, font, dpi, palette)"]
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
 
 
@@ -299,11 +302,6 @@ def test_reproduce_refuses_a_bad_style_before_anything_runs(tmp_path) -> None:
 
 
 def test_index_lists_every_table_and_figure_with_its_caption(tmp_path) -> None:
-    import matplotlib.pyplot as plt
-
-    from cprfl_repro.context import CHECK_LABEL, RunContext
-    from cprfl_repro.index import NO_CAPTION, write_index
-
     ctx = RunContext("smoke", tmp_path, tmp_path / "runs")
     ctx.table(pd.DataFrame({"a": [1.0]}), "table2_losses", caption="Table 2: six losses | on generated data")
     fig, _ = plt.subplots()
@@ -319,13 +317,6 @@ def test_index_lists_every_table_and_figure_with_its_caption(tmp_path) -> None:
     assert "| `embedding_scale` | The embedding scale, bars by group | [png](figures/embedding_scale.png) · " \
            "[pdf](figures/embedding_scale.pdf) |" in index
     assert f"| `old_call` | {NO_CAPTION} |" in index
-    check = RunContext("paper-check", tmp_path / "check", tmp_path / "runs")
-    fig, _ = plt.subplots()
-    check.figure(fig, "f", caption="a figure")
-    check.table(pd.DataFrame({"a": [1.0]}), "t", caption="a table")
-    index = write_index(tmp_path / "check").read_text()
-    assert index.startswith("# Tables and figures of results/check\n")
-    assert f"| `f` | {CHECK_LABEL}: a figure |" in index and f"| `t` | {CHECK_LABEL}: a table |" in index
 
 
 def test_every_figure_call_of_the_notebooks_gives_a_caption() -> None:
@@ -356,11 +347,6 @@ def test_the_readme_restyles_every_figure_from_the_stored_runs(tmp_path) -> None
     """The README's style file and `make reproduce STYLE=...` line as written, on the smoke profile (PROFILE from the
     environment): run twice where the run store is cold; on a warm store it trains nothing and redraws every figure
     in the user's style, each listed in INDEX.md with its caption."""
-    import os
-    import re
-    import subprocess
-    import sys
-
     root = Path(__file__).resolve().parents[1]
     text = (root / "README.md").read_text()
     section = text[text.index("## Figures for a write-up"):]
@@ -377,6 +363,7 @@ def test_the_readme_restyles_every_figure_from_the_stored_runs(tmp_path) -> None
     env.pop(STYLE_ENV, None)
     style_file.write_text(style_text)
     try:
+        style = load_style(style_file)
         for attempt in (1, 2):
             done = subprocess.run(["bash", "-c", command], cwd=root, env=env, capture_output=True, text=True,
                                   timeout=900)
@@ -389,7 +376,6 @@ def test_the_readme_restyles_every_figure_from_the_stored_runs(tmp_path) -> None
     finally:
         style_file.unlink()
     out = tmp_path / "results" / "smoke"
-    style = load_style(io_text_file(tmp_path / "style.yaml", style_text))
     pngs = sorted((out / "figures").glob("*.png"))
     assert len(pngs) >= 18
     for png in pngs:
@@ -408,33 +394,22 @@ def test_the_readme_restyles_every_figure_from_the_stored_runs(tmp_path) -> None
     assert "(no caption)" not in index
 
 
-def io_text_file(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
-
-
-def test_a_pipeline_check_figure_says_so_within_its_width(tmp_path) -> None:
-    from cprfl_repro.context import CHECK_LABEL, RunContext
-
-    for name, fig in (("column", pt.study_bars(_runs_table(["a", "b"]), title="t")),
-                      ("page", pt.study_bars(_runs_table(list("abcde")), title="t"))):
-        RunContext("paper-check", tmp_path, tmp_path / "runs").figure(fig, name, caption="c")
+def test_a_pipeline_check_says_so_in_its_figures_within_their_width_and_in_its_index(tmp_path) -> None:
+    check = RunContext("paper-check", tmp_path / "check", tmp_path / "runs")
+    for name, variants in (("column", ["a", "b"]), ("page", list("abcde"))):
+        fig = pt.study_bars(_runs_table(variants), title="t")
+        check.figure(fig, name, caption="a figure")
         texts = [t.get_text() for t in fig.texts]
         assert CHECK_LABEL in texts and any(t.startswith("pipeline check, not results") for t in texts)
-        fig.canvas.draw()
-        assert fig.get_tightbbox(fig.canvas.get_renderer()).width <= fig.get_figwidth() + 0.05, name
-        assert min(t.get_fontsize() for t in fig.texts) >= current().small
+        check_figure(name, fig, current())  # the label fits the column or page width, at a readable size
+    check.table(pd.DataFrame({"a": [1.0]}), "t", caption="a table")
+    index = write_index(tmp_path / "check").read_text()
+    assert index.startswith("# Tables and figures of results/check\n")
+    assert f"| `page` | {CHECK_LABEL}: a figure |" in index and f"| `t` | {CHECK_LABEL}: a table |" in index
 
 
 def test_a_subset_merged_into_earlier_results_is_indexed_whole(tmp_path) -> None:
     """`make reproduce` with a subset of notebooks merges into the folder: INDEX.md lists the old and new files."""
-    import matplotlib.pyplot as plt
-
-    from cprfl_repro.figures import save_figure
-    from cprfl_repro.index import write_index
-    from cprfl_repro.reproduce import _swap_in
-    from cprfl_repro.tables import write_table
-
     final, staging = tmp_path / "quick", tmp_path / "staging"
     write_table(pd.DataFrame({"a": [1.0]}), "table2_losses", final, caption="Table 2")
     write_index(final)

@@ -16,22 +16,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import one_line_error
 
+from cprfl_repro import context, experiments, studies
+from cprfl_repro.context import read_settings
+from cprfl_repro.reproduce import main, reproduce, split_list, split_overrides, variant_changes
+
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
-
-
-def _section() -> str:
-    text = README.read_text()
-    start = text.index("## Change one setting and rerun")
-    return text[start:text.index("\n## ", start + 10)]
+INTERVAL = r"[+-]\d+\.\d\d \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\]"  # a difference with its 95 % interval
 
 
 def readme_block(after: str, lang: str = "bash") -> str:
     """The first ```lang block after the paragraph that starts with ``after`` in the README's loop section."""
-    section = _section()
+    text = (ROOT / "README.md").read_text()
+    start = text.index("## Change one setting and rerun")
+    section = text[start:text.index("\n## ", start + 10)]
     return re.search(rf"```{lang}\n(.*?)```", section[section.index(after):], re.S).group(1)
 
 
@@ -49,17 +50,7 @@ def _env(results_root: Path) -> dict:
 # ---------------------------------------------------------------- settings, overrides, names (fast)
 
 
-def test_a_dotted_key_inside_a_mapping_keeps_its_siblings():
-    from cprfl_lib.train.recipes import load_recipe
-
-    params = load_recipe("cpu-voc", {"loss.params.gamma_neg": 2})["loss"]["params"]
-    assert params["gamma_neg"] == 2 and params["clip"] == 0.05 and params["gamma_pos"] == 0
-    assert load_recipe("cpu-voc", ["loss.params={gamma_neg: 2}"])["loss"]["params"] == {"gamma_neg": 2}
-
-
 def test_overrides_text_splits_only_where_a_key_starts():
-    from cprfl_repro.reproduce import split_list, split_overrides
-
     assert split_overrides("model.tau=1.0 loss.params={gamma_neg: 2, clip: 0.05} model.backbone_weights=/a b/ü.pth") \
         == ["model.tau=1.0", "loss.params={gamma_neg: 2, clip: 0.05}", "model.backbone_weights=/a b/ü.pth"]
     assert split_overrides("") == [] and split_list("04,05") == ["04", "05"] and split_list("04 05") == ["04", "05"]
@@ -67,8 +58,6 @@ def test_overrides_text_splits_only_where_a_key_starts():
 
 def test_weight_files_are_inputs_and_every_other_override_a_change():
     """The paper profiles' weight files (like DATA_ROOT) are located by a plain reproduction; anything else needs NAME."""
-    from cprfl_repro.reproduce import reproduce, variant_changes
-
     changes, inputs = variant_changes(["model.backbone_weights=/w/r.pth", "semantics.weights=/w/c.bin"], None, None,
                                       None)
     assert changes == {} and inputs == {"model.backbone_weights": "/w/r.pth", "semantics.weights": "/w/c.bin"}
@@ -78,20 +67,13 @@ def test_weight_files_are_inputs_and_every_other_override_a_change():
                    "differs from the smoke profile (overrides) needs a name")
 
 
-def test_a_settings_file_changes_entries_and_names_an_unknown_key(tmp_path):
-    from cprfl_repro.context import read_settings
-
+def test_a_settings_file_changes_entries(tmp_path):
     good = tmp_path / "my settings ü.yaml"
     good.write_text("optim: {lr: 0.002}\nloss:\n  params: {gamma_neg: 2}\nmodel.tau: 1.0\n")
     assert read_settings(good) == {"optim.lr": 0.002, "loss.params.gamma_neg": 2, "model.tau": 1.0}
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("optim:\n  lerning_rate: 0.002\n")
-    one_line_error(lambda: read_settings(bad), "bad.yaml: unknown configuration key 'optim.lerning_rate'")
 
 
 def test_a_notebook_takes_its_settings_from_the_profile(tmp_path, monkeypatch):
-    from cprfl_repro import context
-
     monkeypatch.delenv("CPRFL_RESULTS_DIR", raising=False)
     monkeypatch.setenv("CPRFL_RESULTS_ROOT", str(tmp_path / "results"))
     ctx = context.resolve("quick", work_dir=tmp_path / "runs")
@@ -108,39 +90,15 @@ def test_a_notebook_takes_its_settings_from_the_profile(tmp_path, monkeypatch):
     one_line_error(lambda: ctx.notebook("07_x"), "no notebook '07_x'")
 
 
-def test_every_profile_sets_only_the_notebooks_settings():
-    from cprfl_repro.context import PROFILES, profile_parameters
-
-    smoke = profile_parameters("smoke")
-    for profile in PROFILES:
-        params = profile_parameters(profile)
-        assert set(params) - {"overrides", "notebooks"} == set(smoke) - {"overrides"}
-        for stem in set(smoke) - {"overrides"}:
-            assert set(params[stem]) == set(smoke[stem]), (profile, stem)
-
-
 def test_a_profile_with_an_unknown_setting_is_refused(monkeypatch):
-    from cprfl_repro import context
-
     real = context._profile_file
     monkeypatch.setattr(context, "_profile_file",
                         lambda p: {"04_training": {"sedes": [0]}} if p == "quick" else real(p))
     one_line_error(lambda: context.profile_parameters("quick"), "quick.yaml: 04_training has no setting 'sedes'")
 
 
-def test_the_notebooks_declare_only_what_a_user_changes():
-    import nbformat
-    import papermill
-
-    user = {"profile", "name", "overrides", "data_root", "list_dir", "output_dir", "work_dir"}
-    for nb in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
-        assert set(papermill.inspect_notebook(str(nb))) == user | ({"studies"} if nb.stem == "05_ablations" else set())
-        code = "\n".join(c.source for c in nbformat.read(nb, as_version=4).cells if c.cell_type == "code")
-        assert f'ctx.notebook("{nb.stem}")' in code and "overrides, name)" in code
-
-
 @pytest.mark.parametrize("args, needles", [
-    (["--name", "x", "--settings", "{bad}"], ["bad.yaml", "'optim.lerning_rate'"]),
+    (["--name", "x", "--settings", "{bad}"], ["bad.yaml: unknown configuration key 'optim.lerning_rate'"]),
     (["--name", "extra", "--only", "05"], ["NAME 'extra'", "'quick-extra' is a built-in profile"]),
     (["--name", "paper", "--only", "05"], ["'paper' is a built-in profile"]),
     (["--name", "x", "--only", "07"], ["ONLY: no notebook '07'"]),
@@ -151,8 +109,6 @@ def test_the_notebooks_declare_only_what_a_user_changes():
 ], ids=["settings-key", "name-is-quick-extra", "name-is-a-profile", "no-notebook", "no-name", "study", "override",
         "study-file-key"])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(args, needles, tmp_path, monkeypatch, capsys):
-    from cprfl_repro.reproduce import main
-
     bad, study = tmp_path / "bad.yaml", tmp_path / "my study.yaml"
     bad.write_text("optim:\n  lerning_rate: 0.002\n")
     study.write_text("name: mine\nreference: a\nvariants:\n  a: {}\n  b: {model.taux: 1.0}\n")
@@ -189,18 +145,21 @@ def test_make_passes_values_and_paths_intact(tmp_path):
 
 def _reference_runs_of_table2() -> None:
     """The smoke profile's own Table 2 runs in the run store (what the variants are compared with)."""
-    from cprfl_repro import context, experiments, studies
-
     ctx = context.resolve("smoke", output_dir=context.cache_dir("test-loop", "out"))
     settings = ctx.notebook("05_ablations")
     plan = experiments.ablation_studies(ctx, settings["recipe"], settings["seeds"], ["table2"])
     studies.run_studies(plan, ctx.work_dir, progress=False)
 
 
-def _run_block(block: str, results_root: Path, made: list[str]) -> subprocess.CompletedProcess:
-    made += re.findall(r"cat > (\S+) <<", block)
-    return subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=ROOT, env=_env(results_root),
-                          capture_output=True, text=True, timeout=900)
+def _run_block(block: str, results_root: Path) -> subprocess.CompletedProcess:
+    """The README's bash block as written, in the checkout; the files it writes there (``cat > f``) removed after."""
+    made = re.findall(r"cat > (\S+) <<", block)
+    try:
+        return subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=ROOT, env=_env(results_root),
+                              capture_output=True, text=True, timeout=900)
+    finally:
+        for name in made:
+            (ROOT / name).unlink(missing_ok=True)
 
 
 def _hand_run(notebook: Path, lines: str, results_root: Path, monkeypatch) -> str:
@@ -234,12 +193,7 @@ def test_one_setting_for_every_run_and_the_same_by_hand(tmp_path, monkeypatch):
         subprocess.run(["cp", "-a", str(ROOT / "results" / "quick"), str(results / folder)], check=True)
     before = _tree(results)
     _reference_runs_of_table2()
-    made: list[str] = []
-    try:
-        done = _run_block(readme_block("**One setting for every run.**"), results, made)
-    finally:
-        for name in made:
-            (ROOT / name).unlink(missing_ok=True)
+    done = _run_block(readme_block("**One setting for every run.**"), results)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     variant = results / "smoke-lr"
     assert {k: v for k, v in _tree(results).items() if not k.startswith("smoke-lr/")} == before
@@ -247,11 +201,9 @@ def test_one_setting_for_every_run_and_the_same_by_hand(tmp_path, monkeypatch):
     assert manifest["base_profile"] == "smoke" and manifest["name"] == "lr"
     assert manifest["changes"]["overrides"] == {"optim.lr": 0.002} and manifest["changes"]["only"] == ["05"]
     assert manifest["changes"]["studies"] == ["table2"] and set(manifest["notebooks"]) == {"05_ablations"}
-    import pandas as pd
-
     table = pd.read_csv(variant / "tables" / "table2_vs_smoke.csv")
     assert len(table) == 6 and (table["seeds"] == 1).all()
-    assert table["Δ mAP [95 % CI]"].str.match(r"^[+-]\d+\.\d\d \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\]$").all(), table
+    assert table["Δ mAP [95 % CI]"].str.fullmatch(INTERVAL).all(), table
     assert table["smoke mAP"].notna().all() and (table["smoke mAP"] != table["mAP"]).any()
 
     out = _hand_run(ROOT / "notebooks" / "05_ablations.ipynb", readme_block("**A notebook by hand", "python"),
@@ -265,19 +217,20 @@ def test_one_setting_for_every_run_and_the_same_by_hand(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_a_new_study_from_a_yaml_file(tmp_path):
-    from cprfl_repro import studies
-
-    if not hasattr(studies, "read_study"):
-        pytest.skip("YAML study files come with the study loader (issue 18 item 4, branch `studies`)")
+    """The README's study file through make: notebook 05 gives it the table, figure and 95 % intervals the built-in
+    studies beyond the paper get, and writes nothing else (no built-in study, no other results folder)."""
     results = tmp_path / "results"
-    made: list[str] = []
-    try:
-        done = _run_block(readme_block("**A new study from a YAML file.**"), results, made)
-    finally:
-        for name in made:
-            (ROOT / name).unlink(missing_ok=True)
+    done = _run_block(readme_block("**A new study from a YAML file.**"), results)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    tables = results / "smoke-gamma" / "tables"
-    text = (tables / "extra_gamma_neg.md").read_text()
-    assert "γ− = 2" in text and "γ− = 1" in text and re.search(r"[+-]\d+\.\d\d \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\]", text)
-    assert list(results.iterdir()) == [results / "smoke-gamma"]
+    out = results / "smoke-gamma"
+    assert list(results.iterdir()) == [out]
+    text = (out / "tables" / "extra_gamma_neg.md").read_text()
+    assert "γ− = 2" in text and "γ− = 1" in text and re.search(INTERVAL, text)
+    table = pd.read_csv(out / "tables" / "extra_gamma_neg.csv", comment="#")
+    assert list(table["variant"]) == ["γ− = 4", "γ− = 2", "γ− = 1"]
+    delta = table["row − γ− = 4: Δ mAP [95 % CI]"]
+    assert pd.isna(delta[0]) or delta[0] == ""  # the reference row itself
+    assert delta[1:].str.fullmatch(INTERVAL).all(), delta
+    assert (out / "figures" / "extra_gamma_neg.png").is_file()
+    assert list(json.loads((out / "metrics" / "05_ablations.json").read_text())["studies"]) == ["gamma_neg"]
+    assert not [p for p in out.rglob("*") if p.is_file() and "table2" in p.name]  # only what was asked for

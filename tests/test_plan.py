@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from cprfl_repro import plan as plans
 from cprfl_repro import studies
@@ -19,13 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("private_cache")
 
 
-def smoke_plan(tmp_path):
+def test_the_plan_counts_each_distinct_run_once_and_its_cluster_commands_are_what_the_notebooks_reuse(tmp_path):
     ctx = resolve("smoke", tmp_path / "out", tmp_path / "runs", overrides={"data.synthetic_limit": 40})
-    return ctx, plans.make_plan(ctx, {}, notebooks(ROOT))
-
-
-def test_the_plan_counts_each_distinct_run_once(tmp_path):
-    ctx, plan = smoke_plan(tmp_path)
+    plan = plans.make_plan(ctx, {}, notebooks(ROOT))
     by_nb = {nb: [r for r in plan.runs if r.notebook == nb] for nb in ("04_training", "05_ablations", "06_visualization")}
     # notebook 04: Table 1 without GloVe (no file) and the end-to-end run; 06 reuses 04's two runs
     assert len(by_nb["04_training"]) == 7 and by_nb["06_visualization"] == []
@@ -39,26 +36,20 @@ def test_the_plan_counts_each_distinct_run_once(tmp_path):
     assert plan.hours(2) < plan.hours(1)
     assert any("04_training: 7 distinct runs, 7 to train" in line for line in plan.lines())
 
-
-def test_the_plan_as_cluster_commands_that_the_notebooks_then_reuse(tmp_path):
-    ctx, plan = smoke_plan(tmp_path)
     path = plans.write_commands(plan, tmp_path / "runs.sh")
     lines = [line for line in path.read_text().splitlines() if line.startswith("cprfl train")]
     assert len(lines) == len(plan.todo)
-    first = next(r for r in plan.todo if "ERM" in r.name)
-    line = next(line for line in lines if str(first.run_dir) in line)
+    line = next(line for line in lines if str(head.run_dir) in line)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     done = subprocess.run(["bash", "-c", line.split("  #")[0]], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert studies.finished(first.config, first.run_dir) is not None  # the notebooks read it instead of training
+    assert studies.finished(head.config, head.run_dir) is not None  # the notebooks read it instead of training
 
 
 def test_workers_auto_is_one_per_gpu():
-    import torch
-
     n, gpus = studies.pool_size("auto")
-    assert n == max(1, torch.cuda.device_count() if torch.cuda.is_available() else 0) and len(gpus) == (
-        torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    assert n == max(1, count) and len(gpus) == count
     assert studies.pool_size(3)[0] == 3
     with pytest.raises(Exception, match="workers"):
         studies.pool_size(0)
@@ -85,7 +76,6 @@ def test_make_and_the_command_share_one_cache_root(tmp_path):
 def test_the_work_counted_in_parts_is_the_whole_models(overrides):
     """architecture_cost counts a pass as the backbone's and the head's (the backbone's count shared between
     heads): the same FLOPs as the whole model's pass counted at once."""
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from cprfl_lib.train import factory

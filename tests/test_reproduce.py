@@ -6,25 +6,49 @@ import pytest
 from conftest import one_line_error
 
 from cprfl_repro.context import PROFILES
-from cprfl_repro.reproduce import _swap_in, check_parameters, notebooks, profile_parameters
+from cprfl_repro.reproduce import _swap_in, execute, notebooks, profile_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_profile_settings_are_the_notebooks(profile):
-    """Every profile names existing notebooks and only their settings (a profile's typo is refused by name);
-    a notebook's papermill parameters are what a user changes, and make reproduce passes only those."""
-    stems = {nb.stem: nb for nb in notebooks(ROOT)}
-    params = profile_parameters(profile)
-    assert set(params) - {"overrides", "notebooks"} == set(stems)
-    assert set(params.get("notebooks", stems)) <= set(stems)  # a profile's notebooks (own: 01, 02, 04, 06) exist
-    for nb in stems.values():
-        check_parameters(nb, {"profile": profile, "name": None, "overrides": {}})
+    """Every profile names existing notebooks and gives each one the settings smoke.yaml gives it, no other (a
+    profile's typo is refused by name)."""
+    stems = {nb.stem for nb in notebooks(ROOT)}
+    params, smoke = profile_parameters(profile), profile_parameters("smoke")
+    assert set(params) - {"overrides", "notebooks"} == stems
+    assert set(params.get("notebooks", stems)) <= stems  # a profile's notebooks (own: 01, 02, 04, 06) exist
+    for stem in stems:
+        assert set(params[stem]) == set(smoke[stem]), (profile, stem)
 
 
-def test_the_six_notebooks_exist_in_order():
-    assert [nb.stem[:2] for nb in notebooks(ROOT)] == ["01", "02", "03", "04", "05", "06"]
+def test_the_six_notebooks_declare_only_what_a_user_changes():
+    """In order; a notebook's papermill parameters (what check_parameters lets make reproduce pass) are what a user
+    changes, and the notebook reads its settings from the profile."""
+    import nbformat
+    import papermill
+
+    user = {"profile", "name", "overrides", "data_root", "list_dir", "output_dir", "work_dir"}
+    found = notebooks(ROOT)
+    assert [nb.stem[:2] for nb in found] == ["01", "02", "03", "04", "05", "06"]
+    for nb in found:
+        assert set(papermill.inspect_notebook(str(nb))) == user | ({"studies"} if nb.stem == "05_ablations" else set())
+        code = "\n".join(c.source for c in nbformat.read(nb, as_version=4).cells if c.cell_type == "code")
+        assert f'ctx.notebook("{nb.stem}")' in code and "overrides, name)" in code
+
+
+def test_execute_runs_a_notebook_with_its_parameters_and_refuses_one_it_does_not_declare(tmp_path):
+    import nbformat
+
+    cells = [nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+             nbformat.v4.new_code_cell("open('x.txt', 'w').write(str(x))")]
+    notebook = tmp_path / "nb.ipynb"
+    kernel = {"kernelspec": {"name": "cprfl", "display_name": "cprfl", "language": "python"}}
+    nbformat.write(nbformat.v4.new_notebook(cells=cells, metadata=kernel), notebook)
+    assert execute(notebook, tmp_path / "executed" / "nb.ipynb", {"x": 2}) > 0  # through the cprfl kernel
+    assert (tmp_path / "x.txt").read_text() == "2" and (tmp_path / "executed" / "nb.ipynb").is_file()
+    one_line_error(lambda: execute(notebook, tmp_path / "no.ipynb", {"y": 2}), "nb.ipynb: unknown parameter(s) 'y'")
 
 
 def test_unknown_profile_is_rejected():

@@ -35,28 +35,13 @@ def test_a_configuration_shared_by_two_studies_trains_once(tmp_path, fake_train)
     assert out["b"]["run_dir"].iloc[0] == out["a"]["run_dir"].iloc[1]
 
 
-def test_finished_runs_are_reused_and_a_code_change_retrains(tmp_path, fake_train, monkeypatch):
-    plan = {"a": studies.Study("tiny", {"cprfl": {}}, (0,))}
-    studies.run_studies(plan, tmp_path)
-    studies.run_studies(plan, tmp_path)
-    assert len(fake_train) == 1
-    monkeypatch.setattr(studies, "source_digest", lambda: "another version of the code")
-    studies.run_studies(plan, tmp_path)
-    assert len(fake_train) == 2
-
-
 def test_an_unavailable_variant_is_a_row_with_its_reason(tmp_path, fake_train):
     plan = {"fig": studies.Study("tiny", {"CLIP": studies.Unavailable("no weights offline"), "randn": {}}, (0,))}
     rows = studies.run_studies(plan, tmp_path)["fig"]
     assert list(rows["status"]) == ["not available: no weights offline", "ok"]
     assert len(fake_train) == 1
-    rows = studies.run_studies({"f": studies.Study("tiny", {"CLIP": studies.Unavailable("offline")})}, tmp_path)["f"]
+    rows = studies.run_study("f", "tiny", {"CLIP": studies.Unavailable("offline")}, [0], tmp_path)
     assert list(reports.summarize(rows)["note"]) == ["not available: offline"] and reports.means(rows).empty  # none ran
-
-
-def test_run_study_is_one_entry_of_run_studies(tmp_path, fake_train):
-    rows = studies.run_study("t", "tiny", {"cprfl": {}, "linear": LINEAR}, [0], tmp_path)
-    assert list(rows["variant"]) == ["cprfl", "linear"] and len(fake_train) == 2
 
 
 def test_the_most_expensive_runs_come_first():
@@ -201,7 +186,7 @@ def test_the_run_digest_covers_the_modules_a_run_imports(library_copy):
     assert "cprfl_lib/data/relative_import.py" in studies.run_modules()
 
 
-def test_editing_the_cli_or_a_recipe_keeps_every_finished_run_and_editing_the_model_retrains(
+def test_editing_the_cli_a_recipe_or_a_description_keeps_every_finished_run_and_editing_the_model_retrains(
         tmp_path, fake_train, library_copy):
     plan = {"a": studies.Study("tiny", {"cprfl": {}, "linear": LINEAR}, (0, 1))}
     studies.run_studies(plan, tmp_path / "runs")
@@ -210,19 +195,12 @@ def test_editing_the_cli_or_a_recipe_keeps_every_finished_run_and_editing_the_mo
     append(library_copy / "train" / "recipes" / "paper-coco.yaml", "\n# touched\n")
     append(library_copy / "train" / "recipes" / "tiny.yaml", "\n# the recipe these runs read: its values decide\n")
     studies.run_studies(plan, tmp_path / "runs")
+    described = {**studies.run_config("tiny"), "description": "another text"}  # not part of a run's stamp
+    studies.run_studies({"a": studies.Study(described, {"cprfl": {}, "linear": LINEAR}, (0, 1))}, tmp_path / "runs")
     assert len(fake_train) == 4  # nothing retrained
     append(library_copy / "model.py", "\n# the model changed\n")
     studies.run_studies(plan, tmp_path / "runs")
     assert len(fake_train) == 8  # every run retrained
-
-
-def test_a_recipe_description_is_not_part_of_a_run_stamp(tmp_path, fake_train):
-    config = studies.run_config("tiny")
-    plan = {"a": studies.Study(config, {"cprfl": {}}, (0,))}
-    studies.run_studies(plan, tmp_path)
-    plan = {"a": studies.Study({**config, "description": "another text"}, {"cprfl": {}}, (0,))}
-    studies.run_studies(plan, tmp_path)
-    assert len(fake_train) == 1
 
 
 # --- the differences with their intervals (reports.intervals) ----------------------------------------
@@ -237,7 +215,7 @@ def _parse(text: str) -> tuple[float, float, float]:
     return tuple(float(v) for v in match.groups())
 
 
-@pytest.fixture
+@pytest.fixture(name="runs")
 def hand_made_runs(tmp_path):
     """Run folders with predictions.npz: "good" scores the positives higher than "ref", whose scores are noise;
     "noise" is noise of its own; "off" could not run. Two seeds each."""
@@ -265,8 +243,7 @@ def hand_made_runs(tmp_path):
     return pd.DataFrame(rows, columns=studies.ROW_COLUMNS)
 
 
-def test_a_strictly_better_variant_has_an_interval_above_zero(hand_made_runs):
-    runs = hand_made_runs
+def test_a_strictly_better_variant_has_an_interval_above_zero(runs):
     got = reports.intervals(runs, "ref")
     assert list(got) == ["ref", "good", "noise", "off"]
     assert got["ref"] == {"mAP": "", "tail": ""} and got["off"] == {"mAP": "", "tail": ""}  # nothing to compare
@@ -279,8 +256,8 @@ def test_a_strictly_better_variant_has_an_interval_above_zero(hand_made_runs):
     assert low < high and abs(diff) < 10
 
 
-def test_reverse_flips_the_sign(hand_made_runs):
-    forward, backward = reports.intervals(hand_made_runs, "ref"), reports.intervals(hand_made_runs, "ref", reverse=True)
+def test_reverse_flips_the_sign(runs):
+    forward, backward = reports.intervals(runs, "ref"), reports.intervals(runs, "ref", reverse=True)
     for name in ("good", "noise"):
         for column in reports.CI_COLUMNS:
             d, lo, hi = _parse(forward[name][column])
@@ -291,8 +268,7 @@ def test_reverse_flips_the_sign(hand_made_runs):
     assert backward["ref"]["mAP"] == ""
 
 
-def test_a_reference_per_variant_and_the_seeds_both_have(hand_made_runs):
-    runs = hand_made_runs
+def test_a_reference_per_variant_and_the_seeds_both_have(runs):
     ref = {"good": "noise", "noise": "ref", "ref": "ref", "off": "ref"}
     got = reports.intervals(runs, ref.get)
     assert got["good"]["mAP"] and _parse(got["good"]["mAP"])[1] > 0  # good against noise
@@ -305,23 +281,15 @@ def test_a_reference_per_variant_and_the_seeds_both_have(hand_made_runs):
     assert reports.intervals(runs, "absent")["good"] == {"mAP": "", "tail": ""}
 
 
-def test_interval_columns_are_named_after_the_comparison(hand_made_runs):
-    runs = hand_made_runs
+def test_interval_columns_are_named_after_the_comparison_in_both_tables(runs):
+    key = "row − ref: Δ mAP [95 % CI]"
     columns = reports.interval_columns(runs, "ref")
-    assert list(columns) == ["row − ref: Δ mAP [95 % CI]", "row − ref: Δ tail [95 % CI]"]
-    assert all(len(v) == 4 for v in columns.values())  # one per variant, in the variants' order
-    assert columns["row − ref: Δ mAP [95 % CI]"][1] == reports.intervals(runs, "ref")["good"]["mAP"]
-    assert list(reports.interval_columns(runs, "ref", reverse=True))[0] == "ref − row: Δ mAP [95 % CI]"
+    assert list(columns) == [key, "row − ref: Δ tail [95 % CI]"]
+    assert columns[key] == [reports.intervals(runs, "ref")[v]["mAP"] for v in ("ref", "good", "noise", "off")]
     assert list(reports.interval_columns(runs, lambda v: "ref"))[0] == "row − reference: Δ mAP [95 % CI]"
-
-
-def test_compare_with_paper_and_study_table_carry_the_intervals(hand_made_runs):
-    runs = hand_made_runs
     table = reports.compare_with_paper(runs, {}, "voc", reference="ref")
     assert list(table["method"]) == ["ref", "good", "noise", "off"]
-    key = "row − ref: Δ mAP [95 % CI]"
-    assert key in table and "row − ref: Δ tail [95 % CI]" in table
-    assert list(table[key]) == [reports.intervals(runs, "ref")[v]["mAP"] for v in table["method"]]
+    assert {k: list(table[k]) for k in columns} == columns
     assert "ours val mAP" in table  # the runs have validation figures
     assert not any(c.startswith("row −") for c in reports.compare_with_paper(runs, {}, "voc"))  # no reference
     flipped = reports.compare_with_paper(runs, {}, "voc", reference="ref", reverse=True)
@@ -331,7 +299,7 @@ def test_compare_with_paper_and_study_table_carry_the_intervals(hand_made_runs):
     assert list(study["variant"]) == ["ref", "good", "noise", "off"]
     assert list(study.columns[:4]) == ["variant", "seeds", "val mAP", "val tail"]
     assert study["initial prompt cosine"].tolist()[:2] == [0.9, 0.5] and study["initial prompt cosine"].isna().sum() == 2
-    assert list(study[key]) == list(table[key])
+    assert list(study[key]) == columns[key]
     plain = reports.study_table(runs)
     assert not any(str(c).startswith("row −") for c in plain.columns)
     no_val = runs.assign(**{f"val_{c}": np.nan for c in COLUMNS})
@@ -356,10 +324,8 @@ def test_the_embedding_scale_and_figure3_studies(tmp_path, every_encoder_but_glo
     scales = ("raw", "centred", "centred, norm √m")
     assert list(scale.variants) == [f"{e} · {s}" for e in labels for s in scales]
     assert list(fig3.variants) == list(labels) and scale.seeds == fig3.seeds == (0, 1)
-    for s in scales:
-        assert isinstance(scale.variants[f"GloVe · {s}"], studies.Unavailable)
-    assert scale.variants["GloVe · raw"].reason == "no GloVe file" and isinstance(fig3.variants["GloVe"],
-                                                                                  studies.Unavailable)
+    glove = {scale.variants[f"GloVe · {s}"] for s in scales} | {fig3.variants["GloVe"]}
+    assert glove == {studies.Unavailable("no GloVe file")}
     config = {name: c["semantics"] for name, seed, c in scale.runs() if seed == 0}
     assert config["Randn · raw"]["centre"] is False and config["Randn · raw"]["norm"] is None
     assert config["MiniLM · centred"]["centre"] is True and config["MiniLM · centred"]["norm"] is None

@@ -1,20 +1,16 @@
-"""A study as a YAML file: the format, its validation, and a user's study through notebook 05 end to end."""
+"""A study as a YAML file: the format and its validation (a user's study through notebook 05 end to end, as the README
+writes it: test_loop.py)."""
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from conftest import one_line_error
 
 from cprfl_lib.errors import CprflError
 from cprfl_repro import experiments, studies
 from cprfl_repro.context import resolve
-
-ROOT = Path(__file__).resolve().parents[1]
 
 TAU = """\
 name: tau_fine          # the table's name
@@ -57,13 +53,15 @@ def test_a_study_file_is_read_and_bound_like_a_built_in_study(tmp_path, monkeypa
     assert tau.compared_with == "tau=0.5" and tau.describe()["variants"]["tau=0.25"] == {"model.tau": 0.25}
 
 
-def test_dotted_and_nested_overrides_are_the_same_run(tmp_path):
+def test_dotted_and_nested_overrides_are_the_same_run_and_a_missing_encoder_is_an_unavailable_row(tmp_path, monkeypatch):
+    monkeypatch.setattr(experiments, "encoder_status", lambda encoder, **kw: (encoder != "glove", "no GloVe file"))
     path = write(tmp_path, """\
 reference: dotted
 variants:
   dotted: {loss.name: asl, loss.params: {gamma_neg: 2}}
   nested: {loss: {name: asl, params: {gamma_neg: 2}}}
   empty:
+  glove: {semantics.encoder: glove}
 """)
     name, study, _ = experiments.load_study(str(path))
     assert name == "study" and study.recipe is None and study.seeds == ()  # the file's name; the notebook's rest
@@ -71,15 +69,8 @@ variants:
     dotted, nested, empty = (study.config(v, 0) for v in ("dotted", "nested", "empty"))
     assert dotted == nested and dotted["loss"]["params"] == {"gamma_neg": 2}
     assert empty == studies.run_config("tiny", seed=0)
-
-
-def test_a_study_file_switching_the_encoder_gets_an_unavailable_row(tmp_path, monkeypatch):
-    monkeypatch.setattr(experiments, "encoder_status", lambda encoder, **kw: (encoder != "glove", "no GloVe file"))
-    path = write(tmp_path, "reference: randn\nvariants:\n  randn: {semantics: {encoder: randn, dim: 8}}\n"
-                           "  glove: {semantics.encoder: glove}\n")
-    study = experiments.ablation_studies(smoke(tmp_path), "tiny", [0], [str(path)])["study"]
     assert study.variants["glove"] == studies.Unavailable("no GloVe file")
-    assert study.config("randn", 0)["semantics"]["dim"] == 8 and [v for v, _, _ in study.runs()] == ["randn"]
+    assert [v for v, _, _ in study.runs()] == ["dotted", "nested", "empty"]
 
 
 BAD = {
@@ -129,25 +120,3 @@ def test_missing_and_repeated_study_files_are_refused(tmp_path):
     path = write(tmp_path, TAU)
     one_line_error(lambda: experiments.ablation_studies(ctx, "tiny", [0], [str(path), str(path)]),
                    "a study named 'tau_fine' is already in the list")
-
-
-def test_a_user_study_runs_through_notebook_05_with_its_table_figure_and_intervals(tmp_path, monkeypatch):
-    """Notebook 05 executed by a Jupyter kernel with only the user's study: the table, figure and 95 % intervals
-    the built-in studies beyond the paper get."""
-    from cprfl_repro.reproduce import execute
-
-    monkeypatch.delenv("CPRFL_RESULTS_DIR", raising=False)
-    path = write(tmp_path, TAU.replace("  tau=0.25: {model.tau: 0.25}\n", ""), "tau_fine.yaml")
-    out = tmp_path / "out"
-    params = {"profile": "smoke", "output_dir": str(out), "work_dir": str(tmp_path / "runs"), "studies": [str(path)]}
-    execute(ROOT / "notebooks" / "05_ablations.ipynb", tmp_path / "executed.ipynb", params)
-    table = pd.read_csv(out / "tables" / "extra_tau_fine.csv", comment="#")
-    assert list(table["variant"]) == ["tau=0.5", "tau=1"] and set(table["seeds"]) == {2}
-    delta = table["row − tau=0.5: Δ mAP [95 % CI]"]
-    assert pd.isna(delta[0]) or delta[0] == ""  # the reference row itself
-    assert delta[1].count("[") == 1 and delta[1].endswith("]")
-    assert (out / "figures" / "extra_tau_fine.png").is_file()
-    metrics = json.loads((out / "metrics" / "05_ablations.json").read_text())
-    assert list(metrics["studies"]) == ["tau_fine"]
-    assert not [p for p in out.rglob("*") if p.is_file() and "table2" in p.name]  # only what was asked for
-    assert os.listdir(tmp_path / "runs") == ["tiny"] and len(list((tmp_path / "runs" / "tiny").iterdir())) == 4
