@@ -36,7 +36,7 @@ def labelled():
     return targets, GROUPS
 
 
-def test_choose_images_and_top_k_colours(labelled) -> None:
+def test_choose_images(labelled) -> None:
     targets, groups = labelled
     assert predictions.choose_images(targets, groups, 2) == [2, 4]  # each adds a new tail class
     assert predictions.choose_images(targets, groups, 4) == [2, 4, 3, 1]  # then tail, then >= 2 labels
@@ -45,7 +45,10 @@ def test_choose_images_and_top_k_colours(labelled) -> None:
     one_line_error(lambda: predictions.choose_images(targets, groups, 2, image_ids=[1, 6]),
                    "test indices in 0..5, got [1, 6]")
     one_line_error(lambda: predictions.choose_images(targets, groups, 0), "n_images must be at least 1")
-    # the top-k classes of an image, coloured by group, or as incorrect
+
+
+def test_top_k_colours(labelled) -> None:
+    targets, groups = labelled
     scores = np.array([0.9, 0.1, 0.8, 0.7, 0.2])
     assert predictions.top_k(scores, targets[2], groups, NAMES) == [("cat", 0.9, "head"), ("bus", 0.8, "incorrect"),
                                                            ("car", 0.7, "tail")]

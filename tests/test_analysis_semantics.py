@@ -29,10 +29,13 @@ def _result(emb: np.ndarray = EMB, name: str = "toy") -> semantics.EncoderResult
     return semantics.EncoderResult(encoder=name, available=True, reason="given", dim=emb.shape[1], embeddings=emb)
 
 
-def test_cosine_matrix_and_nearest_heads_by_cosine_needing_one() -> None:
+def test_cosine_matrix_known_values() -> None:
     sim = semantics.cosine_matrix(np.array([[3.0, 0.0], [1.0, 1.0], [0.0, -2.0]]))
     np.testing.assert_allclose(sim, [[1, 2 ** -0.5, 0], [2 ** -0.5, 1, -(2 ** -0.5)], [0, -(2 ** -0.5), 1]],
                                atol=1e-12)
+
+
+def test_nearest_heads_orders_head_classes_by_cosine_and_needs_one() -> None:
     near = semantics.nearest_heads(semantics.cosine_matrix(EMB), GROUPS, k=2)
     assert list(near) == [2, 3]
     assert [h for h, _ in near[2]] == [1, 0] and [h for h, _ in near[3]] == [0, 1]
