@@ -6,6 +6,7 @@
 - ``smoke_config(**overrides)``: the tiny recipe at test scale (64 generated images, CPU, one thread); ``as_args``:
   overrides as the command's ``key=value`` arguments; ``fake_training(monkeypatch, score)``: the run store's stub;
   ``spy(monkeypatch, owner, name)``: a function that runs as before and notes its calls;
+  ``train_killed_after_one_epoch(config, out)``: a run stopped as by a kill after its first epoch;
 - fixtures: ``shared_data``, ``cprfl_cache``, ``private_cache``, ``offline``, ``cli_env`` and ``cli_cwd`` (a fresh
   offline cache and a working folder for the subprocesses), ``smoke_run`` (one finished smoke run for the session),
   ``close_figures``.
@@ -135,6 +136,32 @@ def spy(monkeypatch, owner, name: str, note=lambda *args, **kwargs: 1) -> list:
 
     monkeypatch.setattr(owner, name, noted)
     return notes
+
+
+class Killed(Exception):
+    """Stands for the process being killed between two epochs."""
+
+
+def train_killed_after_one_epoch(config: dict, out: Path) -> None:
+    """``config`` trained into ``out`` in this process until it is "killed" (:class:`Killed`) after its first epoch;
+    torch's determinism switch, which a deterministic run turns on for the process, as it was."""
+    from cprfl_lib.train import engine
+
+    real, calls, deterministic = engine.train_one_epoch, [], torch.are_deterministic_algorithms_enabled()
+
+    def once_too_many(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise Killed
+        return real(*args, **kwargs)
+
+    try:
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(engine, "train_one_epoch", once_too_many)
+            with pytest.raises(Killed):
+                engine.train(config, out, progress=False)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
 
 
 # ---------------------------------------------------------------- fixtures

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import one_line_error, smoke_config, spy
+from conftest import one_line_error, smoke_config, spy, train_killed_after_one_epoch
 
 from cprfl_lib.train import engine, factory, features
 from cprfl_lib.train import state as state_module
@@ -234,30 +234,10 @@ def test_a_trainable_backbone_does_not_cache_and_trains_channels_last(tmp_path, 
 
 # --- resume --------------------------------------------------------------------------------------
 
-class Killed(Exception):
-    """Stands for the process being killed between two epochs."""
-
-
 def resumable(**overrides) -> dict:
     """Deterministic, with dropout, a moving schedule and an EMA: every piece of state matters."""
     return smoke_config(**{"train.deterministic": True, "optim.epochs": 3, "optim.schedule": "onecycle", "train.ema": 0.9,
                     "train.max_steps_per_epoch": 3, **overrides})
-
-
-def train_killed_after_one_epoch(config: dict, out: Path) -> None:
-    """``config`` trained into ``out`` until the process is "killed" after its first epoch."""
-    real, calls = engine.train_one_epoch, []
-
-    def once_too_many(*args, **kwargs):
-        calls.append(1)
-        if len(calls) > 1:
-            raise Killed
-        return real(*args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(engine, "train_one_epoch", once_too_many)
-        with pytest.raises(Killed):
-            engine.train(config, out, progress=False)
 
 
 def comparable(rows: list[dict]) -> list[dict]:

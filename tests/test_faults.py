@@ -34,7 +34,7 @@ import numpy as np
 import psutil
 import pytest
 import torch
-from conftest import ROOT, SCRIPT, SMOKE, as_args, cli_error, cprfl, one_line_error, run_cli
+from conftest import ROOT, SCRIPT, SMOKE, as_args, cli_error, cprfl, one_line_error, run_cli, train_killed_after_one_epoch
 from PIL import Image, ImageFile
 
 from cprfl_lib import runinfo
@@ -883,27 +883,12 @@ def test_a_finished_run_resumed_is_kept_as_it_is(run_copy, capsys):
     assert record(run_copy) == before
 
 
-class Stop(Exception):
-    """Stands for the process being killed between two epochs."""
-
-
-def test_an_interrupted_run_resumes_only_with_its_own_settings(env, reference_run, tmp_path, monkeypatch):
+def test_an_interrupted_run_resumes_only_with_its_own_settings(env, reference_run, tmp_path):
     """A run stopped after epoch 1: resuming it with optim.lr=5e-3 is refused (checkpoint and config.yaml as they
     were); with data.num_workers changed (it cannot change the results) it resumes, the change is recorded in
     resumes.json, and the run ends with the uninterrupted run's metrics."""
     out = tmp_path / "run"
-    real, calls = engine.train_one_epoch, []
-
-    def stop_after_one(*args, **kwargs):
-        if calls:
-            raise Stop
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    with monkeypatch.context() as mp:
-        mp.setattr(engine, "train_one_epoch", stop_after_one)
-        with pytest.raises(Stop):
-            train_here(smoke_config(), out)
+    train_killed_after_one_epoch(smoke_config(), out)
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
     before = record(out)
     one_line_error(lambda: engine.train(smoke_config(**{"optim.lr": 5e-3}), out, resume=True, progress=False),

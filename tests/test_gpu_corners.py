@@ -14,9 +14,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import one_line_error, smoke_config, spy
+from conftest import one_line_error, smoke_config, spy, train_killed_after_one_epoch
 from test_distributed import free_port, torchrun_env
-from test_engine import read_summary, train_killed_after_one_epoch  # the engine tests' kill, one definition
+from test_engine import read_summary
 
 from cprfl_lib.train import engine
 from cprfl_lib.train.checkpoint import load_checkpoint, save_checkpoint
