@@ -30,7 +30,6 @@ import csv
 import importlib
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -251,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import torch
 
+    from cprfl_lib.cpus import usable_cpus
     from cprfl_lib.errors import CprflError
     from cprfl_lib.paths import cache_dir
     from cprfl_lib.runinfo import device_name
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     import open_clip
 
     say(f"gpu_check on {device_name()} [{dev}], torch {torch.__version__}, python {sys.version.split()[0]}, "
-        f"{os.cpu_count()} CPUs" + (" (tiny sizes)" if args.tiny else ""))
+        f"{usable_cpus()} usable CPUs" + (" (tiny sizes)" if args.tiny else ""))
     say(f"  open_clip {getattr(open_clip, '__version__', '?')} from {Path(open_clip.__file__).parent}")
     start = time.perf_counter()
     try:
