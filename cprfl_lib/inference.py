@@ -82,9 +82,9 @@ def evaluate_checkpoint(path, data_root=None, list_dir=None, device: str = "auto
                         num_workers=workers, pin_memory=dev.type == "cuda")
     tag = "ema" if use_ema else "model"
     scores = evaluate({tag: model.to(dev)}, loader, len(dataset), dev, autocast, cached=cached,
-                      channels_last=config["train"]["channels_last"])[tag]
+                      channels_last=tr["channels_last"])[tag]
     return {"checkpoint": str(path), "dataset": bench.name, "synthetic": bench.is_synthetic, "epoch": ckpt["epoch"],
-            "weights": tag, **split_figures(scores, bench, config["train"]["threshold"])}
+            "weights": tag, **split_figures(scores, bench, tr["threshold"])}
 
 
 def _cached_tokens(model, config: dict, bench, batch_size: int, device: torch.device) -> TensorDataset:

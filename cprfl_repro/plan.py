@@ -178,17 +178,18 @@ def architecture_cost(config: dict, num_classes: int) -> dict:
         with torch.set_grad_enabled(train):
             head = _flops((lambda: model.head(features).float().sum().backward()) if train
                           else (lambda: model.head(features)))
+        # the backbone's backward runs only where the head's gradient reaches the features (not with no_feature_grad)
         return head + backbone_flops(batch, train, train and features.grad is not None)
 
     train1, train2 = flops(1, True), flops(2, True)
     eval1, eval2 = flops(1, False), flops(2, False)
-    backbone = backbone_flops(1, False, False) if frozen else 0.0  # the backbone runs once per image (cached
-    # features), not in every step
+    # frozen: the backbone runs once per image (cached features), not in every step
+    backbone = backbone_flops(1, False, False) if frozen else 0.0
     state_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values() if torch.is_tensor(t))
     trainable = sum(p.numel() * p.element_size() for p in (model.head if frozen else model).parameters()
                     if p.requires_grad)
-    out = {"train_image": train2 - train1 - (backbone if frozen else 0.0), "train_step": 2 * train1 - train2,
-           "eval_image": eval2 - eval1 - (backbone if frozen else 0.0), "eval_step": 2 * eval1 - eval2,
+    out = {"train_image": train2 - train1 - backbone, "train_step": 2 * train1 - train2,
+           "eval_image": eval2 - eval1 - backbone, "eval_step": 2 * eval1 - eval2,
            "backbone_image": backbone, "state_bytes": state_bytes, "trainable_bytes": trainable}
     _flop_memo[key] = out
     return out

@@ -8,15 +8,15 @@ from tools import bench
 
 
 def test_quick_bench_of_the_head_step_prints_its_table(capsys):
-    assert bench.main(["--quick", "--device", "cpu", "--sections", "step,reproduce", "--configs", "quick-head"]) == 0
+    assert bench.main(["--quick", "--device", "cpu", "--sections", "step,reproduce", "--configs", "cpu-head"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("cprfl bench on CPU")
     assert "== training step" in out and "== make reproduce" in out
-    row = next(line for line in out.splitlines() if line.strip().startswith("quick-head") and "fp32" in line)
+    row = next(line for line in out.splitlines() if line.strip().startswith("cpu-head") and "fp32" in line)
     batch, mode, threads, img_s, ms_step = row.split()[1:6]
     assert (batch, mode, threads) == ("32", "fp32", "1")  # the quick recipe trains on one thread
     assert float(img_s) > 0 and float(ms_step) > 0 and "MiB" in row
-    assert "quick-e2e" not in out and "paper-coco" not in out  # only the section asked for
+    assert "cpu-e2e" not in out and "paper-coco" not in out  # only the section asked for
 
 
 def test_unknown_section_is_refused_by_name(capsys):

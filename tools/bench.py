@@ -9,7 +9,7 @@ Sections:
               at VOC's size and from the decoded-image cache, with 1 and 2 DataLoader workers
   step        images/s and peak memory of one training step (the engine's train state and train_one_epoch)
               per model configuration, on random batches held in memory
-  epoch       one epoch of the quick recipe on cached backbone features against the same epoch end to end
+  epoch       one epoch of the cpu-voc recipe on cached backbone features against the same epoch end to end
   eval        evaluation images/s over that test set, end to end and on cached features
   projection  the paper profile's work (FLOP count of the planned runs) and its hours on one H200 and on 8,
               and the loader throughput that keeps one busy
@@ -49,7 +49,7 @@ from cprfl_lib.train.state import build_train_state
 
 SECTIONS = ("loader", "step", "epoch", "eval", "projection", "reproduce", "rerun")
 DEFAULT_SECTIONS = SECTIONS[:-1]  # rerun trains: asked for by name
-STEP_CONFIGS = ("quick-e2e", "quick-head", "paper")
+STEP_CONFIGS = ("cpu-e2e", "cpu-head", "paper")
 ENCODER_DIM = {"minilm": 384, "clip-rn50": 1024}  # the width the random class embeddings stand in for
 H200_BF16 = 790e12  # dense bf16 FLOP/s of one H200 (vendor figure)
 # Assumptions, stated where used (no GPU was measured here): the share of that peak eager ResNet-101 training in
@@ -174,12 +174,12 @@ def _step_model(name: str, device: torch.device, optimised: bool):
     if name == "paper":
         config = bench_config("paper-voc")
     else:
-        config = bench_config("cpu-voc", **{"train.cache_features": name == "quick-head"})
-    apply_overrides(config, {"train.amp": optimised, "train.channels_last": optimised and name != "quick-head"})
+        config = bench_config("cpu-voc", **{"train.cache_features": name == "cpu-head"})
+    apply_overrides(config, {"train.amp": optimised, "train.channels_last": optimised and name != "cpu-head"})
     classes = synthetic_class_names("synth-coco-lt" if "coco" in config["data"]["dataset"] else "synth-voc-lt")
     model = factory.model_from(config, classes).to(device)
     size = config["data"]["image_size"]
-    cached = name == "quick-head"
+    cached = name == "cpu-head"
     shape = (3, size, size)
     if cached:  # the shape of the cached feature map
         with torch.no_grad():
@@ -213,12 +213,12 @@ def time_steps(name: str, batch: int, steps: int, warmup: int, device: torch.dev
 
 def section_step(device: torch.device, quick: bool, configs: list[str], out=_say) -> dict:
     cpu = device.type == "cpu"
-    plan = {"quick-e2e": [8] if quick else [16, 32], "quick-head": [32] if quick else [32, 128],
+    plan = {"cpu-e2e": [8] if quick else [16, 32], "cpu-head": [32] if quick else [32, 128],
             "paper": ([1] if quick else [1, 2]) if cpu else ([16] if quick else [16, 32])}
-    qr, pr = load_recipe("cpu-voc"), load_recipe("paper-voc")
-    quick_d, quick_px, paper_d = qr["model"]["dim"], qr["data"]["image_size"], pr["model"]["dim"]
-    what = {"quick-e2e": f"cpu-voc: frozen EfficientNet-Lite0 {quick_px} px per step + d={quick_d} head",
-            "quick-head": f"cpu-voc: the d={quick_d} head on cached tokens",
+    cr, pr = load_recipe("cpu-voc"), load_recipe("paper-voc")
+    cpu_d, cpu_px, paper_d = cr["model"]["dim"], cr["data"]["image_size"], pr["model"]["dim"]
+    what = {"cpu-e2e": f"cpu-voc: frozen EfficientNet-Lite0 {cpu_px} px per step + d={cpu_d} head",
+            "cpu-head": f"cpu-voc: the d={cpu_d} head on cached tokens",
             "paper": f"paper-voc: ResNet-101 448 px fine-tuned + d={paper_d} VSI, 20 classes"}
     out("\n== training step (random weights and batches in memory; the engine's train state and train_one_epoch)")
     if cpu:
@@ -247,11 +247,11 @@ def section_step(device: torch.device, quick: bool, configs: list[str], out=_say
     return found
 
 
-# ---------------------------------------------------------------- epochs and evaluation of the quick recipe
+# ---------------------------------------------------------------- epochs and evaluation of the cpu-voc recipe
 
 
 def _epoch_data(device: torch.device, quick: bool):
-    """The quick recipe's benchmark, model and both kinds of data, with the feature extraction timed."""
+    """The cpu-voc recipe's benchmark, model and both kinds of data, with the feature extraction timed."""
     from cprfl_lib.data.datasets import MultiLabelImageDataset
     from cprfl_lib.train.features import extract_features
 

@@ -18,12 +18,8 @@ from typing import Any
 import numpy as np
 
 from cprfl_lib.data.lists import ROLES, SplitList, fetch_split_lists, get_spec, read_labels, read_split
-from cprfl_lib.data.names import BENCHMARKS, SYNTHETIC
+from cprfl_lib.data.names import SYNTHETIC
 from cprfl_lib.errors import CprflError
-
-
-def known_benchmarks() -> tuple[str, ...]:
-    return BENCHMARKS
 
 
 @dataclass

@@ -248,7 +248,7 @@ def _path_or_tag(v) -> str | None:
 
 def _rules() -> dict[str, Callable[[Any], str | None]]:
     from cprfl_lib.backbones import KNOWN_BACKBONES
-    from cprfl_lib.data.benchmarks import known_benchmarks
+    from cprfl_lib.data.names import BENCHMARKS
     from cprfl_lib.data.transforms import PRESETS
     from cprfl_lib.losses import LOSSES
     from cprfl_lib.semantics import ENCODERS
@@ -258,7 +258,7 @@ def _rules() -> dict[str, Callable[[Any], str | None]]:
         "description": _text, "data.data_root": _path_or_tag, "data.list_dir": _path_or_tag,
         "semantics.weights": _path_or_tag, "semantics.path": _path_or_tag, "model.backbone_weights": _path_or_tag,
         "loss.params": _mapping,  # and each parameter by the loss's own rules (_check_loss_params)
-        "data.dataset": _one_of(known_benchmarks()), "data.image_size": _int(16),
+        "data.dataset": _one_of(BENCHMARKS), "data.image_size": _int(16),
         "data.transform": _one_of(PRESETS), "data.num_workers": _workers,
         "data.decoded_cache": _one_of(SWITCHES), "data.synthetic_seed": _int(0),
         "data.synthetic_limit": _int(1, optional=True), "data.test_subset": _int(1, optional=True),
